@@ -1,0 +1,453 @@
+"""needle's Value and Tensor, eager and traced, and reverse-mode autodiff over recorded tensors.
+
+A Tensor is either concrete (it holds an NDArray; each op runs at once with the reference
+backend and records the op that produced it) or a tracer (inside `jit`/`make_graph`: it holds an
+IR node and ops append nodes). Both build their ops through `OpMixin`, and `backward()` runs the
+same VJP rows as the graph autodiff pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend_ndarray as nd
+from .codegen.reference import evaluate
+from .frontend.trace import TracerError, current, user_frame
+from .ir import Node, Op, OpMixin, ShapeError, infer
+from .ir.ops import FLOATS, fmt_type
+from .passes.autodiff import VJP, backprop
+
+LAZY_MODE = False
+TENSOR_COUNTER = 0
+_created = 0  # every tensor ever made: tells tensors made inside a trace from older ones
+
+NDArray = nd.NDArray
+
+
+class TensorOp:
+    """An op applied to tensors: needle's interface over one IR op (`ir_op`) and its `arg`."""
+
+    ir_op: Op | None = None
+    arg = None
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        return Tensor.make_from_op(self, args)
+
+    def compute(self, *arrays: NDArray) -> NDArray:
+        """The forward on arrays (the reference backend's row for this op)."""
+        return _compute(self.ir_op, arrays, self.arg)
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        """The gradient of each input, as tensors (the VJP row of this op)."""
+        grads = VJP[self.ir_op](out_grad, node, *node.inputs, self.arg)
+        return grads[0] if len(grads) == 1 else grads
+
+    def gradient_as_tuple(self, out_grad: Tensor, node: Tensor) -> tuple:
+        g = self.gradient(out_grad, node)
+        return tuple(g) if isinstance(g, tuple | list) else (g,)
+
+    def __repr__(self) -> str:
+        arg = "" if self.arg is None else repr(self.arg)
+        return f"{type(self).__name__}({arg})"
+
+
+class Primitive(TensorOp):
+    """The op of a tensor built by an operator or method: one IR op with its arg."""
+
+    def __init__(self, ir_op: Op, arg=None) -> None:
+        self.ir_op, self.arg = ir_op, arg
+
+    def __repr__(self) -> str:
+        return f"{self.ir_op.name.lower()}({'' if self.arg is None else self.arg!r})"
+
+
+def _compute(op: Op, arrays, arg) -> NDArray:
+    a = [np.asarray(x) for x in arrays]
+    shape, dtype = infer(op, [x.shape for x in a], [str(x.dtype) for x in a], arg)
+    return NDArray.from_numpy(evaluate(op, a, arg, shape, dtype), arrays[0].device)
+
+
+def _ensure_dtype(dtype) -> str | None:
+    if dtype is None:
+        return None
+    return np.dtype(dtype).name
+
+
+def _to_ndarray(data, device, dtype) -> NDArray:
+    device = device or nd.default_device()
+    if isinstance(data, NDArray):
+        arr = np.asarray(data)
+    else:
+        arr = np.asarray(data)
+    if dtype is None:
+        if arr.dtype == np.float64 and isinstance(data, np.ndarray | NDArray):
+            dtype = "float64"
+        elif arr.dtype.kind in "iub" and isinstance(data, np.ndarray | NDArray):
+            dtype = {"b": "bool", "u": "int64"}.get(arr.dtype.kind, arr.dtype.name)
+            dtype = dtype if dtype in ("bool", "int32", "int64") else "int64"
+        else:
+            dtype = "float32"
+    return NDArray(np.ascontiguousarray(arr, dtype=dtype), device=device, dtype=dtype)
+
+
+class Value:
+    """needle's Value: a node of the computation with its op and inputs."""
+
+    op: TensorOp | None
+    inputs: list
+    cached_data: object
+    requires_grad: bool
+
+    def realize_cached_data(self):
+        return self.cached_data
+
+    def is_leaf(self) -> bool:
+        return self.op is None
+
+
+class Tensor(Value, OpMixin):
+    """needle's Tensor.
+
+    >>> import needlec as nc
+    >>> x = nc.Tensor([[1.0, 2.0]])
+    >>> y = (x * x).sum()
+    >>> y.backward(); x.grad.numpy()
+    array([[2., 4.]], dtype=float32)
+    """
+
+    grad: Tensor | None
+    _node: Node | None = None
+    _trace = None
+
+    def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
+        dtype = _ensure_dtype(dtype)
+        if isinstance(array, Tensor):
+            if array._node is not None:
+                self._init(
+                    None,
+                    [],
+                    node=array._tracer_node("Tensor(...)"),
+                    trace=array._trace,
+                    requires_grad=requires_grad,
+                )
+                return
+            data = array.realize_cached_data()
+            same = (device is None or device == data.device) and dtype in (None, data.dtype)
+            data = data if same else _to_ndarray(data, device, dtype or data.dtype)
+        else:
+            data = _to_ndarray(array, device, dtype)
+        self._init(None, [], cached_data=data, requires_grad=requires_grad)
+
+    def _init(self, op, inputs, *, cached_data=None, node=None, trace=None, requires_grad=None):
+        global TENSOR_COUNTER, _created
+        TENSOR_COUNTER += 1
+        _created += 1
+        self._serial = _created
+        if requires_grad is None:
+            requires_grad = any(x.requires_grad for x in inputs)
+        self.op, self.inputs = op, list(inputs)
+        self.cached_data, self._node, self._trace = cached_data, node, trace
+        self.requires_grad = requires_grad
+        self.grad = None
+
+    def __del__(self) -> None:
+        global TENSOR_COUNTER
+        TENSOR_COUNTER -= 1
+
+    # ------------------------------------------------------------ construction
+    @staticmethod
+    def make_const(data, requires_grad: bool = False) -> Tensor:
+        t = Tensor.__new__(Tensor)
+        if isinstance(data, Tensor):
+            data = data.realize_cached_data()
+        t._init(None, [], cached_data=data, requires_grad=requires_grad)
+        return t
+
+    @staticmethod
+    def _make_tracer(node: Node, trace, op=None, inputs=(), requires_grad=False) -> Tensor:
+        t = Tensor.__new__(Tensor)
+        t._init(op, inputs, node=node, trace=trace, requires_grad=requires_grad)
+        return t
+
+    @staticmethod
+    def make_from_op(op: TensorOp, inputs) -> Tensor:
+        """Apply `op` to `inputs`: run it now (eager) or record a node (inside a trace)."""
+        inputs = [_as_tensor(x, inputs) for x in inputs]
+        requires_grad = any(x.requires_grad for x in inputs)
+        trace = current()
+        if trace is None:
+            for x in inputs:
+                if x._node is not None:
+                    x._tracer_node(op.ir_op.name.lower())  # raises: an escaped tracer
+        if trace is not None:
+            if op.ir_op is None:
+                raise TracerError(
+                    f"{type(op).__name__} at {user_frame()}: an op without an IR op (a needle "
+                    "TensorOp with only compute/gradient) runs eagerly but cannot be traced"
+                )
+            nodes = [_node_in(trace, x) for x in inputs]
+            try:
+                node = Node.make(op.ir_op, *nodes, arg=op.arg)
+            except ShapeError as e:
+                raise ShapeError(f"{e} (at {user_frame()})") from None
+            if not requires_grad:
+                return Tensor._make_tracer(node, trace)
+            return Tensor._make_tracer(node, trace, op, inputs, True)
+        if op.ir_op is None:  # a user-defined needle op: its own compute
+            data = op.compute(*[x.realize_cached_data() for x in inputs])
+        else:
+            _check_devices(op, inputs)
+            try:
+                data = _compute(op.ir_op, [x.cached_data for x in inputs], op.arg)
+            except ShapeError as e:
+                raise ShapeError(f"{e} (at {user_frame()})") from None
+        t = Tensor.__new__(Tensor)
+        if not requires_grad:
+            t._init(None, [], cached_data=data, requires_grad=False)
+        else:
+            t._init(op, inputs, cached_data=data, requires_grad=True)
+        return t
+
+    # OpMixin hooks: every operator and method lands here
+    def _apply(self, op: Op, srcs: tuple, arg=None) -> Tensor:
+        return Tensor.make_from_op(Primitive(op, arg), srcs)
+
+    def _const(self, value, shape, dtype) -> Tensor:
+        trace = current()
+        if trace is not None:
+            return Tensor._make_tracer(Node.const(value, shape, dtype), trace)
+        device = self.device if self._node is None else None
+        return Tensor.make_const(NDArray(np.full(shape, value, dtype=dtype), device=device))
+
+    def _lift(self, other):
+        if isinstance(other, np.ndarray | NDArray | list):
+            return Tensor(
+                other,
+                device=self.device if self._node is None else None,
+                dtype=self.dtype,
+                requires_grad=False,
+            )
+        return super()._lift(other)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._node.shape if self._node is not None else tuple(self.cached_data.shape)
+
+    @property
+    def dtype(self) -> str:
+        return self._node.dtype if self._node is not None else self.cached_data.dtype
+
+    @property
+    def device(self):
+        if self._node is not None:
+            return nd.default_device()
+        return self.cached_data.device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def data(self) -> Tensor:
+        return self.detach()
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"Tensor.data: dtype {value.dtype} does not match {self.dtype}")
+        if value._node is not None or self._node is not None:
+            raise TracerError(
+                f"assigning .data of a traced tensor at {user_frame()}: not supported inside jit "
+                "yet; return the new value from the function instead"
+            )
+        self.cached_data = value.realize_cached_data()
+
+    def detach(self) -> Tensor:
+        if self._node is not None:
+            return Tensor._make_tracer(self._tracer_node("detach"), self._trace)
+        return Tensor.make_const(self.realize_cached_data())
+
+    # ------------------------------------------------------------ concrete values
+    def _tracer_node(self, what: str) -> Node:
+        if self._trace is None or not self._trace.alive:
+            raise TracerError(
+                f"{what}: this tensor (%:{fmt_type(self._node.dtype, self._node.shape)}) is a "
+                f"tracer that escaped the trace that made it, used at {user_frame()}. Return it "
+                "from the jitted function instead of storing it in a global or attribute."
+            )
+        return self._node
+
+    def _concrete(self, what: str):
+        if self._node is not None:
+            self._tracer_node(what)
+            raise TracerError(
+                f"{what} of a traced tensor ({fmt_type(self.dtype, self.shape)}) at "
+                f"{user_frame()}: its value is not known while tracing. Use tensor ops instead "
+                "of Python control flow on tensor values, return the value from the jitted "
+                "function, or pass the argument as static (static_argnums)."
+            )
+        return self.cached_data
+
+    def realize_cached_data(self):
+        return self._concrete("realize_cached_data()")
+
+    def numpy(self) -> np.ndarray:
+        return self._concrete("numpy()").numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self._concrete("np.asarray()").numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __float__(self) -> float:
+        return float(self._concrete("float()").numpy())
+
+    def __int__(self) -> int:
+        return int(self._concrete("int()").numpy())
+
+    def __bool__(self) -> bool:
+        return bool(self._concrete("bool() (an `if` or `while` on a tensor)").numpy())
+
+    def __index__(self) -> int:
+        return int(self._concrete("using a tensor as an index").numpy())
+
+    def item(self):
+        return self._concrete("item()").numpy().item()
+
+    # ------------------------------------------------------------ needle methods
+    def backward(self, out_grad: Tensor | None = None) -> None:
+        """Set `.grad` on every tensor this one depends on (that requires grad)."""
+        if out_grad is None:
+            out_grad = self._const(1.0, self.shape, self.dtype)
+        compute_gradient_of_variables(self, out_grad)
+
+    def __repr__(self) -> str:
+        if self._node is not None:
+            state = "" if self._trace is not None and self._trace.alive else " (escaped)"
+            return f"Tracer({fmt_type(self.dtype, self.shape)}{state})"
+        return "needlec.Tensor(" + str(self.realize_cached_data()) + ")"
+
+    def __str__(self) -> str:
+        if self._node is not None:
+            return repr(self)
+        return str(self.realize_cached_data())
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    __hash__ = object.__hash__
+
+
+def _as_tensor(x, peers) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    ref = next((p for p in peers if isinstance(p, Tensor)), None)
+    dtype = ref.dtype if ref is not None else None
+    return Tensor(x, dtype=dtype, requires_grad=False)
+
+
+def _node_in(trace, x: Tensor) -> Node:
+    """The node that stands for tensor `x` inside `trace`."""
+    if x._node is not None:
+        if x._trace is not trace:
+            if x._trace is None or not x._trace.alive:
+                x._tracer_node("an op")  # raises
+            raise TracerError(
+                f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
+            )
+        return x._node
+    data = x.cached_data
+    if x._serial > trace.creation_mark:  # made inside the trace: a constant
+        arr = np.asarray(data)
+        flat = arr.reshape(-1)
+        if arr.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
+            return Node.const(flat[0].item(), arr.shape, str(arr.dtype))
+        return Node.const(arr.copy())
+    return trace.capture(x, data)
+
+
+def _check_devices(op, inputs) -> None:
+    devices = {x.cached_data.device for x in inputs}
+    if len(devices) > 1:
+        raise ValueError(
+            f"{op!r}: inputs are on different devices {sorted(map(repr, devices))} "
+            f"(at {user_frame()})"
+        )
+
+
+def find_topo_sort(node_list) -> list:
+    """Post-order depth-first over `inputs`, in order (needle's topological sort)."""
+    from .passes.autodiff import _toposort
+
+    return _toposort(list(node_list), lambda t: t.inputs)
+
+
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
+    """Reverse-mode sweep from `output_tensor`, storing `.grad` on every tensor on the way."""
+    grads = backprop(
+        [output_tensor],
+        [out_grad],
+        lambda t: t.inputs,
+        lambda t, g: t.op.gradient_as_tuple(g, t),
+        lambda t: t.requires_grad and t.op is None,
+    )
+    for t, g in grads.items():
+        t.grad = g
+
+
+def tensor_grads(outputs, seeds, wrt) -> list:
+    """Gradients of `outputs` (seeded) with respect to the tensors `wrt`, without touching `.grad`."""
+    ids = set(map(id, wrt))
+    grads = backprop(
+        list(outputs),
+        list(seeds),
+        lambda t: t.inputs,
+        lambda t, g: t.op.gradient_as_tuple(g, t),
+        lambda t: id(t) in ids,
+    )
+    return [grads.get(t) for t in wrt]
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOATS
+
+
+class TensorTuple(Value):
+    """needle's TensorTuple: a tuple of tensors (each keeps its own history)."""
+
+    def __init__(self, tensors, op: TensorOp | None = None) -> None:
+        self.tensors = tuple(tensors)
+        self.op, self.inputs = op, list(self.tensors)
+        self.requires_grad = any(t.requires_grad for t in self.tensors)
+        self.cached_data = None
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.tensors[index]
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def tuple(self) -> tuple:
+        return self.tensors
+
+    def realize_cached_data(self) -> tuple:
+        return tuple(t.realize_cached_data() for t in self.tensors)
+
+    def numpy(self) -> tuple:
+        return tuple(t.numpy() for t in self.tensors)
+
+    def __add__(self, other: TensorTuple) -> TensorTuple:
+        return TensorTuple(a + b for a, b in zip(self, other, strict=True))
+
+    def detach(self) -> TensorTuple:
+        return TensorTuple(t.detach() for t in self.tensors)
+
+    def __repr__(self) -> str:
+        return f"needlec.TensorTuple({', '.join(map(repr, self.tensors))})"

@@ -1,0 +1,43 @@
+"""Pytrees: nested tuples, lists and dicts flattened to leaves and a hashable structure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Leaf = object()  # the structure of a leaf
+
+
+def flatten(tree: Any) -> tuple[list, Any]:
+    """(leaves, structure); tuples, lists and dicts are containers, None is empty, all else a leaf."""
+    leaves: list = []
+
+    def walk(x):
+        if isinstance(x, tuple | list):
+            return (type(x).__name__, tuple(walk(v) for v in x))
+        if isinstance(x, dict):
+            keys = tuple(x)
+            return ("dict", keys, tuple(walk(x[k]) for k in keys))
+        if x is None:
+            return ("none",)
+        leaves.append(x)
+        return "*"
+
+    return leaves, walk(tree)
+
+
+def unflatten(structure: Any, leaves: list) -> Any:
+    """The inverse of `flatten`."""
+    it = iter(leaves)
+
+    def build(s):
+        if s == "*":
+            return next(it)
+        kind = s[0]
+        if kind == "none":
+            return None
+        if kind == "dict":
+            return {k: build(v) for k, v in zip(s[1], s[2], strict=True)}
+        items = [build(v) for v in s[1]]
+        return tuple(items) if kind == "tuple" else items
+
+    return build(structure)

@@ -1,0 +1,80 @@
+"""The trace context: while a function is traced, tensor ops append interned nodes here.
+
+A trace owns its inputs (the function's arguments) and the tensors it captured from the
+function's closure or from objects (model parameters): those become inputs too, read at every
+call, never baked in as constants.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..ir import Node, Op
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ids = itertools.count()
+
+
+class TracerError(RuntimeError):
+    """A traced value was used in a way that needs its concrete value, or escaped its trace."""
+
+
+def user_frame() -> str:
+    """`file:line` of the innermost stack frame outside the needlec package (the user's line)."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_PACKAGE_DIR + os.sep) and "<frozen" not in path:
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return "<unknown>"
+
+
+class Trace:
+    """One trace in progress (or finished: `alive` is then False and its tracers are dead)."""
+
+    def __init__(self, name: str = "jit") -> None:
+        self.id = next(_ids)
+        self.name = name
+        self.alive = True
+        self.inputs: list[Node] = []
+        self.captured: dict[int, tuple[object, Node]] = {}  # id(tensor) -> (tensor, node)
+        self.creation_mark = 0  # tensors made after this (counter) were made inside the trace
+
+    def add_input(self, shape, dtype: str) -> Node:
+        node = Node.leaf(Op.INPUT, dtype, shape, ("arg", len(self.inputs)))
+        self.inputs.append(node)
+        return node
+
+    def capture(self, tensor, array) -> Node:
+        """The input node standing for a tensor created outside the trace (read at every call)."""
+        hit = self.captured.get(id(tensor))
+        if hit is None:
+            node = Node.leaf(
+                Op.INPUT, str(array.dtype), array.shape, ("capture", len(self.captured))
+            )
+            hit = self.captured[id(tensor)] = (tensor, node)
+        return hit[1]
+
+
+_stack: list[Trace] = []
+
+
+def current() -> Trace | None:
+    """The innermost trace in progress, or None when running eagerly."""
+    return _stack[-1] if _stack else None
+
+
+@contextmanager
+def tracing(trace: Trace) -> Iterator[Trace]:
+    """Make `trace` current; on exit it is finished and its tracers become dead."""
+    _stack.append(trace)
+    try:
+        yield trace
+    finally:
+        _stack.pop()
+        trace.alive = False

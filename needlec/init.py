@@ -1,0 +1,85 @@
+"""needle's initializers; every random draw comes from numpy's global generator, in needle's order."""
+
+from __future__ import annotations
+
+import math
+
+from . import backend_ndarray as nd
+from .autograd import Tensor
+
+
+def _dev(device):
+    return nd.default_device() if device is None else device
+
+
+def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """Uniform in [low, high): `np.random.rand(*shape) * (high - low) + low`."""
+    array = _dev(device).rand(*shape) * (high - low) + low
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """Normal: `np.random.randn(*shape) * std + mean`."""
+    array = _dev(device).randn(*shape) * std + mean
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def constant(*shape, c=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """A tensor filled with `c`."""
+    array = _dev(device).ones(*shape, dtype=dtype) * c
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def ones(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    return constant(*shape, c=1.0, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def zeros(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    return constant(*shape, c=0.0, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tensor:
+    """Bernoulli(p) as `rand(*shape) <= p`."""
+    array = _dev(device).rand(*shape) <= p
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """`eye(n)[i]`; i (a tensor or array of labels) may have any rank."""
+    idx = i.numpy() if isinstance(i, Tensor) else i
+    import numpy as np
+
+    array = _dev(device).one_hot(n, np.asarray(idx).astype("int64"), dtype=dtype)
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def zeros_like(array: Tensor, *, device=None, requires_grad=False) -> Tensor:
+    return zeros(
+        *array.shape, dtype=array.dtype, device=device or array.device, requires_grad=requires_grad
+    )
+
+
+def ones_like(array: Tensor, *, device=None, requires_grad=False) -> Tensor:
+    return ones(
+        *array.shape, dtype=array.dtype, device=device or array.device, requires_grad=requires_grad
+    )
+
+
+def xavier_uniform(fan_in, fan_out, gain=1.0, **kwargs) -> Tensor:
+    a = gain * math.sqrt(6 / (fan_in + fan_out))
+    return rand(fan_in, fan_out, low=-a, high=a, **kwargs)
+
+
+def xavier_normal(fan_in, fan_out, gain=1.0, **kwargs) -> Tensor:
+    std = gain * math.sqrt(2 / (fan_in + fan_out))
+    return randn(fan_in, fan_out, std=std, **kwargs)
+
+
+def kaiming_uniform(fan_in, fan_out, shape=None, nonlinearity="relu", **kwargs) -> Tensor:
+    bound = math.sqrt(2) * math.sqrt(3 / fan_in)
+    return rand(*(shape or (fan_in, fan_out)), low=-bound, high=bound, **kwargs)
+
+
+def kaiming_normal(fan_in, fan_out, nonlinearity="relu", **kwargs) -> Tensor:
+    std = math.sqrt(2) / math.sqrt(fan_in)
+    return randn(fan_in, fan_out, std=std, **kwargs)

@@ -1,0 +1,228 @@
+"""One set of op methods for every kind of value: IR nodes and Tensors (eager or traced).
+
+A value class supplies `shape`, `dtype`, `_apply(op, srcs, arg)` and `_const(value, shape, dtype)`;
+this mixin builds every operator and method on them. The VJP rules are written with these methods,
+so the same rule builds graph nodes in the autodiff pass and tensors in eager `backward()`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .ops import Op, ShapeError, broadcast_shapes, normalize_axes
+
+Scalar = (int, float)
+
+
+class OpMixin:
+    """Operators and methods shared by `Node` and `Tensor` (needle's semantics)."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------ plumbing
+    def _apply(self, op: Op, srcs: tuple, arg=None):
+        raise NotImplementedError(f"{type(self).__name__} must define _apply")
+
+    def _const(self, value, shape, dtype):
+        raise NotImplementedError(f"{type(self).__name__} must define _const")
+
+    def _lift(self, other):
+        if isinstance(other, Scalar):
+            return self._const(other, self.shape, self.dtype)
+        return other
+
+    def _binary(self, op: Op, other, reverse: bool = False):
+        x, y = (self._lift(other), self) if reverse else (self, self._lift(other))
+        shape = broadcast_shapes(x.shape, y.shape, op.name.lower())
+        x = x if x.shape == shape else x.broadcast_to(shape)
+        y = y if y.shape == shape else y.broadcast_to(shape)
+        return x._apply(op, (x, y))
+
+    # ------------------------------------------------------------ elementwise
+    def __add__(self, other):
+        if isinstance(other, Scalar):
+            return self._apply(Op.ADD_SCALAR, (self,), other)
+        return self._binary(Op.ADD, other)
+
+    __radd__ = __add__
+
+    def __mul__(self, other):
+        if isinstance(other, Scalar):
+            return self._apply(Op.MUL_SCALAR, (self,), other)
+        return self._binary(Op.MUL, other)
+
+    __rmul__ = __mul__
+
+    def __sub__(self, other):
+        if isinstance(other, Scalar):
+            return self._apply(Op.ADD_SCALAR, (self,), -other)
+        return self._binary(Op.ADD, self._lift(other).neg())
+
+    def __rsub__(self, other):
+        return self.neg() + other
+
+    def __truediv__(self, other):
+        if isinstance(other, Scalar):
+            return self._apply(Op.DIV_SCALAR, (self,), other)
+        return self._binary(Op.DIV, other)
+
+    def __rtruediv__(self, other):
+        return self._binary(Op.DIV, other, reverse=True)
+
+    def __pow__(self, other):
+        if isinstance(other, Scalar):
+            return self._apply(Op.POW_SCALAR, (self,), other)
+        return self._binary(Op.POW, other)
+
+    def __rpow__(self, other):
+        return (self * math.log(other)).exp()
+
+    def __neg__(self):
+        return self.neg()
+
+    def __matmul__(self, other):
+        return self.matmul(other)
+
+    def __lt__(self, other):
+        return self._binary(Op.CMPLT, other)
+
+    def __gt__(self, other):
+        return self._binary(Op.CMPLT, other, reverse=True)
+
+    def neg(self):
+        return self._apply(Op.NEG, (self,))
+
+    def exp(self):
+        return self._apply(Op.EXP, (self,))
+
+    def log(self):
+        return self._apply(Op.LOG, (self,))
+
+    def tanh(self):
+        return self._apply(Op.TANH, (self,))
+
+    def relu(self):
+        return self._apply(Op.RELU, (self,))
+
+    def sqrt(self):
+        return self._apply(Op.SQRT, (self,))
+
+    def cast(self, dtype: str):
+        return self if self.dtype == dtype else self._apply(Op.CAST, (self,), dtype)
+
+    def maximum(self, other):
+        return self._binary(Op.MAXIMUM, other)
+
+    def eq(self, other):
+        return self._binary(Op.CMPEQ, other)
+
+    def where(self, x, y):
+        """`self` is a bool condition: x where it holds, y elsewhere."""
+        x, y = self._lift_like(x, y)
+        return self._apply(Op.WHERE, (self, x, y))
+
+    def _lift_like(self, x, y):
+        ref = y if isinstance(x, Scalar) else x
+        x = ref._const(x, self.shape, ref.dtype) if isinstance(x, Scalar) else x
+        y = x._const(y, self.shape, x.dtype) if isinstance(y, Scalar) else y
+        return x, y
+
+    # ------------------------------------------------------------ reductions
+    def sum(self, axes=None):
+        return self._apply(Op.SUM, (self,), normalize_axes(axes, len(self.shape), "summation"))
+
+    def max(self, axes=None):
+        return self._apply(Op.MAX, (self,), normalize_axes(axes, len(self.shape), "max"))
+
+    def logsumexp(self, axes=None):
+        return self._apply(
+            Op.LOGSUMEXP, (self,), normalize_axes(axes, len(self.shape), "logsumexp")
+        )
+
+    def logsoftmax(self):
+        return self._apply(Op.LOGSOFTMAX, (self,))
+
+    # ------------------------------------------------------------ movement
+    def reshape(self, shape):
+        shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        if shape.count(-1) == 1:
+            known = math.prod(d for d in shape if d != -1)
+            size = math.prod(self.shape)
+            if known == 0 or size % known:
+                raise ShapeError(f"reshape: cannot reshape {self.shape} to {shape}")
+            shape = tuple(size // known if d == -1 else d for d in shape)
+        return self if shape == self.shape else self._apply(Op.RESHAPE, (self,), shape)
+
+    def broadcast_to(self, shape):
+        shape = tuple(int(d) for d in shape)
+        return self if shape == self.shape else self._apply(Op.BROADCAST, (self,), shape)
+
+    def permute(self, perm):
+        perm = tuple(int(p) for p in perm)
+        if perm == tuple(range(len(self.shape))):
+            return self
+        return self._apply(Op.PERMUTE, (self,), perm)
+
+    def transpose(self, axes=None):
+        """needle's transpose: swap two axes (the last two when axes is None)."""
+        n = len(self.shape)
+        if n < 2 and axes is None:
+            raise ShapeError(f"transpose: needs at least 2 dims, got shape {self.shape}")
+        i, j = (n - 2, n - 1) if axes is None else normalize_axes(axes, n, "transpose")[:2]
+        if axes is not None and len(axes) != 2:
+            raise ShapeError(f"transpose: axes must name two axes, got {axes}")
+        perm = list(range(n))
+        perm[i], perm[j] = perm[j], perm[i]
+        return self.permute(perm)
+
+    def flip(self, axes):
+        axes = normalize_axes(axes, len(self.shape), "flip")
+        return self._apply(Op.FLIP, (self,), axes) if axes else self
+
+    def pad(self, widths):
+        widths = tuple((int(lo), int(hi)) for lo, hi in widths)
+        return (
+            self if not any(lo or hi for lo, hi in widths) else self._apply(Op.PAD, (self,), widths)
+        )
+
+    def slice(self, spec):
+        """spec: one `slice` (or (start, stop, step)) per dim; steps must be positive."""
+        norm = []
+        for s, d in zip(spec, self.shape, strict=True):
+            start, stop, step = s.indices(d) if isinstance(s, slice) else s
+            if step <= 0:
+                raise ShapeError(f"slice: step must be positive, got {step}")
+            norm.append((start, max(start, stop), step))
+        norm = tuple(norm)
+        if all(n == (0, d, 1) for n, d in zip(norm, self.shape, strict=True)):
+            return self
+        return self._apply(Op.SLICE, (self,), norm)
+
+    def dilate(self, axes, dilation: int):
+        axes = tuple(
+            a for a in (axes if isinstance(axes, tuple | list) else (axes,)) if a < len(self.shape)
+        )
+        if dilation == 0 or not axes:
+            return self
+        return self._apply(Op.DILATE, (self,), (tuple(sorted(axes)), int(dilation)))
+
+    def undilate(self, axes, dilation: int):
+        axes = {a for a in (axes if isinstance(axes, tuple | list) else (axes,))}
+        return self.slice(
+            [(0, d, dilation + 1 if i in axes else 1) for i, d in enumerate(self.shape)]
+        )
+
+    # ------------------------------------------------------------ compute
+    def matmul(self, other):
+        return self._apply(Op.MATMUL, (self, other))
+
+    def conv(self, weight, stride: int = 1, padding: int = 0):
+        return self._apply(Op.CONV, (self, weight), (int(stride), int(padding)))
+
+
+def stack(values, axis: int = 0):
+    """Stack same-shaped values along a new axis."""
+    values = tuple(values)
+    if not values:
+        raise ShapeError("stack: needs at least one tensor")
+    return values[0]._apply(Op.STACK, values, int(axis))

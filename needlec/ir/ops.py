@@ -1,0 +1,358 @@
+"""The op table: every op of the IR, its trait group, and its shape and dtype rule.
+
+This file is the one truth about an op. Autodiff keeps its VJP rule in a table of its own
+(`needlec.passes.autodiff.VJP`) and each backend its lowering (`needlec.codegen.reference.EVAL`);
+`tests/unit/test_coverage.py` fails for any op that is missing from one of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from enum import Enum, auto
+
+Shape = tuple[int, ...]
+
+DTYPES = ("bool", "int32", "int64", "float32", "float64")
+FLOATS = ("float32", "float64")
+SHORT = {"bool": "bool", "int32": "i32", "int64": "i64", "float32": "f32", "float64": "f64"}
+
+
+class ShapeError(ValueError):
+    """An op was applied to shapes (or dtypes) it does not accept."""
+
+
+class Op(Enum):
+    # leaves
+    INPUT = auto()  # arg = (kind, index): ("arg", 0) or ("capture", 2)
+    CONST = auto()  # arg = a Python scalar or a ConstArray; the node's shape is given
+    RAND = auto()  # src = (seed,), arg = (distribution, stream); counter-based draws
+    # unary elementwise
+    NEG = auto()
+    EXP = auto()
+    LOG = auto()
+    TANH = auto()
+    RELU = auto()
+    SQRT = auto()
+    CAST = auto()  # arg = dtype
+    # elementwise with a Python scalar (arg = the scalar)
+    ADD_SCALAR = auto()
+    MUL_SCALAR = auto()
+    DIV_SCALAR = auto()
+    POW_SCALAR = auto()
+    # binary elementwise (equal shapes; the frontend inserts broadcasts)
+    ADD = auto()
+    MUL = auto()
+    DIV = auto()
+    POW = auto()
+    MAXIMUM = auto()
+    CMPLT = auto()
+    CMPEQ = auto()
+    # ternary
+    WHERE = auto()  # where(cond, x, y)
+    # reductions (arg = axes; reduced dims are dropped, as in needle)
+    SUM = auto()
+    MAX = auto()
+    LOGSUMEXP = auto()
+    # movement
+    RESHAPE = auto()  # arg = new shape
+    BROADCAST = auto()  # arg = new shape (numpy rules, left padding with 1s)
+    PERMUTE = auto()  # arg = axis order
+    FLIP = auto()  # arg = axes
+    PAD = auto()  # arg = ((lo, hi), ...) zero padding per dim
+    SLICE = auto()  # arg = ((start, stop, step), ...) per dim, normalized, step > 0
+    DILATE = auto()  # arg = (axes, dilation)
+    STACK = auto()  # arg = axis, any number of sources
+    # compute
+    MATMUL = auto()  # batched, leading dims broadcast
+    CONV = auto()  # arg = (stride, padding); NHWC input, (K, K, Cin, Cout) weight
+    LOGSOFTMAX = auto()  # 2-D, over axis 1
+
+    def __repr__(self) -> str:
+        return f"Op.{self.name}"
+
+
+LEAF = frozenset({Op.INPUT, Op.CONST})
+UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.TANH, Op.RELU, Op.SQRT, Op.CAST})
+SCALAR = frozenset({Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.POW_SCALAR})
+BINARY = frozenset({Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM, Op.CMPLT, Op.CMPEQ})
+COMPARE = frozenset({Op.CMPLT, Op.CMPEQ})
+TERNARY = frozenset({Op.WHERE})
+ELEMENTWISE = UNARY | SCALAR | BINARY | TERNARY
+REDUCE = frozenset({Op.SUM, Op.MAX, Op.LOGSUMEXP})
+MOVEMENT = frozenset(
+    {Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.FLIP, Op.PAD, Op.SLICE, Op.DILATE, Op.STACK}
+)
+COMPUTE = frozenset({Op.MATMUL, Op.CONV, Op.LOGSOFTMAX})
+RANDOM = frozenset({Op.RAND})
+
+# the name the printer gives each op's arg
+ARG_NAME = {
+    Op.INPUT: "",
+    Op.CONST: "",
+    Op.RAND: "dist,stream",
+    Op.CAST: "dtype",
+    Op.SUM: "axes",
+    Op.MAX: "axes",
+    Op.LOGSUMEXP: "axes",
+    Op.RESHAPE: "shape",
+    Op.BROADCAST: "shape",
+    Op.PERMUTE: "perm",
+    Op.FLIP: "axes",
+    Op.PAD: "widths",
+    Op.SLICE: "slices",
+    Op.DILATE: "axes,dilation",
+    Op.STACK: "axis",
+    Op.CONV: "stride,padding",
+    **{op: "c" for op in SCALAR},
+}
+
+
+class ConstArray:
+    """A numpy array made hashable by content, so constant nodes intern like any other."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.array.setflags(write=False)
+        self._key = (array.dtype.str, array.shape, array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConstArray) and self._key == other._key
+
+    def __repr__(self) -> str:
+        if self.array.size <= 8:
+            return repr(self.array.tolist())
+        return f"<array {self.array.dtype}{list(self.array.shape)}>"
+
+
+def fmt_type(dtype: str, shape: Shape) -> str:
+    """`f32[4,8]`: the printed type of a value."""
+    return f"{SHORT[dtype]}[{','.join(map(str, shape))}]"
+
+
+# ---------------------------------------------------------------- dtype rules
+
+
+def promote(a: str, b: str) -> str:
+    """Result dtype of a binary op: floats win (the wider one), then the wider int."""
+    if a == b:
+        return a
+    fa, fb = a in FLOATS, b in FLOATS
+    if fa and fb:
+        return "float64"
+    if fa or fb:
+        return a if fa else b
+    order = DTYPES
+    return max(a, b, key=order.index)
+
+
+def scalar_dtype(dtype: str, c: float) -> str:
+    """A Python scalar is weak: it keeps a float dtype; an int tensor with a float scalar is f32."""
+    if dtype in FLOATS:
+        return dtype
+    if isinstance(c, float) or dtype == "bool":
+        return "float32" if isinstance(c, float) else "int64"
+    return dtype
+
+
+def float_of(dtype: str) -> str:
+    return dtype if dtype in FLOATS else "float32"
+
+
+# ---------------------------------------------------------------- shape rules
+
+
+def normalize_axes(axes, ndim: int, op: str = "op") -> tuple[int, ...]:
+    """Axes as a sorted tuple of non-negative ints; None means all."""
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, int):
+        axes = (axes,)
+    out = []
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+            raise ShapeError(f"{op}: axis {a} is out of range for a {ndim}-d input")
+        out.append(a % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {tuple(axes)}")
+    return tuple(sorted(out))
+
+
+def broadcast_shapes(a: Shape, b: Shape, op: str = "broadcast") -> Shape:
+    """numpy broadcasting of two shapes, or a ShapeError naming both."""
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(pa, pb, strict=True):
+        if x != y and x != 1 and y != 1:
+            raise ShapeError(f"{op}: shapes {tuple(a)} and {tuple(b)} cannot be broadcast together")
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def _same(op: Op, shapes: list[Shape]) -> Shape:
+    if any(s != shapes[0] for s in shapes):
+        raise ShapeError(f"{op.name.lower()}: shapes {' and '.join(str(s) for s in shapes)} differ")
+    return shapes[0]
+
+
+def _reduce(op: Op, s: Shape, arg) -> Shape:
+    axes = normalize_axes(arg, len(s), op.name.lower())
+    return tuple(d for i, d in enumerate(s) if i not in axes)
+
+
+def _reshape(op: Op, s: Shape, shape) -> Shape:
+    if math.prod(s) != math.prod(shape) or any(d < 0 for d in shape):
+        raise ShapeError(f"reshape: cannot reshape {s} ({math.prod(s)} elements) to {shape}")
+    return tuple(shape)
+
+
+def _broadcast(op: Op, s: Shape, shape) -> Shape:
+    shape = tuple(shape)
+    if len(shape) < len(s) or broadcast_shapes(s, shape, "broadcast_to") != shape:
+        raise ShapeError(f"broadcast_to: cannot broadcast {s} to {shape}")
+    return shape
+
+
+def _permute(op: Op, s: Shape, perm) -> Shape:
+    if sorted(perm) != list(range(len(s))):
+        raise ShapeError(f"permute: {tuple(perm)} is not an order of the {len(s)} axes of {s}")
+    return tuple(s[p] for p in perm)
+
+
+def _pad(op: Op, s: Shape, widths) -> Shape:
+    if len(widths) != len(s) or any(lo < 0 or hi < 0 for lo, hi in widths):
+        raise ShapeError(f"pad: widths {widths} do not fit shape {s}")
+    return tuple(d + lo + hi for d, (lo, hi) in zip(s, widths, strict=True))
+
+
+def _slice(op: Op, s: Shape, spec) -> Shape:
+    if len(spec) != len(s):
+        raise ShapeError(f"slice: {len(spec)} slices for shape {s}")
+    out = []
+    for d, (start, stop, step) in zip(s, spec, strict=True):
+        if not (0 <= start <= stop <= d and step > 0):
+            raise ShapeError(f"slice: {(start, stop, step)} does not fit a dim of size {d} in {s}")
+        out.append(max(0, -(-(stop - start) // step)))
+    return tuple(out)
+
+
+def _dilate(op: Op, s: Shape, arg) -> Shape:
+    axes, d = arg
+    return tuple(n * (d + 1) if i in axes else n for i, n in enumerate(s))
+
+
+def _stack(op: Op, *shapes_and_axis) -> Shape:
+    *shapes, axis = shapes_and_axis
+    if not shapes:
+        raise ShapeError("stack: needs at least one tensor")
+    s = _same(op, list(shapes))
+    if not 0 <= axis <= len(s):
+        raise ShapeError(f"stack: axis {axis} is out of range for {len(s)}-d inputs")
+    return s[:axis] + (len(shapes),) + s[axis:]
+
+
+def _matmul(op: Op, a: Shape, b: Shape, arg) -> Shape:
+    if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
+        raise ShapeError(f"matmul: shapes {a} and {b} are not aligned ({a[-1:]} vs {b[-2:-1]})")
+    batch = broadcast_shapes(a[:-2], b[:-2], "matmul")
+    return batch + (a[-2], b[-1])
+
+
+def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
+    stride, pad = arg
+    if len(x) != 4 or len(w) != 4 or w[0] != w[1] or x[3] != w[2]:
+        raise ShapeError(f"conv: input {x} (N,H,W,Cin) and weight {w} (K,K,Cin,Cout) do not match")
+    k = w[0]
+    ho, wo = (x[1] + 2 * pad - k) // stride + 1, (x[2] + 2 * pad - k) // stride + 1
+    if ho <= 0 or wo <= 0:
+        raise ShapeError(f"conv: kernel {k} is larger than the padded input {x}")
+    return (x[0], ho, wo, w[3])
+
+
+def _logsoftmax(op: Op, s: Shape, arg) -> Shape:
+    if len(s) != 2:
+        raise ShapeError(f"logsoftmax: needs a 2-D input, got {s}")
+    return s
+
+
+def _where(op: Op, c: Shape, x: Shape, y: Shape, arg) -> Shape:
+    return _same(op, [c, x, y])
+
+
+def _rand(op: Op, seed: Shape, arg) -> Shape:
+    raise ShapeError("rand: the shape of a random node is given, not inferred")
+
+
+SHAPE_RULE: dict[Op, Callable[..., Shape]] = {
+    **{op: (lambda op, s, arg: s) for op in UNARY | SCALAR},
+    **{op: (lambda op, a, b, arg: _same(op, [a, b])) for op in BINARY},
+    Op.WHERE: _where,
+    Op.SUM: _reduce,
+    Op.MAX: _reduce,
+    Op.LOGSUMEXP: _reduce,
+    Op.RESHAPE: _reshape,
+    Op.BROADCAST: _broadcast,
+    Op.PERMUTE: _permute,
+    Op.FLIP: lambda op, s, arg: (normalize_axes(arg, len(s), "flip"), s)[1],
+    Op.PAD: _pad,
+    Op.SLICE: _slice,
+    Op.DILATE: _dilate,
+    Op.STACK: _stack,
+    Op.MATMUL: _matmul,
+    Op.CONV: _conv,
+    Op.LOGSOFTMAX: _logsoftmax,
+    Op.RAND: _rand,
+    Op.INPUT: lambda op, arg: (),
+    Op.CONST: lambda op, arg: (),
+}
+
+
+def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
+    if op in COMPARE:
+        return "bool"
+    if op is Op.CAST:
+        return arg
+    if op is Op.WHERE:
+        return promote(dtypes[1], dtypes[2])
+    if op in SCALAR:
+        d = scalar_dtype(dtypes[0], arg)
+        return float_of(d) if op is Op.DIV_SCALAR or (op is Op.POW_SCALAR and arg < 0) else d
+    if op in BINARY or op is Op.MATMUL or op is Op.CONV:
+        d = promote(dtypes[0], dtypes[1])
+        return float_of(d) if op is Op.DIV else d
+    if op in (Op.EXP, Op.LOG, Op.TANH, Op.SQRT, Op.LOGSUMEXP, Op.LOGSOFTMAX):
+        return float_of(dtypes[0])
+    if op is Op.SUM and dtypes[0] == "bool":
+        return "int64"
+    if op is Op.STACK and len(set(dtypes)) > 1:
+        raise ShapeError(f"stack: inputs have different dtypes {dtypes}")
+    return dtypes[0]
+
+
+def infer(op: Op, shapes: list[Shape], dtypes: list[str], arg) -> tuple[Shape, str]:
+    """(shape, dtype) of `op` applied to sources of these shapes and dtypes, or a ShapeError."""
+    if op in LEAF or op is Op.RAND:
+        raise ShapeError(f"{op.name.lower()}: a leaf's shape and dtype are given, not inferred")
+    if (
+        op in ELEMENTWISE
+        and op is not Op.CAST
+        and "bool" in dtypes
+        and op
+        not in (
+            Op.WHERE,
+            Op.CMPEQ,
+        )
+    ):
+        if op not in (Op.MUL, Op.ADD) or all(d == "bool" for d in dtypes):
+            raise ShapeError(
+                f"{op.name.lower()}: bool operands need a cast first (dtypes {dtypes})"
+            )
+    if op is Op.WHERE and dtypes[0] != "bool":
+        raise ShapeError(f"where: the condition must be bool, got {dtypes[0]}")
+    return SHAPE_RULE[op](op, *shapes, arg), _dtype_rule(op, dtypes, arg)
