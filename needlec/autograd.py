@@ -87,7 +87,7 @@ def _to_ndarray(data, device, dtype) -> NDArray:
             dtype = dtype if dtype in ("bool", "int32", "int64") else "int64"
         else:
             dtype = "float32"
-    return NDArray(np.ascontiguousarray(arr, dtype=dtype), device=device, dtype=dtype)
+    return NDArray(np.asarray(arr, dtype=dtype, order="C"), device=device, dtype=dtype)
 
 
 class Value:

@@ -143,7 +143,7 @@ class Lowered:
             self.traced.out_static[k]
             if k in self.traced.out_static
             else Tensor(
-                nd.NDArray.from_numpy(np.ascontiguousarray(next(outs))), requires_grad=False
+                nd.NDArray.from_numpy(np.asarray(next(outs), order="C")), requires_grad=False
             )
             for k in range(n_out)
         ]
