@@ -152,7 +152,8 @@ class Tensor(Value, OpMixin):
 
     def __del__(self) -> None:
         global TENSOR_COUNTER
-        TENSOR_COUNTER -= 1
+        if TENSOR_COUNTER is not None:  # None while the interpreter shuts down
+            TENSOR_COUNTER -= 1
 
     # ------------------------------------------------------------ construction
     @staticmethod

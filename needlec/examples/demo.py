@@ -52,8 +52,10 @@ def main(steps: int = 200, lr: float = 0.1) -> None:
 
     print(f"loss after {steps} steps: eager {eager_loss:.6f}, jit {jit_loss:.6f}")
     print(f"max |w1 eager - w1 jit| = {np.abs(w1.numpy() - v1).max():.2e}")
-    print(f"time per step: eager {1e3 * eager_time / steps:.2f} ms, "
-          f"jit {1e3 * jit_time / steps:.2f} ms (traced {step.trace_count} time)")
+    print(
+        f"time per step: eager {1e3 * eager_time / steps:.2f} ms, "
+        f"jit {1e3 * jit_time / steps:.2f} ms (traced {step.trace_count} time)"
+    )
 
     lowered = step.lower(v1, v2, x, y)
     print("\nThe optimized graph of value_and_grad(loss_fn):")

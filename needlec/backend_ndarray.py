@@ -1,0 +1,572 @@
+"""needle's strided NDArray on a device; numpy does the arithmetic on host buffers for now."""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+_NAMES = {np.dtype(d): d for d in DTYPES}  # dtype.name is slow; this is on every op's path
+Shape = tuple[int, ...]
+
+
+prod = math.prod  # needle's name for the product of a shape
+
+
+def _dtype(dtype: Any) -> str:
+    """Normalise a dtype (string, numpy dtype or type; None is float32): `np.int32` -> "int32"."""
+    dt = np.dtype("float32" if dtype is None else dtype)
+    if dt not in _NAMES:
+        raise TypeError(f"unsupported dtype {dt.name!r}; NDArray supports {', '.join(DTYPES)}")
+    return _NAMES[dt]
+
+
+def _infer_dtype(dtype: np.dtype) -> str:
+    """The supported dtype closest to a numpy one (uint8 -> int64, float16 -> float32)."""
+    if dtype in _NAMES:
+        return _NAMES[dtype]
+    if dtype.kind == "f":
+        return "float32" if dtype.itemsize <= 4 else "float64"
+    if dtype.kind in "iu":
+        return "int64"
+    raise TypeError(f"unsupported dtype {dtype.name!r}; NDArray supports {', '.join(DTYPES)}")
+
+
+def _shape_arg(shape: tuple) -> Shape:
+    """Accept `f(3, 4)` as well as `f((3, 4))`."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+@functools.cache
+def _cuda_available() -> bool:
+    """True when pycuda imports and a CUDA device initialises; asked once."""
+    try:
+        import pycuda.driver as drv
+
+        drv.init()
+        return drv.Device.count() > 0
+    except Exception:
+        return False
+
+
+class BackendDevice:
+    """A device whose memory holds NDArray buffers (host memory for every device, for now)."""
+
+    def __init__(self, name: str, enabled: Callable[[], bool]):
+        self.name = name
+        self._enabled = enabled
+
+    def enabled(self) -> bool:
+        """Whether arrays can be created on this device."""
+        return self._enabled()
+
+    def __repr__(self) -> str:
+        return self.name + "()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackendDevice) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def _wrap(self, data: Any, dtype: Any) -> NDArray:
+        return NDArray.from_numpy(np.asarray(data).astype(_dtype(dtype)), self)
+
+    def rand(self, *shape: int, dtype: Any = "float32") -> NDArray:
+        """Uniform [0, 1) draws from numpy's global generator, as `np.random.rand(*shape)`."""
+        return self._wrap(np.random.rand(*_shape_arg(shape)), dtype)
+
+    def randn(self, *shape: int, dtype: Any = "float32") -> NDArray:
+        """Standard normal draws from numpy's global generator, as `np.random.randn(*shape)`."""
+        return self._wrap(np.random.randn(*_shape_arg(shape)), dtype)
+
+    def one_hot(self, n: int, i: Any, dtype: Any = "float32") -> NDArray:
+        """Rows of the n x n identity picked by the int array `i`: `np.eye(n)[i]`."""
+        idx = np.asarray(i)
+        if idx.dtype.kind not in "iu":
+            idx = idx.astype(np.int64)
+        return self._wrap(np.eye(n)[idx], dtype)
+
+    def zeros(self, *shape: int, dtype: Any = "float32") -> NDArray:
+        """An array of zeros."""
+        return self.full(_shape_arg(shape), 0, dtype)
+
+    def ones(self, *shape: int, dtype: Any = "float32") -> NDArray:
+        """An array of ones."""
+        return self.full(_shape_arg(shape), 1, dtype)
+
+    def empty(self, shape: int | Sequence[int], dtype: Any = "float32") -> NDArray:
+        """An uninitialised array."""
+        shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+        return NDArray.make(shape, device=self, dtype=dtype)
+
+    def full(self, shape: int | Sequence[int], fill_value: Any, dtype: Any = "float32") -> NDArray:
+        """An array filled with `fill_value`."""
+        arr = self.empty(shape, dtype)
+        arr.fill(fill_value)
+        return arr
+
+
+_DEVICES = {
+    "cpu": BackendDevice("cpu", lambda: True),
+    "cuda": BackendDevice("cuda", _cuda_available),
+    "cpu_numpy": BackendDevice("cpu_numpy", lambda: True),
+}
+
+
+def cpu() -> BackendDevice:
+    """The CPU device (later compiled through LLVM)."""
+    return _DEVICES["cpu"]
+
+
+def cuda() -> BackendDevice:
+    """The CUDA device; `cuda().enabled()` is False without pycuda and a GPU."""
+    return _DEVICES["cuda"]
+
+
+def cpu_numpy() -> BackendDevice:
+    """The plain numpy CPU device."""
+    return _DEVICES["cpu_numpy"]
+
+
+def default_device() -> BackendDevice:
+    """The device used when none is given: `cpu()`."""
+    return cpu()
+
+
+def all_devices() -> list[BackendDevice]:
+    """Every device, enabled or not: cpu, cuda, cpu_numpy."""
+    return [cpu(), cuda(), cpu_numpy()]
+
+
+def _check_device(device: BackendDevice) -> BackendDevice:
+    if not device.enabled():
+        why = "no CUDA device or pycuda" if device.name == "cuda" else "device disabled"
+        raise RuntimeError(f"{device!r} is not available: {why}")
+    return device
+
+
+@functools.lru_cache(maxsize=4096)
+def _compact_strides(shape: Shape) -> Shape:
+    stride, res = 1, []
+    for s in reversed(shape):
+        res.append(stride)
+        stride *= s
+    return tuple(reversed(res))
+
+
+def _scalar(x: Any) -> Any:
+    """numpy scalars become Python ones, so `float32 + np.float64(1)` stays float32."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _ewise(ufunc: np.ufunc, reflected: bool = False, cmp: bool = False) -> Callable:
+    """An NDArray method applying `ufunc` with an NDArray of the same shape or a scalar."""
+
+    def method(self: NDArray, other: Any) -> NDArray:
+        return self._binary(other, ufunc, reflected, cmp)
+
+    method.__name__ = ufunc.__name__
+    method.__doc__ = f"Elementwise {ufunc.__name__} with an NDArray of the same shape or a scalar."
+    return method
+
+
+class NDArray:
+    """A strided n-d array on a device; views (reshape, permute, slicing) share one buffer.
+
+    >>> a = NDArray([[1.0, 2.0], [3.0, 4.0]])
+    >>> a.permute((1, 0))[0, :]
+    NDArray([[1. 3.]], device=cpu())
+    """
+
+    def __init__(self, other: Any, device: BackendDevice | None = None, dtype: Any = None):
+        if isinstance(other, NDArray):
+            data = other._view()
+            device = device or other.device
+        elif isinstance(other, np.ndarray):
+            data = other
+        else:
+            data = np.asarray(other, dtype=_dtype(dtype))
+        dtype = _dtype(dtype) if dtype is not None else _infer_dtype(data.dtype)
+        arr = NDArray.from_numpy(np.array(data, dtype=dtype, order="C", copy=True), device)
+        self.__dict__.update(arr.__dict__)
+
+    @staticmethod
+    def compact_strides(shape: Sequence[int]) -> Shape:
+        """Row-major strides in elements: (2, 3, 4) -> (12, 4, 1)."""
+        return _compact_strides(tuple(shape))
+
+    @staticmethod
+    def make(
+        shape: Sequence[int],
+        strides: Sequence[int] | None = None,
+        device: BackendDevice | None = None,
+        handle: np.ndarray | None = None,
+        offset: int = 0,
+        dtype: Any = None,
+    ) -> NDArray:
+        """Low-level constructor: a new buffer, or a view of `handle` (dtype from the handle)."""
+        shape = tuple(int(s) for s in shape)
+        strides = NDArray.compact_strides(shape) if strides is None else tuple(map(int, strides))
+        device = _check_device(device or default_device())
+        if handle is None:
+            handle = np.empty(prod(shape), dtype=_dtype(dtype))
+        elif dtype is not None and _dtype(dtype) != _NAMES.get(handle.dtype):
+            raise TypeError(f"dtype {_dtype(dtype)} does not match handle dtype {handle.dtype}")
+        return NDArray._new(shape, strides, device, handle, int(offset))
+
+    @staticmethod
+    def _new(shape: Shape, strides: Shape, device: BackendDevice, handle: np.ndarray,
+             offset: int, view: np.ndarray | None = None) -> NDArray:  # fmt: skip
+        """`make` without checks, for the hot paths (every op result, every view)."""
+        arr = object.__new__(NDArray)
+        arr.shape, arr.strides, arr._device = shape, strides, device
+        arr._handle, arr._offset, arr._np = handle, offset, view
+        return arr
+
+    @classmethod
+    def from_numpy(cls, arr: Any, device: BackendDevice | None = None) -> NDArray:
+        """Wrap a numpy array, without copying when it is C-contiguous and writeable."""
+        if type(arr) is not np.ndarray:
+            arr = np.asarray(arr)
+        if arr.dtype not in _NAMES:
+            arr = arr.astype(_infer_dtype(arr.dtype))
+        flags = arr.flags
+        if not (flags.c_contiguous and flags.writeable):
+            arr = np.array(arr, order="C", copy=True)
+        device = default_device() if device is None else _check_device(device)
+        shape = arr.shape
+        return NDArray._new(shape, _compact_strides(shape), device, arr.reshape(-1), 0, arr)
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> BackendDevice:
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return _NAMES[self._handle.dtype]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def handle(self) -> np.ndarray:
+        return self._handle
+
+    @property
+    def flat(self) -> np.flatiter:
+        """A flat iterator over the shared buffer: `a.flat[j] += eps` changes `a` in place."""
+        return self._view().flat
+
+    # ---- numpy interop ------------------------------------------------------------------------
+    def _view(self) -> np.ndarray:
+        """A writeable numpy view over the shared buffer with this array's shape and strides."""
+        if self._np is None:
+            item = self._handle.itemsize
+            strides = tuple(s * item for s in self.strides)
+            h = self._handle
+            self._np = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
+        return self._np
+
+    def numpy(self) -> np.ndarray:
+        """A fresh C-contiguous numpy copy."""
+        return np.array(self._view(), order="C", copy=True)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        view = self._view()
+        if dtype is not None and np.dtype(dtype) != view.dtype:
+            if copy is False:
+                raise ValueError("NDArray.__array__: a dtype change needs a copy")
+            return view.astype(dtype)
+        return np.array(view, copy=True) if copy else view.view()
+
+    def __repr__(self) -> str:
+        return "NDArray(" + self.numpy().__str__() + f", device={self.device})"
+
+    def __str__(self) -> str:
+        return self.numpy().__str__()
+
+    # ---- layout -------------------------------------------------------------------------------
+    def is_compact(self) -> bool:
+        """Row-major strides, offset 0, and the buffer holds exactly this array."""
+        return (
+            self.strides == _compact_strides(self.shape)
+            and self._offset == 0
+            and self._handle.size == self.size
+        )
+
+    def compact(self) -> NDArray:
+        """Self when compact, else a compact copy."""
+        return self if self.is_compact() else NDArray.from_numpy(self.numpy(), self.device)
+
+    def as_strided(self, shape: Sequence[int], strides: Sequence[int]) -> NDArray:
+        """A view of the same buffer with new shape and strides (in elements)."""
+        if len(shape) != len(strides):
+            raise ValueError(f"as_strided: shape {tuple(shape)} and strides {tuple(strides)}")
+        return NDArray.make(shape, strides, self.device, self._handle, self._offset)
+
+    def reshape(self, new_shape: Sequence[int]) -> NDArray:
+        """A view with a new shape (one dim may be -1); compacts first when needed."""
+        new_shape = tuple(int(s) for s in new_shape)
+        if new_shape.count(-1) > 1:
+            raise ValueError(f"cannot reshape {self.shape} to {new_shape}: more than one -1")
+        if -1 in new_shape:
+            rest = prod(s for s in new_shape if s != -1)
+            if rest == 0 or self.size % rest:
+                raise ValueError(f"cannot reshape array of shape {self.shape} to {new_shape}")
+            new_shape = tuple(self.size // rest if s == -1 else s for s in new_shape)
+        if prod(new_shape) != self.size or any(s < 0 for s in new_shape):
+            raise ValueError(f"cannot reshape array of shape {self.shape} to {new_shape}")
+        base = self.compact()
+        return NDArray._new(new_shape, _compact_strides(new_shape), base.device, base._handle, 0)
+
+    def permute(self, new_axes: Sequence[int]) -> NDArray:
+        """A view with axes reordered: `permute((1, 0))` is the transpose of a matrix."""
+        axes = tuple(int(a) + self.ndim if int(a) < 0 else int(a) for a in new_axes)
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"permute: {tuple(new_axes)} is not a permutation for {self.shape}")
+        shape, strides = tuple(self.shape[a] for a in axes), tuple(self.strides[a] for a in axes)
+        return NDArray._new(shape, strides, self.device, self._handle, self._offset)
+
+    def broadcast_to(self, new_shape: Sequence[int]) -> NDArray:
+        """A view broadcast by numpy's rules; broadcast dims get stride 0."""
+        new_shape = tuple(int(s) for s in new_shape)
+        pad = len(new_shape) - self.ndim
+        if pad < 0:
+            raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
+        shape, strides = (1,) * pad + self.shape, (0,) * pad + self.strides
+        out_strides = []
+        for old, new, stride in zip(shape, new_shape, strides, strict=True):
+            if old == new:
+                out_strides.append(stride)
+            elif old == 1:
+                out_strides.append(0)
+            else:
+                raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
+        return NDArray._new(new_shape, tuple(out_strides), self.device, self._handle, self._offset)
+
+    def __getitem__(self, idxs: Any) -> NDArray:
+        """A view; needle keeps the rank, so an int index i acts as slice(i, i + 1)."""
+        if not isinstance(idxs, tuple):
+            idxs = (idxs,)
+        if len(idxs) > self.ndim:
+            raise IndexError(f"too many indices ({len(idxs)}) for shape {self.shape}")
+        idxs = idxs + (slice(None),) * (self.ndim - len(idxs))
+        offset, shape, strides = self._offset, [], []
+        for dim, (idx, n, stride) in enumerate(zip(idxs, self.shape, self.strides, strict=True)):
+            if isinstance(idx, (numbers.Integral, np.integer)) and not isinstance(idx, bool):
+                i = int(idx) + n if idx < 0 else int(idx)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {idx} out of range for dim {dim} of {self.shape}")
+                idx = slice(i, i + 1)
+            if not isinstance(idx, slice):
+                raise TypeError(f"NDArray indices are ints and slices, got {type(idx).__name__}")
+            start, stop, step = idx.indices(n)
+            length = len(range(start, stop, step))
+            offset += start * stride if length else 0
+            shape.append(length)
+            strides.append(stride * step)
+        return NDArray._new(tuple(shape), tuple(strides), self.device, self._handle, offset)
+
+    def __setitem__(self, idxs: Any, other: Any) -> None:
+        """Write `other` (an NDArray or scalar, broadcast) into the selected view, in place."""
+        view = self[idxs]._view()
+        src = other._view() if isinstance(other, NDArray) else other
+        try:
+            view[...] = src
+        except ValueError:
+            src_shape = np.shape(src)
+            if prod(src_shape) != view.size:
+                msg = f"cannot assign shape {src_shape} to view of shape {view.shape}"
+                raise ValueError(msg) from None
+            view[...] = np.reshape(src, view.shape)  # needle: equal sizes suffice
+
+    def fill(self, value: Any) -> None:
+        """Set every element to `value`, in place."""
+        self._view()[...] = value
+
+    def to(self, device: BackendDevice) -> NDArray:
+        """Self on `device` (a copy when the device differs)."""
+        return self if device == self.device else NDArray(self, device=device)
+
+    def astype(self, dtype: Any) -> NDArray:
+        """A copy converted to `dtype`."""
+        return NDArray(self, dtype=dtype)
+
+    # ---- elementwise --------------------------------------------------------------------------
+    def _binary(self, other: Any, ufunc: np.ufunc, reflected: bool, cmp: bool) -> NDArray:
+        """Apply `ufunc` to self and an NDArray of the same shape or a scalar."""
+        if isinstance(other, NDArray):
+            if other.shape != self.shape:
+                raise ValueError(f"{ufunc.__name__}: shapes differ, {self.shape} vs {other.shape}")
+            if other.device != self.device:
+                raise ValueError(
+                    f"{ufunc.__name__}: devices differ, {self.device} vs {other.device}"
+                )
+            b = other._view()
+        elif isinstance(other, (numbers.Number, np.bool_)):
+            b = _scalar(other)
+        else:
+            return NotImplemented
+        a = self._view()
+        a, b = (b, a) if reflected else (a, b)
+        if cmp:  # needle's convention: 0/1 in self's dtype, written in one pass
+            out = np.empty(self.shape, self.dtype)
+            return NDArray.from_numpy(ufunc(a, b, out=out, casting="unsafe"), self.device)
+        return NDArray.from_numpy(ufunc(a, b, order="C"), self.device)
+
+    def _unary(self, ufunc: np.ufunc) -> NDArray:
+        return NDArray.from_numpy(ufunc(self._view(), order="C"), self.device)
+
+    # one row per operator: (ufunc, reflected, comparison)
+    __add__ = __radd__ = _ewise(np.add)
+    __sub__, __rsub__ = _ewise(np.subtract), _ewise(np.subtract, reflected=True)
+    __mul__ = __rmul__ = _ewise(np.multiply)
+    __truediv__ = _ewise(np.true_divide)
+    __rtruediv__ = _ewise(np.true_divide, reflected=True)
+    __pow__ = _ewise(np.power)
+    maximum = _ewise(np.maximum)
+    __eq__ = _ewise(np.equal, cmp=True)  # type: ignore[assignment]
+    __ne__ = _ewise(np.not_equal, cmp=True)  # type: ignore[assignment]
+    __lt__ = _ewise(np.less, cmp=True)
+    __le__ = _ewise(np.less_equal, cmp=True)
+    __gt__ = _ewise(np.greater, cmp=True)
+    __ge__ = _ewise(np.greater_equal, cmp=True)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __neg__(self) -> NDArray:
+        return self._unary(np.negative)
+
+    def log(self) -> NDArray:
+        """Elementwise natural log."""
+        return self._unary(np.log)
+
+    def exp(self) -> NDArray:
+        """Elementwise exp."""
+        return self._unary(np.exp)
+
+    def tanh(self) -> NDArray:
+        """Elementwise tanh."""
+        return self._unary(np.tanh)
+
+    # ---- reductions, matmul, data movement ----------------------------------------------------
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
+        """Sum over `axis` (int, tuple or None for all); int dtypes keep their width."""
+        axis = tuple(axis) if isinstance(axis, list) else axis
+        dtype = None if self.dtype == "bool" else self.dtype
+        out = np.sum(self._view(), axis=axis, keepdims=keepdims, dtype=dtype)
+        return NDArray.from_numpy(out, self.device)
+
+    def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
+        """Max over `axis` (int, tuple or None for all)."""
+        axis = tuple(axis) if isinstance(axis, list) else axis
+        return NDArray.from_numpy(np.max(self._view(), axis=axis, keepdims=keepdims), self.device)
+
+    def __matmul__(self, other: NDArray) -> NDArray:
+        """Matrix product; leading (batch) dims broadcast as in numpy.matmul."""
+        if not isinstance(other, NDArray):
+            return NotImplemented
+        try:
+            out = np.matmul(self._view(), other._view())
+        except ValueError as e:
+            raise ValueError(f"matmul: shapes {self.shape} and {other.shape}: {e}") from None
+        return NDArray.from_numpy(out, self.device)
+
+    def flip(self, axes: int | Sequence[int] | None = None) -> NDArray:
+        """A compact copy reversed along `axes` (all axes when None)."""
+        axes = tuple(axes) if isinstance(axes, list) else axes
+        return NDArray.from_numpy(np.flip(self._view(), axes).copy(), self.device)
+
+    def pad(self, axes: Sequence[tuple[int, int]]) -> NDArray:
+        """A copy zero-padded by (lo, hi) along each dim."""
+        if len(axes) != self.ndim:
+            raise ValueError(f"pad: {len(axes)} (lo, hi) pairs for shape {self.shape}")
+        return NDArray.from_numpy(np.pad(self._view(), tuple(axes)), self.device)
+
+
+# ---- module-level helpers (as in needle) ----------------------------------------------------
+def array(a: Any, dtype: Any = "float32", device: BackendDevice | None = None) -> NDArray:
+    """An NDArray copy of `a` (dtype None keeps the input's dtype)."""
+    return NDArray(a, device=device, dtype=dtype)
+
+
+def empty(
+    shape: Sequence[int], dtype: Any = "float32", device: BackendDevice | None = None
+) -> NDArray:
+    """An uninitialised array."""
+    return (device or default_device()).empty(shape, dtype)
+
+
+def full(
+    shape: Sequence[int],
+    fill_value: Any,
+    dtype: Any = "float32",
+    device: BackendDevice | None = None,
+) -> NDArray:
+    """An array filled with `fill_value`."""
+    return (device or default_device()).full(shape, fill_value, dtype)
+
+
+def broadcast_to(a: NDArray, shape: Sequence[int]) -> NDArray:
+    """`a.broadcast_to(shape)`."""
+    return a.broadcast_to(shape)
+
+
+def reshape(a: NDArray, shape: Sequence[int]) -> NDArray:
+    """`a.reshape(shape)`."""
+    return a.reshape(shape)
+
+
+def maximum(a: NDArray, b: Any) -> NDArray:
+    """`a.maximum(b)`."""
+    return a.maximum(b)
+
+
+def log(a: NDArray) -> NDArray:
+    """`a.log()`."""
+    return a.log()
+
+
+def exp(a: NDArray) -> NDArray:
+    """`a.exp()`."""
+    return a.exp()
+
+
+def tanh(a: NDArray) -> NDArray:
+    """`a.tanh()`."""
+    return a.tanh()
+
+
+def summation(a: NDArray, axis: Any = None, keepdims: bool = False) -> NDArray:
+    """`a.sum(axis, keepdims)`."""
+    return a.sum(axis=axis, keepdims=keepdims)
+
+
+sum = summation  # needle's name; shadows the builtin in this module only
+
+
+def flip(a: NDArray, axes: Any) -> NDArray:
+    """`a.flip(axes)`."""
+    return a.flip(axes)
+
+
+def negative(a: NDArray) -> NDArray:
+    """`-a`."""
+    return -a
