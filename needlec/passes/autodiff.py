@@ -78,8 +78,8 @@ def _max_vjp(g, out, x, axes):
     return (_keepdims(g, x, axes) * share,)
 
 
-def _stack_vjp(g, out, *xs, arg):
-    axis = arg
+def _stack_vjp(g, out, *xs_and_axis):
+    *xs, axis = xs_and_axis
     parts = []
     for i, x in enumerate(xs):
         spec = [(i, i + 1, 1) if a == axis else (0, d, 1) for a, d in enumerate(g.shape)]
