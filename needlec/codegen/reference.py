@@ -44,13 +44,13 @@ def _conv(x, w, arg):
     stride, pad = arg
     x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     n, h, wd, c = x.shape
-    k, _, _, cout = w.shape
-    ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+    kh, kw, _, cout = w.shape
+    ho, wo = (h - kh) // stride + 1, (wd - kw) // stride + 1
     s = x.strides
     cols = np.lib.stride_tricks.as_strided(
-        x, (n, ho, wo, k, k, c), (s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3])
+        x, (n, ho, wo, kh, kw, c), (s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3])
     )
-    return (cols.reshape(n * ho * wo, k * k * c) @ w.reshape(k * k * c, cout)).reshape(
+    return (cols.reshape(n * ho * wo, kh * kw * c) @ w.reshape(kh * kw * c, cout)).reshape(
         n, ho, wo, cout
     )
 

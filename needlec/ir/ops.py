@@ -65,7 +65,7 @@ class Op(Enum):
     STACK = auto()  # arg = axis, any number of sources
     # compute
     MATMUL = auto()  # batched, leading dims broadcast
-    CONV = auto()  # arg = (stride, padding); NHWC input, (K, K, Cin, Cout) weight
+    CONV = auto()  # arg = (stride, padding); NHWC input, (KH, KW, Cin, Cout) weight
     LOGSOFTMAX = auto()  # 2-D, over axis 1
 
     def __repr__(self) -> str:
@@ -266,12 +266,15 @@ def _matmul(op: Op, a: Shape, b: Shape, arg) -> Shape:
 
 def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
     stride, pad = arg
-    if len(x) != 4 or len(w) != 4 or w[0] != w[1] or x[3] != w[2]:
-        raise ShapeError(f"conv: input {x} (N,H,W,Cin) and weight {w} (K,K,Cin,Cout) do not match")
-    k = w[0]
-    ho, wo = (x[1] + 2 * pad - k) // stride + 1, (x[2] + 2 * pad - k) // stride + 1
-    if ho <= 0 or wo <= 0:
-        raise ShapeError(f"conv: kernel {k} is larger than the padded input {x}")
+    if len(x) != 4 or len(w) != 4 or x[3] != w[2]:
+        raise ShapeError(
+            f"conv: input {x} (N,H,W,Cin) and weight {w} (KH,KW,Cin,Cout) do not match"
+        )
+    ho, wo = (x[1] + 2 * pad - w[0]) // stride + 1, (x[2] + 2 * pad - w[1]) // stride + 1
+    if ho <= 0 or wo <= 0 or stride <= 0 or pad < 0:
+        raise ShapeError(
+            f"conv: kernel {w[:2]} with stride {stride}, padding {pad} does not fit input {x}"
+        )
     return (x[0], ho, wo, w[3])
 
 

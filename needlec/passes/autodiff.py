@@ -57,17 +57,30 @@ def _matmul_vjp(g, out, x, y, arg):
     return unbroadcast(gx, x.shape), unbroadcast(gy, y.shape)
 
 
+def _pad_or_crop(g, axes_widths):
+    """Pad (positive width) or crop (negative width) both sides of each given axis."""
+    g = g.pad([(max(axes_widths.get(i, 0), 0),) * 2 for i in range(len(g.shape))])
+    return g.slice(
+        [
+            (max(-axes_widths.get(i, 0), 0), d - max(-axes_widths.get(i, 0), 0), 1)
+            for i, d in enumerate(g.shape)
+        ]
+    )
+
+
 def _conv_vjp(g, out, x, w, arg):
     stride, pad = arg
-    k = w.shape[0]
+    kh, kw = w.shape[0], w.shape[1]
     if stride > 1:
-        # re-space g to stride 1; r rows of x that no window reached come back as zeros
-        r = (x.shape[1] + 2 * pad - k) % stride, (x.shape[2] + 2 * pad - k) % stride
+        # re-space g to stride 1; the rows of x that no window reached come back as zeros
+        r = (x.shape[1] + 2 * pad - kh) % stride, (x.shape[2] + 2 * pad - kw) % stride
         g = g.dilate((1, 2), stride - 1)
         h, wd = (out.shape[1] - 1) * stride + 1, (out.shape[2] - 1) * stride + 1
         g = g.slice([(0, g.shape[0], 1), (0, h, 1), (0, wd, 1), (0, g.shape[3], 1)])
         g = g.pad([(0, 0), (0, r[0]), (0, r[1]), (0, 0)])
-    gx = g.conv(w.flip((0, 1)).transpose((2, 3)), 1, k - 1 - pad)
+    # full correlation with the flipped kernel; padding k-1-pad, a crop where that is negative
+    gx = _pad_or_crop(g, {1: kh - 1 - pad, 2: kw - 1 - pad})
+    gx = gx.conv(w.flip((0, 1)).transpose((2, 3)), 1, 0)
     gw = x.permute((3, 1, 2, 0)).conv(g.permute((1, 2, 0, 3)), 1, pad).permute((1, 2, 0, 3))
     return gx, gw
 
