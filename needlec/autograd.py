@@ -118,6 +118,7 @@ class Tensor(Value, OpMixin):
     grad: Tensor | None
     _node: Node | None = None
     _trace = None
+    __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
         dtype = _ensure_dtype(dtype)

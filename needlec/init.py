@@ -6,6 +6,17 @@ import math
 
 from . import backend_ndarray as nd
 from .autograd import Tensor
+from .frontend.trace import current
+
+
+def _traced_draw(dist: str, shape, dtype: str, requires_grad: bool) -> Tensor | None:
+    """Inside a trace, a random node (fresh numbers every call) instead of a baked-in draw."""
+    trace = current()
+    if trace is None:
+        return None
+    t = Tensor._make_tracer(trace.random(dist, shape, dtype), trace)
+    t.requires_grad = requires_grad
+    return t
 
 
 def _dev(device):
@@ -14,12 +25,18 @@ def _dev(device):
 
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Uniform in [low, high): `np.random.rand(*shape) * (high - low) + low`."""
+    u = _traced_draw("uniform", shape, dtype, requires_grad)
+    if u is not None:
+        return u * (high - low) + low
     array = _dev(device).rand(*shape) * (high - low) + low
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 
 
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Normal: `np.random.randn(*shape) * std + mean`."""
+    z = _traced_draw("normal", shape, dtype, requires_grad)
+    if z is not None:
+        return z * std + mean
     array = _dev(device).randn(*shape) * std + mean
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 
@@ -40,6 +57,9 @@ def zeros(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
 
 def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tensor:
     """Bernoulli(p) as `rand(*shape) <= p`."""
+    u = _traced_draw("uniform", shape, "float32", False)
+    if u is not None:
+        return (u < p).cast(dtype)
     array = _dev(device).rand(*shape) <= p
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 

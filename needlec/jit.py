@@ -62,8 +62,11 @@ def _signature(fn_name: str, args: Sequence, static_argnums: tuple[int, ...]):
 class Traced:
     """The result of tracing: the graph and how to call it (captured tensors, output structure)."""
 
-    def __init__(self, graph: Graph, captured: list, out_tree, out_static: dict) -> None:
+    def __init__(
+        self, graph: Graph, captured: list, out_tree, out_static: dict, random: bool = False
+    ) -> None:
         self.graph = graph
+        self.random = random  # the last graph input is a seed, fresh every call
         self.captured = captured  # tensors read at every call, in graph input order
         self.captured_sig = [(t.shape, t.dtype) for t in captured]
         self.out_tree = out_tree
@@ -107,7 +110,8 @@ def trace_function(fn: Callable, args: Sequence, static_argnums=(), leaves=None)
                 static[k] = leaf
     captured = [t for t, _ in trace.captured.values()]
     inputs = trace.inputs + [n for _, n in trace.captured.values()]
-    return Traced(Graph(inputs, nodes), captured, out_tree, static)
+    inputs += [trace.seed] if trace.seed is not None else []
+    return Traced(Graph(inputs, nodes), captured, out_tree, static, trace.seed is not None)
 
 
 class Lowered:
@@ -116,6 +120,8 @@ class Lowered:
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         self.graph = optimize(traced.graph)
+        self.calls = 0
+        self.seed_base = int(np.random.randint(0, 2**31 - 1)) if traced.random else 0
 
     def as_text(self) -> str:
         """The optimized graph, printed."""
@@ -130,6 +136,10 @@ class Lowered:
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         arrays = [np.asarray(t.realize_cached_data()) for t in leaves]
         arrays += [np.asarray(t.realize_cached_data()) for t in self.traced.captured]
+        if self.traced.random:  # a new seed each call: fresh random numbers, reproducible
+            arrays.append(np.array((self.seed_base << 24) + self.calls, dtype="int64"))
+        self.calls += 1
+        device = leaves[0].device if leaves else nd.default_device()
         for a, n in zip(arrays, self.graph.inputs, strict=True):
             if (
                 a.shape != n.shape or str(a.dtype) != n.dtype
@@ -143,7 +153,8 @@ class Lowered:
             self.traced.out_static[k]
             if k in self.traced.out_static
             else Tensor(
-                nd.NDArray.from_numpy(np.asarray(next(outs), order="C")), requires_grad=False
+                nd.NDArray.from_numpy(np.asarray(next(outs), order="C"), device),
+                requires_grad=False,
             )
             for k in range(n_out)
         ]
@@ -160,7 +171,11 @@ class Jitted:
         self._cache: dict = {}
         self.trace_count = 0
 
-    def _entry(self, args) -> tuple[Lowered, list]:
+    def _entry(self, args, kwargs) -> tuple[Lowered, list]:
+        fn = self.fn
+        if kwargs:  # keyword arguments travel as one more (dict) argument
+            args = (*args, kwargs)
+            fn = functools.wraps(self.fn)(lambda *a: self.fn(*a[:-1], **a[-1]))
         key, leaves = _signature(self.fn.__name__, args, self.static_argnums)
         entry = self._cache.get(key)
         why = "first call" if not self._cache else "new argument signature"
@@ -170,20 +185,20 @@ class Jitted:
                 return entry, leaves
         if _debug("recompiles"):
             print(f"needlec: tracing {self.fn.__name__}: {why}", file=sys.stderr)
-        entry = Lowered(trace_function(self.fn, args, self.static_argnums, leaves))
+        entry = Lowered(trace_function(fn, args, self.static_argnums, leaves))
         self.trace_count += 1
         self._cache[key] = entry
         return entry, leaves
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         if current() is not None:  # jit inside a trace: inline
-            return self.fn(*args)
-        entry, leaves = self._entry(args)
+            return self.fn(*args, **kwargs)
+        entry, leaves = self._entry(args, kwargs)
         return entry(leaves)
 
-    def lower(self, *args) -> Lowered:
+    def lower(self, *args, **kwargs) -> Lowered:
         """Trace (or reuse the trace) for these arguments and return the optimized function."""
-        return self._entry(args)[0]
+        return self._entry(args, kwargs)[0]
 
 
 def jit(fn: Callable | None = None, *, static_argnums: int | Sequence[int] = ()) -> Jitted:

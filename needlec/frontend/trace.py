@@ -44,6 +44,15 @@ class Trace:
         self.inputs: list[Node] = []
         self.captured: dict[int, tuple[object, Node]] = {}  # id(tensor) -> (tensor, node)
         self.creation_mark = 0  # tensors made after this (counter) were made inside the trace
+        self.seed: Node | None = None  # the scalar seed input, once a random op asks for it
+        self.streams = 0
+
+    def random(self, dist: str, shape, dtype: str) -> Node:
+        """A random node: counter-based draws keyed by the call's seed and a stream of its own."""
+        if self.seed is None:
+            self.seed = Node.leaf(Op.INPUT, "int64", (), ("seed", 0))
+        self.streams += 1
+        return Node.leaf(Op.RAND, dtype, shape, (dist, self.streams - 1), src=(self.seed,))
 
     def add_input(self, shape, dtype: str) -> Node:
         node = Node.leaf(Op.INPUT, dtype, shape, ("arg", len(self.inputs)))
