@@ -12,9 +12,9 @@ import numpy as np
 
 from . import backend_ndarray as nd
 from .codegen.reference import evaluate
-from .frontend.trace import TracerError, current, user_frame
-from .ir import Node, Op, OpMixin, ShapeError, infer
-from .ir.ops import FLOATS, fmt_type
+from .frontend.trace import TracerError, current
+from .ir import Node, Op, OpMixin, infer
+from .ir.ops import FLOATS, fmt_type, user_frame
 from .passes.autodiff import VJP, backprop
 
 LAZY_MODE = False
@@ -188,10 +188,7 @@ class Tensor(Value, OpMixin):
                     "TensorOp with only compute/gradient) runs eagerly but cannot be traced"
                 )
             nodes = [_node_in(trace, x) for x in inputs]
-            try:
-                node = Node.make(op.ir_op, *nodes, arg=op.arg)
-            except ShapeError as e:
-                raise ShapeError(f"{e} (at {user_frame()})") from None
+            node = Node.make(op.ir_op, *nodes, arg=op.arg)
             if not requires_grad:
                 return Tensor._make_tracer(node, trace)
             return Tensor._make_tracer(node, trace, op, inputs, True)
@@ -199,10 +196,7 @@ class Tensor(Value, OpMixin):
             data = op.compute(*[x.realize_cached_data() for x in inputs])
         else:
             _check_devices(op, inputs)
-            try:
-                data = _compute(op.ir_op, [x.cached_data for x in inputs], op.arg)
-            except ShapeError as e:
-                raise ShapeError(f"{e} (at {user_frame()})") from None
+            data = _compute(op.ir_op, [x.cached_data for x in inputs], op.arg)
         t = Tensor.__new__(Tensor)
         if not requires_grad:
             t._init(None, [], cached_data=data, requires_grad=False)

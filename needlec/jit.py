@@ -12,12 +12,14 @@ import numpy as np
 
 from . import autograd
 from . import backend_ndarray as nd
-from .autograd import Tensor, _node_in, _to_ndarray
+from .autograd import Tensor, TensorOp, _node_in, _to_ndarray
 from .codegen import reference
+from .frontend import guards
 from .frontend.pytree import flatten, unflatten
 from .frontend.trace import Trace, current, tracing
-from .ir import Graph
-from .passes import optimize
+from .ir import Graph, Node, Op
+from .ir.ops import FLOATS
+from .passes import differentiate, optimize
 
 _SCALARS = (bool, int, float, complex, str, bytes)
 
@@ -26,49 +28,66 @@ def _debug(topic: str) -> bool:
     return topic in os.environ.get("NEEDLEC_DEBUG", "").split(",")
 
 
-def _signature(fn_name: str, args: Sequence, static_argnums: tuple[int, ...]):
-    """(key, dynamic leaves as tensors) for a call; raises for non-static Python values."""
+def _is_tensor(x) -> bool:
+    return isinstance(x, Tensor)
+
+
+def _signature(name: str, args: Sequence, kwargs: dict, static_argnums, static_argnames):
+    """(key, dynamic leaves as tensors) of a call; raises for a non-static Python value."""
     key, leaves = [], []
-    for i, a in enumerate(args):
-        if i in static_argnums:
-            try:
-                hash(a)
-            except TypeError:
-                raise TypeError(
-                    f"jit({fn_name}): static argument {i} ({type(a).__name__}) must be hashable"
-                ) from None
-            key.append(("static", type(a), a))
-            continue
-        flat, tree = flatten(a)
+
+    def dynamic(value, where: str, hint: str):
+        flat, tree = flatten(value)
         sig = []
         for leaf in flat:
             if isinstance(leaf, np.ndarray | nd.NDArray):
                 leaf = Tensor(_to_ndarray(leaf, None, None), requires_grad=False)
             if not isinstance(leaf, Tensor):
-                what = f"a {type(leaf).__name__}" + (
-                    f" ({leaf!r})" if isinstance(leaf, _SCALARS) else ""
-                )
+                what = f"a {type(leaf).__name__}"
+                what += f" ({leaf!r})" if isinstance(leaf, _SCALARS) else ""
                 raise TypeError(
-                    f"jit({fn_name}): argument {i} contains {what}, which is not a tensor or array. "
-                    f"Pass tensors and arrays (in tuples, lists or dicts), or declare it static: "
-                    f"jit({fn_name}, static_argnums=({i},))"
+                    f"jit({name}): {where} is {what}, not a tensor or array. Pass tensors and "
+                    f"arrays (in tuples, lists or dicts), or declare it static: jit({name}, {hint})"
                 )
             leaves.append(leaf)
             sig.append((leaf.shape, leaf.dtype, repr(leaf.device), leaf.requires_grad))
-        key.append((tree, tuple(sig)))
+        return (tree, tuple(sig))
+
+    def static(value, where: str):
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"jit({name}): static {where} ({type(value).__name__}) must be hashable"
+            ) from None
+        return ("static", type(value), value)
+
+    for i, a in enumerate(args):
+        where = f"argument {i}"
+        key.append(
+            static(a, where) if i in static_argnums else dynamic(a, where, f"static_argnums=({i},)")
+        )
+    for k in sorted(kwargs):
+        where = f"keyword argument {k!r}"
+        key.append(
+            (
+                k,
+                static(kwargs[k], where)
+                if k in static_argnames
+                else dynamic(kwargs[k], where, f"static_argnames=({k!r},)"),
+            )
+        )
     return tuple(key), leaves
 
 
 class Traced:
     """The result of tracing: the graph and how to call it (captured tensors, output structure)."""
 
-    def __init__(
-        self, graph: Graph, captured: list, out_tree, out_static: dict, random: bool = False
-    ) -> None:
+    def __init__(self, graph: Graph, trace: Trace, out_tree, out_static: dict) -> None:
         self.graph = graph
-        self.random = random  # the last graph input is a seed, fresh every call
-        self.captured = captured  # tensors read at every call, in graph input order
-        self.captured_sig = [(t.shape, t.dtype) for t in captured]
+        self.captured = [t for t, _ in trace.captured.values()]  # read at every call
+        self.captured_sig = [(t.shape, t.dtype) for t in self.captured]
+        self.random = trace.seed is not None  # the last graph input is a seed, fresh every call
         self.out_tree = out_tree
         self.out_static = out_static  # output leaf index -> a Python value returned as is
 
@@ -80,27 +99,41 @@ class Traced:
         return None
 
 
-def trace_function(fn: Callable, args: Sequence, static_argnums=(), leaves=None) -> Traced:
-    """Trace `fn(*args)` with tracer tensors standing for the dynamic leaves of the arguments."""
+def trace_function(
+    fn: Callable,
+    args: Sequence,
+    kwargs: dict | None = None,
+    static_argnums=(),
+    static_argnames=(),
+    leaves=None,
+) -> Traced:
+    """Trace `fn(*args, **kwargs)` with tracers standing for the dynamic leaves of the arguments."""
+    kwargs = kwargs or {}
+    name = getattr(fn, "__name__", "f")
     if leaves is None:
-        _, leaves = _signature(getattr(fn, "__name__", "f"), args, tuple(static_argnums))
-    trace = Trace(getattr(fn, "__name__", "f"))
+        _, leaves = _signature(name, args, kwargs, static_argnums, static_argnames)
+    trace = Trace(name)
     trace.creation_mark = autograd._created
     with tracing(trace):
         tracers = iter(
-            Tensor._make_tracer(
-                trace.add_input(x.shape, x.dtype), trace, requires_grad=x.requires_grad
-            )
-            for x in leaves
+            [
+                Tensor._make_tracer(
+                    trace.add_input(x.shape, x.dtype), trace, requires_grad=x.requires_grad
+                )
+                for x in leaves
+            ]
         )
-        call_args = []
-        for i, a in enumerate(args):
-            if i in static_argnums:
-                call_args.append(a)
-            else:
-                flat, tree = flatten(a)
-                call_args.append(unflatten(tree, [next(tracers) for _ in flat]))
-        out = fn(*call_args)
+
+        def rebuild(value):
+            flat, tree = flatten(value)
+            return unflatten(tree, [next(tracers) for _ in flat])
+
+        call_args = [a if i in static_argnums else rebuild(a) for i, a in enumerate(args)]
+        call_kwargs = {k: kwargs[k] if k in static_argnames else None for k in kwargs}
+        for k in sorted(kwargs):  # the order the signature flattened them in
+            if k not in static_argnames:
+                call_kwargs[k] = rebuild(kwargs[k])
+        out = fn(*call_args, **call_kwargs)
         flat_out, out_tree = flatten(out)
         nodes, static = [], {}
         for k, leaf in enumerate(flat_out):
@@ -108,10 +141,78 @@ def trace_function(fn: Callable, args: Sequence, static_argnums=(), leaves=None)
                 nodes.append(_node_in(trace, leaf))
             else:
                 static[k] = leaf
-    captured = [t for t, _ in trace.captured.values()]
     inputs = trace.inputs + [n for _, n in trace.captured.values()]
     inputs += [trace.seed] if trace.seed is not None else []
-    return Traced(Graph(inputs, nodes), captured, out_tree, static, trace.seed is not None)
+    return Traced(Graph(inputs, nodes), trace, out_tree, static)
+
+
+class GraphCall(TensorOp):
+    """Output `index` of a compiled graph applied to tensors; its VJP runs the gradient graph."""
+
+    def __init__(self, graph: Graph, index: int, grads: dict) -> None:
+        self.graph, self.index, self._grads = graph, index, grads
+
+    def gradient(self, out_grad: Tensor, node: Tensor):
+        dg = self._grads.get(self.index)
+        if dg is None:
+            one = Graph(self.graph.inputs, [self.graph.outputs[self.index]])
+            dg = self._grads[self.index] = optimize(differentiate(one, seeds=True))
+        return tuple(call_graph(dg, [*node.inputs, out_grad]))
+
+    def __repr__(self) -> str:
+        return f"GraphCall(output {self.index} of {len(self.graph.nodes)} nodes)"
+
+
+def call_graph(graph: Graph, tensors: Sequence[Tensor], grads: dict | None = None) -> list:
+    """Run `graph` on tensors. Outputs stay differentiable (eager backward, grad) when an input
+    requires grad; inside a trace the graph is inlined instead."""
+    if current() is not None:
+        return inline(graph, tensors)
+    arrays = [np.asarray(t.realize_cached_data()) for t in tensors]
+    for a, n in zip(arrays, graph.inputs, strict=True):
+        if a.shape != n.shape or str(a.dtype) != n.dtype:  # never run a trace on wrong inputs
+            raise RuntimeError(
+                f"jit: input {n.arg} is {a.dtype}{a.shape}, the trace expects {n.dtype}{n.shape}"
+            )
+    device = tensors[0].device if tensors else nd.default_device()
+    requires_grad = any(t.requires_grad for t in tensors)
+    grads = {} if grads is None else grads
+    out = []
+    for i, a in enumerate(reference.run_graph(graph, arrays)):
+        data = nd.NDArray.from_numpy(np.asarray(a, order="C"), device)
+        if requires_grad and graph.outputs[i].dtype in FLOATS:
+            t = Tensor.__new__(Tensor)
+            t._init(GraphCall(graph, i, grads), tensors, cached_data=data, requires_grad=True)
+        else:
+            t = Tensor.make_const(data)
+        out.append(t)
+    return out
+
+
+def inline(graph: Graph, tensors: Sequence[Tensor]) -> list:
+    """Replay `graph` with tensor ops on `tensors` (inside a trace this records its nodes)."""
+    env: dict[Node, Tensor] = dict(zip(graph.inputs, tensors, strict=True))
+    ref = tensors[0] if tensors else Tensor(np.zeros(()), requires_grad=False)
+    for n in graph.nodes:
+        if n in env:
+            continue
+        if n.op is Op.CONST:
+            arr = n.arg.array if hasattr(n.arg, "array") else None
+            env[n] = (
+                ref._const(n.arg, n.shape, n.dtype)
+                if arr is None
+                else Tensor(arr, requires_grad=False)
+            )
+        elif n.op is Op.RAND:
+            trace = current()
+            seed = _node_in(trace, env[n.src[0]])
+            env[n] = Tensor._make_tracer(
+                Node.leaf(Op.RAND, n.dtype, n.shape, n.arg, src=(seed,)), trace
+            )
+        else:
+            srcs = tuple(env[s] for s in n.src)
+            env[n] = srcs[0]._apply(n.op, srcs, n.arg)
+    return [env[n] for n in graph.outputs]
 
 
 class Lowered:
@@ -122,6 +223,7 @@ class Lowered:
         self.graph = optimize(traced.graph)
         self.calls = 0
         self.seed_base = int(np.random.randint(0, 2**31 - 1)) if traced.random else 0
+        self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
 
     def as_text(self) -> str:
         """The optimized graph, printed."""
@@ -134,98 +236,97 @@ class Lowered:
         raise ValueError(f"source: no backend renders target {target!r} yet; available: 'python'")
 
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
-        arrays = [np.asarray(t.realize_cached_data()) for t in leaves]
-        arrays += [np.asarray(t.realize_cached_data()) for t in self.traced.captured]
+        tensors = list(leaves) + list(self.traced.captured)
         if self.traced.random:  # a new seed each call: fresh random numbers, reproducible
-            arrays.append(np.array((self.seed_base << 24) + self.calls, dtype="int64"))
+            seed = np.array((self.seed_base << 24) + self.calls, dtype="int64")
+            tensors.append(Tensor(seed, requires_grad=False))
         self.calls += 1
-        device = leaves[0].device if leaves else nd.default_device()
-        for a, n in zip(arrays, self.graph.inputs, strict=True):
-            if (
-                a.shape != n.shape or str(a.dtype) != n.dtype
-            ):  # never run a trace on the wrong inputs
-                raise RuntimeError(
-                    f"jit: input {n.arg} is {a.dtype}{a.shape}, trace expects {n.dtype}{n.shape}"
-                )
-        outs = iter(reference.run_graph(self.graph, arrays))
+        outs = iter(call_graph(self.graph, tensors, self._grads))
         n_out = len(self.graph.outputs) + len(self.traced.out_static)
-        flat = [
-            self.traced.out_static[k]
-            if k in self.traced.out_static
-            else Tensor(
-                nd.NDArray.from_numpy(np.asarray(next(outs), order="C"), device),
-                requires_grad=False,
-            )
-            for k in range(n_out)
-        ]
+        static = self.traced.out_static
+        flat = [static[k] if k in static else next(outs) for k in range(n_out)]
         return unflatten(self.traced.out_tree, flat)
 
 
 class Jitted:
     """A function compiled on first call for each abstract signature of its arguments."""
 
-    def __init__(self, fn: Callable, static_argnums: tuple[int, ...] = ()) -> None:
+    def __init__(self, fn: Callable, static_argnums=(), static_argnames=()) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.static_argnums = tuple(static_argnums)
+        self.static_argnames = tuple(static_argnames)
         self._cache: dict = {}
+        self._roots = guards.roots(fn)
         self.trace_count = 0
 
     def _entry(self, args, kwargs) -> tuple[Lowered, list]:
-        fn = self.fn
-        if kwargs:  # keyword arguments travel as one more (dict) argument
-            args = (*args, kwargs)
-            fn = functools.wraps(self.fn)(lambda *a: self.fn(*a[:-1], **a[-1]))
-        key, leaves = _signature(self.fn.__name__, args, self.static_argnums)
+        key, leaves = _signature(
+            self.fn.__name__, args, kwargs, self.static_argnums, self.static_argnames
+        )
+        found = guards.fingerprint(self._roots, _is_tensor)
         entry = self._cache.get(key)
         why = "first call" if not self._cache else "new argument signature"
         if entry is not None:
-            why = entry.traced.stale_capture()
+            lowered, seen = entry
+            why = lowered.traced.stale_capture() or (
+                "a tensor reachable from the function was rebound" if seen != found else None
+            )
             if why is None:
-                return entry, leaves
+                return lowered, leaves
         if _debug("recompiles"):
             print(f"needlec: tracing {self.fn.__name__}: {why}", file=sys.stderr)
-        entry = Lowered(trace_function(fn, args, self.static_argnums, leaves))
+        traced = trace_function(
+            self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
+        )
+        lowered = Lowered(traced)
         self.trace_count += 1
-        self._cache[key] = entry
-        return entry, leaves
+        self._cache[key] = (lowered, found)
+        return lowered, leaves
 
     def __call__(self, *args, **kwargs):
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
-        entry, leaves = self._entry(args, kwargs)
-        return entry(leaves)
+        lowered, leaves = self._entry(args, kwargs)
+        return lowered(leaves)
 
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace (or reuse the trace) for these arguments and return the optimized function."""
         return self._entry(args, kwargs)[0]
 
 
-def jit(fn: Callable | None = None, *, static_argnums: int | Sequence[int] = ()) -> Jitted:
+def _as_tuple(x) -> tuple:
+    return (x,) if isinstance(x, int | str) else tuple(x)
+
+
+def jit(
+    fn: Callable | None = None,
+    *,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+) -> Jitted:
     """Compile `fn`: trace it once per argument signature into a graph, optimize it, run it.
 
     Arguments may be tensors, numpy arrays, and tuples, lists and dicts of them; other Python
     values must be declared static. Tensors `fn` reads from its closure or from objects (model
-    parameters) are inputs read at every call.
+    parameters) are inputs read at every call; rebinding one (`model.w = Tensor(...)`) retraces.
 
     >>> import needlec as nc, numpy as np
     >>> f = nc.jit(lambda x: nc.ops.tanh(x) * 2.0)
     >>> f(np.zeros(3, dtype="float32")).numpy()
     array([0., 0., 0.], dtype=float32)
     """
-    if isinstance(static_argnums, int):
-        static_argnums = (static_argnums,)
     if fn is None:
-        return functools.partial(jit, static_argnums=static_argnums)
-    return Jitted(fn, tuple(static_argnums))
+        return functools.partial(
+            jit, static_argnums=static_argnums, static_argnames=static_argnames
+        )
+    return Jitted(fn, _as_tuple(static_argnums), _as_tuple(static_argnames))
 
 
 def make_graph(fn: Callable, static_argnums: int | Sequence[int] = ()) -> Callable[..., Graph]:
     """`make_graph(f)(*args)`: the graph traced from `f` on these arguments (before optimization)."""
-    if isinstance(static_argnums, int):
-        static_argnums = (static_argnums,)
 
-    def traced(*args) -> Graph:
-        return trace_function(fn, args, tuple(static_argnums)).graph
+    def traced(*args, **kwargs) -> Graph:
+        return trace_function(fn, args, kwargs, _as_tuple(static_argnums)).graph
 
     return traced

@@ -8,30 +8,16 @@ call, never baked in as constants.
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..ir import Node, Op
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ids = itertools.count()
 
 
 class TracerError(RuntimeError):
     """A traced value was used in a way that needs its concrete value, or escaped its trace."""
-
-
-def user_frame() -> str:
-    """`file:line` of the innermost stack frame outside the needlec package (the user's line)."""
-    f = sys._getframe(1)
-    while f is not None:
-        path = os.path.abspath(f.f_code.co_filename)
-        if not path.startswith(_PACKAGE_DIR + os.sep) and "<frozen" not in path:
-            return f"{f.f_code.co_filename}:{f.f_lineno}"
-        f = f.f_back
-    return "<unknown>"
 
 
 class Trace:

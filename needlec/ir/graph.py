@@ -85,7 +85,7 @@ class Graph:
         if len(input_ids) != len(self.inputs):
             raise ValueError("verify: an input appears twice")
         for n in self.nodes:
-            where = f"verify: %{names[n]} = {format_node(n, names)}"
+            where = f"verify: %{names[n]}:{format_node(n, names)}"
             if n.op is Op.INPUT and id(n) not in input_ids:
                 raise ValueError(f"{where}: an INPUT node that is not among the graph's inputs")
             if id(n) in input_ids and n.op is not Op.INPUT:

@@ -83,6 +83,9 @@ class OpMixin:
     def __matmul__(self, other):
         return self.matmul(other)
 
+    def __rmatmul__(self, other):
+        return self._lift(other).matmul(self)
+
     def __lt__(self, other):
         return self._binary(Op.CMPLT, other)
 

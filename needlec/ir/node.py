@@ -41,6 +41,9 @@ class Node(OpMixin):
     def __setattr__(self, name, value):
         raise AttributeError("Node is immutable")
 
+    def __delattr__(self, name):
+        raise AttributeError("Node is immutable")
+
     def __reduce__(self):
         return (Node, (self.op, self.dtype, self.shape, self.src, self.arg))
 

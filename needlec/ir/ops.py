@@ -8,6 +8,8 @@ This file is the one truth about an op. Autodiff keeps its VJP rule in a table o
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable
 from enum import Enum, auto
 
@@ -18,8 +20,25 @@ FLOATS = ("float32", "float64")
 SHORT = {"bool": "bool", "int32": "i32", "int64": "i64", "float32": "f32", "float64": "f64"}
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_frame() -> str:
+    """`file:line` of the innermost stack frame outside the needlec package (the user's line)."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_PACKAGE_DIR + os.sep) and "<frozen" not in path:
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return "<unknown>"
+
+
 class ShapeError(ValueError):
-    """An op was applied to shapes (or dtypes) it does not accept."""
+    """An op was applied to shapes (or dtypes) it does not accept; says where, in user code."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message} (at {user_frame()})")
 
 
 class Op(Enum):
@@ -260,8 +279,13 @@ def _stack(op: Op, *shapes_and_axis) -> Shape:
 def _matmul(op: Op, a: Shape, b: Shape, arg) -> Shape:
     if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
         raise ShapeError(f"matmul: shapes {a} and {b} are not aligned ({a[-1:]} vs {b[-2:-1]})")
-    batch = broadcast_shapes(a[:-2], b[:-2], "matmul")
-    return batch + (a[-2], b[-1])
+    n = max(len(a), len(b)) - 2
+    batch_a, batch_b = (1,) * (n - len(a) + 2) + a[:-2], (1,) * (n - len(b) + 2) + b[:-2]
+    if any(x != y and 1 not in (x, y) for x, y in zip(batch_a, batch_b, strict=True)):
+        raise ShapeError(f"matmul: batch dims of shapes {a} and {b} cannot be broadcast together")
+    return tuple(
+        max(x, y) if 0 not in (x, y) else 0 for x, y in zip(batch_a, batch_b, strict=True)
+    ) + (a[-2], b[-1])
 
 
 def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
