@@ -58,12 +58,13 @@ class Primitive(TensorOp):
         self.ir_op, self.arg = ir_op, arg
 
     def __repr__(self) -> str:
-        return f"{self.ir_op.name.lower()}({'' if self.arg is None else self.arg!r})"
+        arg = "" if self.arg is None else repr(self.arg)
+        return f"{self.ir_op.name.lower()}({arg})"
 
 
 def _compute(op: Op, arrays, arg) -> NDArray:
+    shape, dtype = infer(op, [x.shape for x in arrays], [x.dtype for x in arrays], arg)
     a = [np.asarray(x) for x in arrays]
-    shape, dtype = infer(op, [x.shape for x in a], [str(x.dtype) for x in a], arg)
     return NDArray.from_numpy(evaluate(op, a, arg, shape, dtype), arrays[0].device)
 
 
@@ -134,16 +135,32 @@ class Tensor(Value, OpMixin):
                 return
             data = array.realize_cached_data()
             same = (device is None or device == data.device) and dtype in (None, data.dtype)
-            data = data if same else _to_ndarray(data, device, dtype or data.dtype)
+            if same:  # shares the array: inside a trace it reads the source at every call
+                self._init(
+                    None, [], cached_data=data, requires_grad=requires_grad, origin=_root(array)
+                )
+                return
+            data = _to_ndarray(data, device, dtype or data.dtype)
         else:
             data = _to_ndarray(array, device, dtype)
         self._init(None, [], cached_data=data, requires_grad=requires_grad)
 
-    def _init(self, op, inputs, *, cached_data=None, node=None, trace=None, requires_grad=None):
+    def _init(
+        self,
+        op,
+        inputs,
+        *,
+        cached_data=None,
+        node=None,
+        trace=None,
+        requires_grad=None,
+        origin=None,
+    ):
         global TENSOR_COUNTER, _created
         TENSOR_COUNTER += 1
         _created += 1
         self._serial = _created
+        self._origin = origin  # the older tensor whose array this one shares, if any
         if requires_grad is None:
             requires_grad = any(x.requires_grad for x in inputs)
         self.op, self.inputs = op, list(inputs)
@@ -160,9 +177,11 @@ class Tensor(Value, OpMixin):
     @staticmethod
     def make_const(data, requires_grad: bool = False) -> Tensor:
         t = Tensor.__new__(Tensor)
+        origin = None
         if isinstance(data, Tensor):
+            origin = _root(data)
             data = data.realize_cached_data()
-        t._init(None, [], cached_data=data, requires_grad=requires_grad)
+        t._init(None, [], cached_data=data, requires_grad=requires_grad, origin=origin)
         return t
 
     @staticmethod
@@ -264,7 +283,7 @@ class Tensor(Value, OpMixin):
     def detach(self) -> Tensor:
         if self._node is not None:
             return Tensor._make_tracer(self._tracer_node("detach"), self._trace)
-        return Tensor.make_const(self.realize_cached_data())
+        return Tensor.make_const(self)
 
     # ------------------------------------------------------------ concrete values
     def _tracer_node(self, what: str) -> Node:
@@ -338,6 +357,11 @@ class Tensor(Value, OpMixin):
     __hash__ = object.__hash__
 
 
+def _root(x: Tensor) -> Tensor:
+    """The tensor whose array `x` shares (itself when it owns its array)."""
+    return x if x._origin is None else x._origin
+
+
 def _as_tensor(x, peers) -> Tensor:
     if isinstance(x, Tensor):
         return x
@@ -356,6 +380,7 @@ def _node_in(trace, x: Tensor) -> Node:
                 f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
             )
         return x._node
+    x = _root(x)  # a view of an older tensor (.data, .detach()) reads that tensor
     data = x.cached_data
     if x._serial > trace.creation_mark:  # made inside the trace: a constant
         arr = np.asarray(data)
@@ -391,7 +416,14 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
         lambda t, g: t.op.gradient_as_tuple(g, t),
         lambda t: t.requires_grad and t.op is None,
     )
+    trace = current()
     for t, g in grads.items():
+        if trace is not None and t._node is None and g._node is not None:
+            raise TracerError(
+                f"backward() inside a trace at {user_frame()} would store a traced gradient "
+                f"in .grad of a tensor created outside the trace ({fmt_type(t.dtype, t.shape)}). "
+                "Inside jit, use nc.grad or nc.value_and_grad and return the gradients."
+            )
         t.grad = g
 
 

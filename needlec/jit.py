@@ -264,14 +264,11 @@ class Jitted:
         key, leaves = _signature(
             self.fn.__name__, args, kwargs, self.static_argnums, self.static_argnames
         )
-        found = guards.fingerprint(self._roots, _is_tensor)
         entry = self._cache.get(key)
         why = "first call" if not self._cache else "new argument signature"
         if entry is not None:
-            lowered, seen = entry
-            why = lowered.traced.stale_capture() or (
-                "a tensor reachable from the function was rebound" if seen != found else None
-            )
+            lowered, guard = entry
+            why = lowered.traced.stale_capture() or guards.check(guard)
             if why is None:
                 return lowered, leaves
         if _debug("recompiles"):
@@ -281,7 +278,9 @@ class Jitted:
         )
         lowered = Lowered(traced)
         self.trace_count += 1
-        self._cache[key] = (lowered, found)
+        paths = guards.find_paths(self._roots, traced.captured, _is_tensor)
+        guard = [(t, *p) for t, p in zip(traced.captured, paths, strict=True) if p is not None]
+        self._cache[key] = (lowered, guard)
         return lowered, leaves
 
     def __call__(self, *args, **kwargs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .autograd import Tensor, TensorOp, tensor_grads
+from .autograd import Tensor, TensorOp, _root, tensor_grads
 from .frontend.pytree import flatten, unflatten
 
 
@@ -26,7 +26,13 @@ def _alias(x) -> Tensor:
     x = x if isinstance(x, Tensor) else Tensor(x, requires_grad=False)
     t = Tensor.__new__(Tensor)
     t._init(
-        _Alias(), [x], cached_data=x.cached_data, node=x._node, trace=x._trace, requires_grad=True
+        _Alias(),
+        [x],
+        cached_data=x.cached_data,
+        node=x._node,
+        trace=x._trace,
+        requires_grad=True,
+        origin=None if x._node is not None else _root(x),
     )
     return t
 

@@ -1,9 +1,10 @@
-"""Guards: what a trace read from Python objects, so a rebound attribute makes it retrace.
+"""Guards: where a trace found each tensor it captured, so that rebinding one makes it retrace.
 
 A jitted function reads tensors through its closure, its globals and the objects they hold
-(`model.w`). Assigning `p.data = ...` keeps the tensor and is seen at every call; rebinding
-`model.w = Tensor(...)` swaps the object, which only a fresh trace can see. The fingerprint is the
-identity of every tensor reachable from the function, taken at trace time and checked per call.
+(`model.w`). Assigning `p.data = ...` keeps the tensor, so the next call reads the new values
+anyway; rebinding `model.w = Tensor(...)` swaps the object, which only a fresh trace can see. At
+trace time each captured tensor gets an access path (a root such as a global name or a closure
+cell, then attributes, keys and indices); every call re-reads those paths and checks identity.
 """
 
 from __future__ import annotations
@@ -12,40 +13,53 @@ import types
 from collections.abc import Callable
 
 _SKIP = (types.ModuleType, type, types.BuiltinFunctionType, str, bytes, int, float, bool)
-_MAX_ITEMS = 20_000
+_MAX_ITEMS = 50_000
+_MISSING = object()
+
+Getter = Callable[[], object]
 
 
-def roots(fn: Callable) -> list:
-    """The objects `fn` can reach without arguments: closure cells, bound self, named globals."""
-    out, seen, todo = [], set(), [fn]
+def roots(fn: Callable) -> list[Getter]:
+    """Zero-argument readers of what `fn` can reach: closure cells, bound self, named globals.
+
+    They are re-read on every call, so rebinding a global or a `nonlocal` is seen.
+    """
+    out: list[Getter] = []
+    seen, todo = set(), [fn]
     while todo:
         f = todo.pop()
         if id(f) in seen:
             continue
         seen.add(id(f))
         if isinstance(f, types.MethodType):
-            out.append(f.__self__)
+            out.append(lambda obj=f.__self__: obj)
             todo.append(f.__func__)
             continue
         code = getattr(f, "__code__", None)
         if code is None:  # a callable object: its attributes are what it reads
-            wrapped = getattr(f, "__wrapped__", None)
-            out.append(f)
-            if wrapped is not None:
-                todo.append(wrapped)
+            out.append(lambda obj=f: obj)
+            if getattr(f, "__wrapped__", None) is not None:
+                todo.append(f.__wrapped__)
             continue
         for cell in f.__closure__ or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            (todo if isinstance(value, types.FunctionType) else out).append(value)
+            out.append(lambda c=cell: _cell(c))
+            value = _cell(cell)
+            if isinstance(value, types.FunctionType):
+                todo.append(value)
         glb = getattr(f, "__globals__", {})
         for name in _names(code):
             if name in glb:
-                value = glb[name]
-                (todo if isinstance(value, types.FunctionType) else out).append(value)
+                out.append(lambda g=glb, n=name: g.get(n, _MISSING))
+                if isinstance(glb[name], types.FunctionType):
+                    todo.append(glb[name])
     return out
+
+
+def _cell(cell) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return _MISSING
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -57,20 +71,52 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def fingerprint(objs: list, is_tensor: Callable[[object], bool]) -> tuple[int, ...]:
-    """ids of the tensors reachable from `objs` through attributes, lists, tuples and dicts."""
-    found, seen, todo = [], set(), list(reversed(objs))
-    while todo and len(seen) < _MAX_ITEMS:
-        x = todo.pop()
-        if id(x) in seen or isinstance(x, _SKIP) or callable(x) and not hasattr(x, "__dict__"):
+def _children(x):
+    """(step, child) pairs of a container or object; steps are ("attr"|"item", key)."""
+    if isinstance(x, list | tuple):
+        return [(("item", i), v) for i, v in enumerate(x)]
+    if isinstance(x, dict):
+        return [(("item", k), v) for k, v in x.items()]
+    if hasattr(x, "__dict__") and not isinstance(x, types.FunctionType):
+        return [(("attr", k), v) for k, v in vars(x).items()]
+    return []
+
+
+def find_paths(getters: list[Getter], targets: list, is_leaf: Callable[[object], bool]) -> list:
+    """For each target object, (getter, path) of the first place it is found, or None."""
+    want = {id(t): k for k, t in enumerate(targets)}
+    found: list = [None] * len(targets)
+    seen: set[int] = set()
+    todo = [(g, (), g()) for g in reversed(getters)]
+    while todo and len(seen) < _MAX_ITEMS and want:
+        getter, path, x = todo.pop()
+        if id(x) in seen or isinstance(x, _SKIP) or x is _MISSING:
             continue
         seen.add(id(x))
-        if is_tensor(x):
-            found.append(id(x))
-        elif isinstance(x, list | tuple):
-            todo.extend(reversed(x))
-        elif isinstance(x, dict):
-            todo.extend(reversed(list(x.values())))
-        elif hasattr(x, "__dict__") and not isinstance(x, types.FunctionType):
-            todo.extend(reversed(list(vars(x).values())))
-    return tuple(found)
+        k = want.pop(id(x), None)
+        if k is not None:
+            found[k] = (getter, path)
+        if is_leaf(x):
+            continue
+        todo.extend((getter, (*path, step), v) for step, v in reversed(_children(x)))
+    return found
+
+
+def resolve(getter: Getter, path: tuple) -> object:
+    """Follow a path from its root again; _MISSING if a step no longer exists."""
+    x = getter()
+    for kind, key in path:
+        try:
+            x = getattr(x, key) if kind == "attr" else x[key]
+        except (AttributeError, KeyError, IndexError, TypeError):
+            return _MISSING
+    return x
+
+
+def check(guards: list) -> str | None:
+    """None if every (tensor, getter, path) still resolves to its tensor, else why not."""
+    for t, getter, path in guards:
+        if resolve(getter, path) is not t:
+            where = ".".join(str(key) for _, key in path) or "a global or closure variable"
+            return f"the tensor at {where} was rebound"
+    return None
