@@ -12,6 +12,7 @@ import numpy as np
 
 from . import backend_ndarray as nd
 from .codegen.reference import evaluate
+from .frontend.pytree import register_container
 from .frontend.trace import TracerError, current
 from .ir import Node, Op, OpMixin, infer
 from .ir.ops import FLOATS, fmt_type, user_frame
@@ -447,9 +448,10 @@ def is_float(dtype: str) -> bool:
 class TensorTuple(Value):
     """needle's TensorTuple: a tuple of tensors (each keeps its own history)."""
 
-    def __init__(self, tensors, op: TensorOp | None = None) -> None:
+    def __init__(self, tensors, op: TensorOp | None = None, inputs=None) -> None:
         self.tensors = tuple(tensors)
-        self.op, self.inputs = op, list(self.tensors)
+        self.op = op
+        self.inputs = list(self.tensors) if inputs is None else list(inputs)
         self.requires_grad = any(t.requires_grad for t in self.tensors)
         self.cached_data = None
 
@@ -479,3 +481,6 @@ class TensorTuple(Value):
 
     def __repr__(self) -> str:
         return f"needlec.TensorTuple({', '.join(map(repr, self.tensors))})"
+
+
+register_container(TensorTuple, lambda t: list(t.tensors), TensorTuple)

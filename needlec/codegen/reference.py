@@ -74,7 +74,9 @@ EVAL: dict[Op, Callable] = {
     Op.ADD_SCALAR: lambda x, c: x + c,
     Op.MUL_SCALAR: lambda x, c: x * c,
     Op.DIV_SCALAR: lambda x, c: x / c,
-    Op.POW_SCALAR: lambda x, c: np.power(x, c),
+    Op.POW_SCALAR: lambda x, c: np.power(
+        x if x.dtype.kind == "f" or (isinstance(c, int) and c >= 0) else x.astype("float64"), c
+    ),
     Op.ADD: lambda x, y, _: x + y,
     Op.MUL: lambda x, y, _: x * y,
     Op.DIV: lambda x, y, _: x / y,

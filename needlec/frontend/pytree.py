@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-Leaf = object()  # the structure of a leaf
+# other container types: type -> (children of a value, rebuild from children)
+CONTAINERS: dict[type, tuple[Callable[[Any], list], Callable[[list], Any]]] = {}
+
+
+def register_container(cls: type, children: Callable, rebuild: Callable) -> None:
+    """Let `flatten` see through values of `cls` (e.g. TensorTuple)."""
+    CONTAINERS[cls] = (children, rebuild)
 
 
 def flatten(tree: Any) -> tuple[list, Any]:
@@ -19,6 +26,8 @@ def flatten(tree: Any) -> tuple[list, Any]:
             return ("dict", keys, tuple(walk(x[k]) for k in keys))
         if x is None:
             return ("none",)
+        if type(x) in CONTAINERS:
+            return (type(x), tuple(walk(v) for v in CONTAINERS[type(x)][0](x)))
         leaves.append(x)
         return "*"
 
@@ -37,6 +46,8 @@ def unflatten(structure: Any, leaves: list) -> Any:
             return None
         if kind == "dict":
             return {k: build(v) for k, v in zip(s[1], s[2], strict=True)}
+        if kind in CONTAINERS:
+            return CONTAINERS[kind][1]([build(v) for v in s[1]])
         items = [build(v) for v in s[1]]
         return tuple(items) if kind == "tuple" else items
 

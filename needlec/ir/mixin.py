@@ -8,10 +8,18 @@ so the same rule builds graph nodes in the autodiff pass and tensors in eager `b
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
 
 from .ops import Op, ShapeError, broadcast_shapes, normalize_axes
 
-Scalar = (int, float)
+Scalar = (numbers.Number, np.generic)
+
+
+def _py(c):
+    """A Python number for a scalar operand (numpy scalars included)."""
+    return c.item() if isinstance(c, np.generic) else c
 
 
 class OpMixin:
@@ -28,7 +36,7 @@ class OpMixin:
 
     def _lift(self, other):
         if isinstance(other, Scalar):
-            return self._const(other, self.shape, self.dtype)
+            return self._const(_py(other), self.shape, self.dtype)
         return other
 
     def _binary(self, op: Op, other, reverse: bool = False):
@@ -41,21 +49,21 @@ class OpMixin:
     # ------------------------------------------------------------ elementwise
     def __add__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.ADD_SCALAR, (self,), other)
+            return self._apply(Op.ADD_SCALAR, (self,), _py(other))
         return self._binary(Op.ADD, other)
 
     __radd__ = __add__
 
     def __mul__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.MUL_SCALAR, (self,), other)
+            return self._apply(Op.MUL_SCALAR, (self,), _py(other))
         return self._binary(Op.MUL, other)
 
     __rmul__ = __mul__
 
     def __sub__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.ADD_SCALAR, (self,), -other)
+            return self._apply(Op.ADD_SCALAR, (self,), -_py(other))
         return self._binary(Op.ADD, self._lift(other).neg())
 
     def __rsub__(self, other):
@@ -63,7 +71,7 @@ class OpMixin:
 
     def __truediv__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.DIV_SCALAR, (self,), other)
+            return self._apply(Op.DIV_SCALAR, (self,), _py(other))
         return self._binary(Op.DIV, other)
 
     def __rtruediv__(self, other):
@@ -71,7 +79,7 @@ class OpMixin:
 
     def __pow__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.POW_SCALAR, (self,), other)
+            return self._apply(Op.POW_SCALAR, (self,), _py(other))
         return self._binary(Op.POW, other)
 
     def __rpow__(self, other):
@@ -126,8 +134,8 @@ class OpMixin:
 
     def _lift_like(self, x, y):
         ref = y if isinstance(x, Scalar) else x
-        x = ref._const(x, self.shape, ref.dtype) if isinstance(x, Scalar) else x
-        y = x._const(y, self.shape, x.dtype) if isinstance(y, Scalar) else y
+        x = ref._const(_py(x), self.shape, ref.dtype) if isinstance(x, Scalar) else x
+        y = x._const(_py(y), self.shape, x.dtype) if isinstance(y, Scalar) else y
         return x, y
 
     # ------------------------------------------------------------ reductions
@@ -171,9 +179,9 @@ class OpMixin:
         n = len(self.shape)
         if n < 2 and axes is None:
             raise ShapeError(f"transpose: needs at least 2 dims, got shape {self.shape}")
-        i, j = (n - 2, n - 1) if axes is None else normalize_axes(axes, n, "transpose")[:2]
-        if axes is not None and len(axes) != 2:
+        if axes is not None and len(tuple(axes)) != 2:
             raise ShapeError(f"transpose: axes must name two axes, got {axes}")
+        i, j = (n - 2, n - 1) if axes is None else normalize_axes(axes, n, "transpose")
         perm = list(range(n))
         perm[i], perm[j] = perm[j], perm[i]
         return self.permute(perm)

@@ -207,12 +207,18 @@ class Split(TensorOp):
         for i in range(a.shape[axis]):
             spec = [(i, i + 1, 1) if k == axis else (0, d, 1) for k, d in enumerate(a.shape)]
             parts.append(a.slice(spec).reshape(shape))
-        return TensorTuple(parts, op=self)
+        return TensorTuple(parts, op=self, inputs=[a])
+
+    def gradient(self, out_grad: TensorTuple, node: TensorTuple) -> Tensor:
+        return _stack(list(out_grad), self.axis)
 
 
 class MakeTensorTuple(TensorOp):
     def __call__(self, *args: Tensor) -> TensorTuple:
         return TensorTuple(args, op=self)
+
+    def gradient(self, out_grad: TensorTuple, node: TensorTuple) -> tuple:
+        return tuple(out_grad)
 
 
 class TupleGetItem(TensorOp):

@@ -115,7 +115,7 @@ VJP: dict[Op, Callable] = {
     Op.ADD_SCALAR: lambda g, out, x, c: (g,),
     Op.MUL_SCALAR: lambda g, out, x, c: (g * c,),
     Op.DIV_SCALAR: lambda g, out, x, c: (g / c,),
-    Op.POW_SCALAR: lambda g, out, x, c: (g * c * x ** (c - 1),),
+    Op.POW_SCALAR: lambda g, out, x, c: (g * c * x ** (c - 1) if c != 0 else g * 0.0,),
     Op.ADD: lambda g, out, x, y, arg: (g, g),
     Op.MUL: lambda g, out, x, y, arg: (g * y, g * x),
     Op.DIV: lambda g, out, x, y, arg: (g / y, -g * x / (y * y)),
@@ -180,6 +180,8 @@ def backprop(
             continue
         for s, gs in zip(srcs, vjp(v, g), strict=True):
             if gs is not None and id(s) in live:
+                if gs.dtype != s.dtype and s.dtype in FLOATS:  # a gradient has its value's dtype
+                    gs = gs.cast(s.dtype)
                 contribs.setdefault(id(s), []).append(gs)
     return grads
 
