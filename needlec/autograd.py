@@ -14,7 +14,7 @@ from . import backend_ndarray as nd
 from .codegen.reference import evaluate
 from .frontend.pytree import register_container
 from .frontend.trace import TracerError, current
-from .ir import Node, Op, OpMixin, infer
+from .ir import Node, Op, OpMixin, infer, toposort
 from .ir.ops import FLOATS, fmt_type, user_frame
 from .passes.autodiff import VJP, backprop
 
@@ -403,9 +403,7 @@ def _check_devices(op, inputs) -> None:
 
 def find_topo_sort(node_list) -> list:
     """Post-order depth-first over `inputs`, in order (needle's topological sort)."""
-    from .passes.autodiff import _toposort
-
-    return _toposort(list(node_list), lambda t: t.inputs)
+    return toposort(list(node_list), lambda t: t.inputs)
 
 
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:

@@ -148,17 +148,36 @@ def run_graph(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def source(graph: Graph) -> str:
-    """The graph as straight-line Python over numpy: what `run_graph` does, written out."""
+    """The graph as straight-line Python over numpy: what `run_graph` does, written out.
+
+    It runs in the namespace `source_namespace(graph)` gives (see `compile_source`).
+    """
     names = {n: f"v{i}" for i, n in enumerate(graph.nodes)}
     lines = [f"def run({', '.join(names[n] for n in graph.inputs)}):"]
+    consts = 0
     for n in graph.nodes[len(graph.inputs) :]:
-        if n.op is Op.CONST:
+        if n.op is Op.CONST and hasattr(n.arg, "array"):
+            rhs, consts = f"CONSTS[{consts}]", consts + 1
+        elif n.op is Op.CONST:
             rhs = f"np.full({n.shape}, {n.arg!r}, dtype={n.dtype!r})"
         elif n.op is Op.RAND:
             rhs = f"philox({names[n.src[0]]}, {n.arg!r}, {n.shape}, {n.dtype!r})"
         else:
-            srcs = ", ".join(names[s] for s in n.src)
-            rhs = f"EVAL[Op.{n.op.name}]({srcs}, {n.arg!r}).astype({n.dtype!r})"
-        lines.append(f"    {names[n]} = {rhs}  # {n.dtype}{list(n.shape)}")
-    lines.append(f"    return ({', '.join(names[n] for n in graph.outputs)},)")
+            srcs = "".join(f"{names[s]}, " for s in n.src)
+            rhs = f"evaluate(Op.{n.op.name}, ({srcs}), {n.arg!r}, {n.shape}, {n.dtype!r})"
+        lines.append(f"    {names[n]} = {rhs}")
+    lines.append(f"    return [{', '.join(names[n] for n in graph.outputs)}]")
     return "\n".join(lines) + "\n"
+
+
+def source_namespace(graph: Graph) -> dict:
+    """The names the code of `source(graph)` uses."""
+    consts = [n.arg.array for n in graph.nodes if n.op is Op.CONST and hasattr(n.arg, "array")]
+    return {"np": np, "Op": Op, "evaluate": evaluate, "philox": _rand, "CONSTS": consts}
+
+
+def compile_source(graph: Graph) -> Callable:
+    """`source(graph)` compiled: a function of the input arrays returning the output arrays."""
+    namespace = source_namespace(graph)
+    exec(compile(source(graph), "<needlec reference>", "exec"), namespace)
+    return namespace["run"]

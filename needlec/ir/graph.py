@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .node import Node
 from .ops import LEAF, Op, ShapeError, infer
 
 
-def toposort(outputs: Iterable[Node]) -> list[Node]:
-    """Post-order depth-first over `src`, iterative (deep graphs must not hit the recursion limit)."""
-    order: list[Node] = []
+def toposort(outputs: Iterable, parents: Callable = lambda n: n.src) -> list:
+    """Post-order depth-first over `parents` (a node's `src` by default), iterative, so deep
+    graphs do not hit the recursion limit. Works for any values: nodes, tensors."""
+    order: list = []
     seen: set[int] = set()
     for root in outputs:
         if id(root) in seen:
             continue
-        stack = [(root, iter(root.src))]
+        stack = [(root, iter(parents(root)))]
         seen.add(id(root))
         while stack:
             node, it = stack[-1]
             for s in it:
                 if id(s) not in seen:
                     seen.add(id(s))
-                    stack.append((s, iter(s.src)))
+                    stack.append((s, iter(parents(s))))
                     break
             else:
                 stack.pop()

@@ -7,6 +7,7 @@ This file is the one truth about an op. Autodiff keeps its VJP rule in a table o
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -362,8 +363,14 @@ def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
     return dtypes[0]
 
 
-def infer(op: Op, shapes: list[Shape], dtypes: list[str], arg) -> tuple[Shape, str]:
+def infer(op: Op, shapes, dtypes, arg) -> tuple[Shape, str]:
     """(shape, dtype) of `op` applied to sources of these shapes and dtypes, or a ShapeError."""
+    return _infer(op, tuple(map(tuple, shapes)), tuple(dtypes), arg)
+
+
+@functools.lru_cache(maxsize=8192, typed=True)  # eager ops ask the same question again and again
+def _infer(op: Op, shapes: tuple, dtypes: tuple, arg) -> tuple[Shape, str]:
+    dtypes = list(dtypes)
     if op in LEAF or op is Op.RAND:
         raise ShapeError(f"{op.name.lower()}: a leaf's shape and dtype are given, not inferred")
     if (

@@ -7,12 +7,10 @@ import sys
 
 from ..ir import Graph
 from .autodiff import differentiate
-from .simplify import eliminate_dead_code
 
 # the optimization pipeline a jitted function's graph goes through, in order
 PIPELINE = [
-    ("verify", lambda g: g.verify()),
-    ("eliminate_dead_code", eliminate_dead_code),
+    ("verify", Graph.verify),
 ]
 
 
@@ -28,4 +26,4 @@ def optimize(graph: Graph) -> Graph:
     return graph
 
 
-__all__ = ["PIPELINE", "differentiate", "eliminate_dead_code", "optimize"]
+__all__ = ["PIPELINE", "differentiate", "optimize"]

@@ -161,7 +161,7 @@ def backprop(
     the gradient contributions of each, and asks `vjp(value, grad)` for its parents' gradients.
     Returns {value: gradient} for every value that received one.
     """
-    order = _toposort(outputs, parents)
+    order = toposort(outputs, parents)
     live = _needs(order, parents, needs_grad)
     contribs: dict[int, list] = {}
     for out, seed in zip(outputs, seeds, strict=True):
@@ -184,26 +184,6 @@ def backprop(
                     gs = gs.cast(s.dtype)
                 contribs.setdefault(id(s), []).append(gs)
     return grads
-
-
-def _toposort(outputs, parents) -> list:
-    order, seen = [], set()
-    for root in outputs:
-        if id(root) in seen:
-            continue
-        seen.add(id(root))
-        stack_ = [(root, iter(parents(root)))]
-        while stack_:
-            v, it = stack_[-1]
-            for s in it:
-                if id(s) not in seen:
-                    seen.add(id(s))
-                    stack_.append((s, iter(parents(s))))
-                    break
-            else:
-                stack_.pop()
-                order.append(v)
-    return order
 
 
 def _needs(order, parents, needs_grad) -> set[int]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import needlec as nc
-from needlec.codegen.reference import EVAL
+from needlec.codegen import reference
 from needlec.ir import Graph, Op
 
 RNG = np.random.default_rng(0)
@@ -310,7 +310,7 @@ def test_lower_gives_graph_text_and_source():
     src = lowered.source("python")
     assert src.startswith("def run(")
     # the source is real code: run it and compare with numpy
-    namespace = {"np": np, "EVAL": EVAL, "Op": Op}
+    namespace = reference.source_namespace(lowered.graph)
     exec(src, namespace)
     (out,) = namespace["run"](a, b)
     np.testing.assert_allclose(out, np.exp(a) * b, rtol=1e-6)
