@@ -207,7 +207,7 @@ class Tensor(Value, OpMixin):
                     f"{type(op).__name__} at {user_frame()}: an op without an IR op (a needle "
                     "TensorOp with only compute/gradient) runs eagerly but cannot be traced"
                 )
-            nodes = [_node_in(trace, x) for x in inputs]
+            nodes = [trace.node_of(x) for x in inputs]
             node = Node.make(op.ir_op, *nodes, arg=op.arg)
             if not requires_grad:
                 return Tensor._make_tracer(node, trace)
@@ -369,27 +369,6 @@ def _as_tensor(x, peers) -> Tensor:
     ref = next((p for p in peers if isinstance(p, Tensor)), None)
     dtype = ref.dtype if ref is not None else None
     return Tensor(x, dtype=dtype, requires_grad=False)
-
-
-def _node_in(trace, x: Tensor) -> Node:
-    """The node that stands for tensor `x` inside `trace`."""
-    if x._node is not None:
-        if x._trace is not trace:
-            if x._trace is None or not x._trace.alive:
-                x._tracer_node("an op")  # raises
-            raise TracerError(
-                f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
-            )
-        return x._node
-    x = _root(x)  # a view of an older tensor (.data, .detach()) reads that tensor
-    data = x.cached_data
-    if x._serial > trace.creation_mark:  # made inside the trace: a constant
-        arr = np.asarray(data)
-        flat = arr.reshape(-1)
-        if arr.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
-            return Node.const(flat[0].item(), arr.shape, str(arr.dtype))
-        return Node.const(arr.copy())
-    return trace.capture(x, data)
 
 
 def _check_devices(op, inputs) -> None:

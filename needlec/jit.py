@@ -12,16 +12,15 @@ import numpy as np
 
 from . import autograd
 from . import backend_ndarray as nd
-from .autograd import Tensor, TensorOp, _node_in, _to_ndarray
+from .autograd import Tensor, TensorOp
 from .codegen import reference
 from .frontend import guards
+from .frontend.cache import signature
 from .frontend.pytree import flatten, unflatten
 from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
 from .ir.ops import FLOATS
 from .passes import differentiate, optimize
-
-_SCALARS = (bool, int, float, complex, str, bytes)
 
 
 def _debug(topic: str) -> bool:
@@ -32,52 +31,16 @@ def _is_tensor(x) -> bool:
     return isinstance(x, Tensor)
 
 
-def _signature(name: str, args: Sequence, kwargs: dict, static_argnums, static_argnames):
-    """(key, dynamic leaves as tensors) of a call; raises for a non-static Python value."""
-    key, leaves = [], []
+def _as_tensor(x) -> Tensor | None:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray | nd.NDArray):
+        return Tensor(x, requires_grad=False)
+    return None
 
-    def dynamic(value, where: str, hint: str):
-        flat, tree = flatten(value)
-        sig = []
-        for leaf in flat:
-            if isinstance(leaf, np.ndarray | nd.NDArray):
-                leaf = Tensor(_to_ndarray(leaf, None, None), requires_grad=False)
-            if not isinstance(leaf, Tensor):
-                what = f"a {type(leaf).__name__}"
-                what += f" ({leaf!r})" if isinstance(leaf, _SCALARS) else ""
-                raise TypeError(
-                    f"jit({name}): {where} is {what}, not a tensor or array. Pass tensors and "
-                    f"arrays (in tuples, lists or dicts), or declare it static: jit({name}, {hint})"
-                )
-            leaves.append(leaf)
-            sig.append((leaf.shape, leaf.dtype, repr(leaf.device), leaf.requires_grad))
-        return (tree, tuple(sig))
 
-    def static(value, where: str):
-        try:
-            hash(value)
-        except TypeError:
-            raise TypeError(
-                f"jit({name}): static {where} ({type(value).__name__}) must be hashable"
-            ) from None
-        return ("static", type(value), value)
-
-    for i, a in enumerate(args):
-        where = f"argument {i}"
-        key.append(
-            static(a, where) if i in static_argnums else dynamic(a, where, f"static_argnums=({i},)")
-        )
-    for k in sorted(kwargs):
-        where = f"keyword argument {k!r}"
-        key.append(
-            (
-                k,
-                static(kwargs[k], where)
-                if k in static_argnames
-                else dynamic(kwargs[k], where, f"static_argnames=({k!r},)"),
-            )
-        )
-    return tuple(key), leaves
+def _signature(name, args, kwargs, static_argnums, static_argnames):
+    return signature(name, args, kwargs, static_argnums, static_argnames, _as_tensor)
 
 
 class Traced:
@@ -138,7 +101,7 @@ def trace_function(
         nodes, static = [], {}
         for k, leaf in enumerate(flat_out):
             if isinstance(leaf, Tensor):
-                nodes.append(_node_in(trace, leaf))
+                nodes.append(trace.node_of(leaf))
             else:
                 static[k] = leaf
     inputs = trace.inputs + [n for _, n in trace.captured.values()]
@@ -205,7 +168,7 @@ def inline(graph: Graph, tensors: Sequence[Tensor]) -> list:
             )
         elif n.op is Op.RAND:
             trace = current()
-            seed = _node_in(trace, env[n.src[0]])
+            seed = trace.node_of(env[n.src[0]])
             env[n] = Tensor._make_tracer(
                 Node.leaf(Op.RAND, n.dtype, n.shape, n.arg, src=(seed,)), trace
             )

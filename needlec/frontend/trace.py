@@ -11,7 +11,10 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from ..ir import Node, Op
+from ..ir.ops import user_frame
 
 _ids = itertools.count()
 
@@ -44,6 +47,30 @@ class Trace:
         node = Node.leaf(Op.INPUT, dtype, shape, ("arg", len(self.inputs)))
         self.inputs.append(node)
         return node
+
+    def node_of(self, x) -> Node:
+        """The node that stands for tensor `x` in this trace.
+
+        A tracer of this trace is its node. A concrete tensor made before the trace began (a
+        parameter read from the closure, or a view of one through `.data` or `.detach()`) is
+        captured: an input read at every call. One made inside the trace is a constant.
+        """
+        if x._node is not None:
+            if x._trace is not self:
+                if x._trace is None or not x._trace.alive:
+                    x._tracer_node("an op")  # raises: an escaped tracer
+                raise TracerError(
+                    f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
+                )
+            return x._node
+        x = x if x._origin is None else x._origin
+        if x._serial > self.creation_mark:
+            arr = np.asarray(x.cached_data)
+            flat = arr.reshape(-1)
+            if arr.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
+                return Node.const(flat[0].item(), arr.shape, str(arr.dtype))
+            return Node.const(arr.copy())
+        return self.capture(x, x.cached_data)
 
     def capture(self, tensor, array) -> Node:
         """The input node standing for a tensor created outside the trace (read at every call)."""
