@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
 from .ir.ops import FLOATS
 from .passes import differentiate, optimize
+
+_RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
 
 
 def _debug(topic: str) -> bool:
@@ -231,7 +234,7 @@ class Jitted:
         why = "first call" if not self._cache else "new argument signature"
         if entry is not None:
             lowered, guard = entry
-            why = lowered.traced.stale_capture() or guards.check(guard)
+            why = lowered.traced.stale_capture() or guard.check()
             if why is None:
                 return lowered, leaves
         if _debug("recompiles"):
@@ -241,9 +244,13 @@ class Jitted:
         )
         lowered = Lowered(traced)
         self.trace_count += 1
-        paths = guards.find_paths(self._roots, traced.captured, _is_tensor)
-        guard = [(t, *p) for t, p in zip(traced.captured, paths, strict=True) if p is not None]
-        self._cache[key] = (lowered, guard)
+        self._cache[key] = (lowered, guards.Guard(self._roots, traced.captured, _is_tensor))
+        if self.trace_count == _RETRACE_WARNING:
+            warnings.warn(
+                f"jit({self.fn.__name__}) has traced {self.trace_count} times (last: {why}); "
+                "NEEDLEC_DEBUG=recompiles prints each reason",
+                stacklevel=3,
+            )
         return lowered, leaves
 
     def __call__(self, *args, **kwargs):

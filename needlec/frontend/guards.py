@@ -113,10 +113,48 @@ def resolve(getter: Getter, path: tuple) -> object:
     return x
 
 
-def check(guards: list) -> str | None:
-    """None if every (tensor, getter, path) still resolves to its tensor, else why not."""
-    for t, getter, path in guards:
-        if resolve(getter, path) is not t:
-            where = ".".join(str(key) for _, key in path) or "a global or closure variable"
-            return f"the tensor at {where} was rebound"
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _plain_state(x) -> object:
+    """What a trace may have read from `x` as a Python value: x itself if it is a number or
+    string, else its number and string attributes."""
+    if isinstance(x, _PLAIN):
+        return x
+    if hasattr(x, "__dict__") and not isinstance(x, _SKIP + (types.FunctionType,)):
+        return tuple((k, v) for k, v in vars(x).items() if isinstance(v, _PLAIN))
     return None
+
+
+class Guard:
+    """What a trace assumed about the objects its function reads, checked before each reuse.
+
+    - each captured tensor is still found at the path it was found at (not rebound);
+    - the Python numbers and strings held by the roots and by the objects on those paths
+      (a scale factor, a flag) are unchanged: the trace baked them in.
+    """
+
+    def __init__(self, getters: list[Getter], tensors: list, is_leaf) -> None:
+        paths = find_paths(getters, tensors, is_leaf)
+        self.tensors = [(t, *p) for t, p in zip(tensors, paths, strict=True) if p is not None]
+        self.places = [(g, ()) for g in getters]
+        self.places += sorted(
+            {(g, path[:k]) for _, g, path in self.tensors for k in range(1, len(path))},
+            key=lambda gp: len(gp[1]),
+        )
+        self.state = self._state()
+
+    def _state(self) -> list:
+        return [_plain_state(resolve(g, path)) for g, path in self.places]
+
+    def check(self) -> str | None:
+        """None if the trace still holds, else why not."""
+        for t, getter, path in self.tensors:
+            if resolve(getter, path) is not t:
+                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
+                return f"the tensor at {where} was rebound"
+        for (_, path), old, new in zip(self.places, self.state, self._state(), strict=True):
+            if old != new:
+                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
+                return f"a Python value the trace read changed (at {where}: {old} -> {new})"
+        return None

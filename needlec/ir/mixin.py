@@ -83,7 +83,9 @@ class OpMixin:
         return self._binary(Op.POW, other)
 
     def __rpow__(self, other):
-        return (self * math.log(other)).exp()
+        if isinstance(other, Scalar):
+            return (self * math.log(_py(other))).exp()
+        return self._binary(Op.POW, other, reverse=True)
 
     def __neg__(self):
         return self.neg()
@@ -99,6 +101,17 @@ class OpMixin:
 
     def __gt__(self, other):
         return self._binary(Op.CMPLT, other, reverse=True)
+
+    def __le__(self, other):
+        return self.__gt__(other).logical_not()
+
+    def __ge__(self, other):
+        return self.__lt__(other).logical_not()
+
+    def logical_not(self):
+        return self.where(
+            self._const(False, self.shape, "bool"), self._const(True, self.shape, "bool")
+        )
 
     def neg(self):
         return self._apply(Op.NEG, (self,))

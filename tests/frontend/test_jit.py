@@ -388,3 +388,75 @@ def test_deep_trace_without_recursion_error():
     for i in range(10_000):
         v = np.tanh(v) if i % 2 else v * 1.0001
     np.testing.assert_allclose(_np(out), v.sum(), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- guards
+
+
+class _Scaled:
+    def __init__(self, scale):
+        self.scale = scale
+        self.layers = [_Model()]
+
+
+def test_python_number_read_from_an_object_is_guarded():
+    m = _Scaled(2.0)
+    f = nc.jit(lambda x: x * m.scale)
+    x = _a(3)
+    np.testing.assert_allclose(_np(f(x)), x * 2.0, rtol=1e-6)
+    m.scale = 3.0
+    np.testing.assert_allclose(_np(f(x)), x * 3.0, rtol=1e-6)
+    assert f.trace_count == 2
+    f(x)
+    assert f.trace_count == 2
+
+
+def test_tensor_rebound_deep_inside_an_object_retraces():
+    m = _Scaled(1.0)
+    f = nc.jit(lambda x: m.layers[0](x))
+    x = _a(4, 3)
+    f(x)
+    w = _a(3, 2)
+    m.layers[0].w = nc.Tensor(w)
+    np.testing.assert_allclose(_np(f(x)), x @ w, rtol=1e-5)
+    assert f.trace_count == 2
+
+
+def test_nonlocal_rebinding_retraces():
+    v = nc.Tensor(np.ones(3, "float32"))
+
+    def g(x):
+        return x * v
+
+    f = nc.jit(g)
+    x = _a(3)
+    f(x)
+    v = nc.Tensor(np.full(3, 2.0, "float32"))  # noqa: F841 - read by g through its closure
+    np.testing.assert_allclose(_np(f(x)), x * 2.0, rtol=1e-6)
+
+
+def test_many_retraces_warn():
+    m = _Scaled(0.0)
+    f = nc.jit(lambda x: x * m.scale)
+    x = _a(2)
+    with pytest.warns(UserWarning, match="has traced 8 times"):
+        for k in range(8):
+            m.scale = float(k)
+            np.testing.assert_allclose(_np(f(x)), x * k, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "op, ref",
+    [
+        (lambda t, a: a**t, lambda x, a: a**x),
+        (lambda t, a: t <= a, lambda x, a: x <= a),
+        (lambda t, a: t >= a, lambda x, a: x >= a),
+        (lambda t, a: a @ t.reshape((3, 1)), lambda x, a: a @ x.reshape(3, 1)),
+    ],
+    ids=["array-rpow", "le", "ge", "array-rmatmul"],
+)
+def test_numpy_array_on_the_left_or_comparisons(op, ref):
+    x = np.array([0.5, 1.0, 2.0], "float32")
+    a = np.array([[1.5, 1.0, 3.0]], "float32")
+    np.testing.assert_allclose(op(nc.Tensor(x), a).numpy(), ref(x, a), rtol=1e-6)
+    np.testing.assert_allclose(_np(nc.jit(lambda t: op(t, a))(x)), ref(x, a), rtol=1e-6)
