@@ -125,21 +125,17 @@ class Tensor(Value, OpMixin):
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
         dtype = _ensure_dtype(dtype)
         if isinstance(array, Tensor):
-            if array._node is not None:
-                self._init(
-                    None,
-                    [],
-                    node=array._tracer_node("Tensor(...)"),
-                    trace=array._trace,
-                    requires_grad=requires_grad,
-                )
+            trace = current()
+            if array._node is not None or trace is not None:  # a new leaf in the trace
+                node = Node.make(Op.STOP_GRADIENT, trace.node_of(array))
+                if dtype not in (None, node.dtype):
+                    node = Node.make(Op.CAST, node, arg=dtype)
+                self._init(None, [], node=node, trace=trace, requires_grad=requires_grad)
                 return
-            data = array.realize_cached_data()
+            data = array.cached_data
             same = (device is None or device == data.device) and dtype in (None, data.dtype)
-            if same:  # shares the array: inside a trace it reads the source at every call
-                self._init(
-                    None, [], cached_data=data, requires_grad=requires_grad, origin=_root(array)
-                )
+            if same:  # shares the array
+                self._init(None, [], cached_data=data, requires_grad=requires_grad, origin=array)
                 return
             data = _to_ndarray(data, device, dtype or data.dtype)
         else:
@@ -156,12 +152,14 @@ class Tensor(Value, OpMixin):
         trace=None,
         requires_grad=None,
         origin=None,
+        detached=True,
     ):
         global TENSOR_COUNTER, _created
         TENSOR_COUNTER += 1
         _created += 1
         self._serial = _created
-        self._origin = origin  # the older tensor whose array this one shares, if any
+        self._origin = origin  # the tensor whose array this one shares, if any
+        self._detached = detached  # a view that stops gradients (.data), not an alias
         if requires_grad is None:
             requires_grad = any(x.requires_grad for x in inputs)
         self.op, self.inputs = op, list(inputs)
@@ -180,8 +178,9 @@ class Tensor(Value, OpMixin):
         t = Tensor.__new__(Tensor)
         origin = None
         if isinstance(data, Tensor):
-            origin = _root(data)
-            data = data.realize_cached_data()
+            if data._node is not None:
+                return data.detach()
+            origin, data = data, data.cached_data
         t._init(None, [], cached_data=data, requires_grad=requires_grad, origin=origin)
         return t
 
@@ -283,7 +282,8 @@ class Tensor(Value, OpMixin):
 
     def detach(self) -> Tensor:
         if self._node is not None:
-            return Tensor._make_tracer(self._tracer_node("detach"), self._trace)
+            node = Node.make(Op.STOP_GRADIENT, self._tracer_node("detach"))
+            return Tensor._make_tracer(node, self._trace)
         return Tensor.make_const(self)
 
     # ------------------------------------------------------------ concrete values
@@ -297,6 +297,13 @@ class Tensor(Value, OpMixin):
         return self._node
 
     def _concrete(self, what: str):
+        trace = current()
+        if self._node is None and trace is not None and self._serial <= trace.creation_mark:
+            raise TracerError(
+                f"{what} of a tensor from outside the trace ({fmt_type(self.dtype, self.shape)})"
+                f" at {user_frame()}: inside jit its value would be read once, at trace time, "
+                "and go stale. Use tensor ops on it instead, or read it outside the function."
+            )
         if self._node is not None:
             self._tracer_node(what)
             raise TracerError(
@@ -343,12 +350,12 @@ class Tensor(Value, OpMixin):
         if self._node is not None:
             state = "" if self._trace is not None and self._trace.alive else " (escaped)"
             return f"Tracer({fmt_type(self.dtype, self.shape)}{state})"
-        return "needlec.Tensor(" + str(self.realize_cached_data()) + ")"
+        return "needlec.Tensor(" + str(self.cached_data) + ")"
 
     def __str__(self) -> str:
         if self._node is not None:
             return repr(self)
-        return str(self.realize_cached_data())
+        return str(self.cached_data)
 
     def __len__(self) -> int:
         if not self.shape:
@@ -356,11 +363,6 @@ class Tensor(Value, OpMixin):
         return self.shape[0]
 
     __hash__ = object.__hash__
-
-
-def _root(x: Tensor) -> Tensor:
-    """The tensor whose array `x` shares (itself when it owns its array)."""
-    return x if x._origin is None else x._origin
 
 
 def _as_tensor(x, peers) -> Tensor:

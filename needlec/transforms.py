@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .autograd import Tensor, TensorOp, _root, tensor_grads
+from .autograd import Tensor, TensorOp, tensor_grads
 from .frontend.pytree import flatten, unflatten
 
 
@@ -32,7 +32,8 @@ def _alias(x) -> Tensor:
         node=x._node,
         trace=x._trace,
         requires_grad=True,
-        origin=None if x._node is not None else _root(x),
+        origin=None if x._node is not None else x,
+        detached=False,
     )
     return t
 

@@ -71,6 +71,7 @@ EVAL: dict[Op, Callable] = {
     Op.RELU: lambda x, _: np.maximum(x, 0),
     Op.SQRT: lambda x, _: np.sqrt(x),
     Op.CAST: lambda x, dtype: x.astype(dtype),
+    Op.STOP_GRADIENT: lambda x, _: x,
     Op.ADD_SCALAR: lambda x, c: x + c,
     Op.MUL_SCALAR: lambda x, c: x * c,
     Op.DIV_SCALAR: lambda x, c: x / c,

@@ -63,7 +63,10 @@ class Trace:
                     f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
                 )
             return x._node
-        x = x if x._origin is None else x._origin
+        if x._origin is not None and x._serial > self.creation_mark:
+            # a view made in the trace (.data, .detach(), an alias) reads its source
+            node = self.node_of(x._origin)
+            return Node.make(Op.STOP_GRADIENT, node) if x._detached else node
         if x._serial > self.creation_mark:
             arr = np.asarray(x.cached_data)
             flat = arr.reshape(-1)

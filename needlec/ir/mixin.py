@@ -131,6 +131,10 @@ class OpMixin:
     def sqrt(self):
         return self._apply(Op.SQRT, (self,))
 
+    def stop_gradient(self):
+        """The same value, through which no gradient flows."""
+        return self._apply(Op.STOP_GRADIENT, (self,))
+
     def cast(self, dtype: str):
         return self if self.dtype == dtype else self._apply(Op.CAST, (self,), dtype)
 

@@ -55,6 +55,7 @@ class Op(Enum):
     RELU = auto()
     SQRT = auto()
     CAST = auto()  # arg = dtype
+    STOP_GRADIENT = auto()  # the value itself; no gradient flows through (detach, .data)
     # elementwise with a Python scalar (arg = the scalar)
     ADD_SCALAR = auto()
     MUL_SCALAR = auto()
@@ -93,7 +94,7 @@ class Op(Enum):
 
 
 LEAF = frozenset({Op.INPUT, Op.CONST})
-UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.TANH, Op.RELU, Op.SQRT, Op.CAST})
+UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.TANH, Op.RELU, Op.SQRT, Op.CAST, Op.STOP_GRADIENT})
 SCALAR = frozenset({Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR, Op.POW_SCALAR})
 BINARY = frozenset({Op.ADD, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM, Op.CMPLT, Op.CMPEQ})
 COMPARE = frozenset({Op.CMPLT, Op.CMPEQ})

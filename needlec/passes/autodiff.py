@@ -112,6 +112,7 @@ VJP: dict[Op, Callable] = {
     Op.RELU: lambda g, out, x, arg: (g * (x > 0).cast(g.dtype),),
     Op.SQRT: lambda g, out, x, arg: (g / (out * 2.0),),
     Op.CAST: lambda g, out, x, arg: (g.cast(x.dtype) if _float(x) else None,),
+    Op.STOP_GRADIENT: lambda g, out, x, arg: (None,),
     Op.ADD_SCALAR: lambda g, out, x, c: (g,),
     Op.MUL_SCALAR: lambda g, out, x, c: (g * c,),
     Op.DIV_SCALAR: lambda g, out, x, c: (g / c,),

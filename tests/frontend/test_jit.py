@@ -460,3 +460,48 @@ def test_numpy_array_on_the_left_or_comparisons(op, ref):
     a = np.array([[1.5, 1.0, 3.0]], "float32")
     np.testing.assert_allclose(op(nc.Tensor(x), a).numpy(), ref(x, a), rtol=1e-6)
     np.testing.assert_allclose(_np(nc.jit(lambda t: op(t, a))(x)), ref(x, a), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- detach and views under jit
+
+
+@pytest.mark.parametrize(
+    "view",
+    [lambda t: t.detach(), lambda t: t.data, lambda t: nc.Tensor(t)],
+    ids=["detach", "data", "Tensor(t)"],
+)
+def test_views_stop_gradients_through_a_jitted_call(view):
+    x = nc.Tensor(np.array([1.0, 2.0, 3.0]))
+    f = nc.jit(lambda x: (x * view(x)).sum())
+    f(x).backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, 2.0, 3.0])  # d/dx x*c = c
+    w = nc.Tensor(np.array([1.0, 2.0, 3.0]))
+    g = nc.jit(lambda x: (w * view(w) * x).sum())
+    g(nc.Tensor(np.ones(3), requires_grad=False)).backward()
+    np.testing.assert_allclose(w.grad.numpy(), [1.0, 2.0, 3.0])
+
+
+def test_snapshot_taken_before_the_trace_keeps_its_values():
+    w = nc.Tensor(np.ones(3, "float32"))
+    w0 = w.data  # shares the array w has now
+    f = nc.jit(lambda x: ((w - w0) ** 2).sum() + x.sum())
+    x = np.zeros(3, "float32")
+    assert float(f(x)) == 0.0
+    w.data = w.data + 1  # w gets a new array; w0 keeps the old one
+    assert float(f(x)) == pytest.approx(3.0)
+
+
+def test_reading_a_captured_tensors_value_inside_jit_raises():
+    t = nc.Tensor(np.array(2.0, "float32"))
+    f = nc.jit(lambda x: x * float(t))
+    with pytest.raises(nc.TracerError, match="outside the trace"):
+        f(np.ones(2, "float32"))
+
+
+def test_dtype_copy_of_a_captured_tensor_reads_it_at_every_call():
+    q = nc.Tensor(np.array([1.0, 2.0], "float32"))
+    f = nc.jit(lambda x: x + nc.Tensor(q, dtype="float64"))
+    x = np.zeros(2)
+    np.testing.assert_allclose(_np(f(x)), [1.0, 2.0])
+    q.data = nc.Tensor(np.array([5.0, 6.0], "float32"))
+    np.testing.assert_allclose(_np(f(x)), [5.0, 6.0])

@@ -115,6 +115,7 @@ SAMPLES = {
     Op.RELU: _unary("relu"),
     Op.SQRT: _unary("sqrt"),
     Op.CAST: _unary("cast", "float64"),
+    Op.STOP_GRADIENT: _unary("stop_gradient"),
     Op.ADD_SCALAR: _unary("__add__", 1.5),
     Op.MUL_SCALAR: _unary("__mul__", 3.0),
     Op.DIV_SCALAR: _unary("__truediv__", 4.0),
