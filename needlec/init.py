@@ -59,7 +59,7 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tens
     """Bernoulli(p) as `rand(*shape) <= p`."""
     u = _traced_draw("uniform", shape, "float32", False)
     if u is not None:
-        return (u < p).cast(dtype)
+        return (u <= p).cast(dtype)
     array = _dev(device).rand(*shape) <= p
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 

@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ class Traced:
         self.random = trace.seed is not None  # the last graph input is a seed, fresh every call
         self.out_tree = out_tree
         self.out_static = out_static  # output leaf index -> a Python value returned as is
+        self.trace = trace
 
     def stale_capture(self) -> str | None:
         """Why this trace no longer fits its captured tensors (None if it still does)."""
@@ -187,8 +189,6 @@ class Lowered:
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         self.graph = optimize(traced.graph)
-        self.calls = 0
-        self.seed_base = int(np.random.randint(0, 2**31 - 1)) if traced.random else 0
         self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
 
     def as_text(self) -> str:
@@ -204,9 +204,8 @@ class Lowered:
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         tensors = list(leaves) + list(self.traced.captured)
         if self.traced.random:  # a new seed each call: fresh random numbers, reproducible
-            seed = np.array((self.seed_base << 24) + self.calls, dtype="int64")
+            seed = np.array(np.random.randint(0, 2**62), dtype="int64")  # np.random.seed applies
             tensors.append(Tensor(seed, requires_grad=False))
-        self.calls += 1
         outs = iter(call_graph(self.graph, tensors, self._grads))
         n_out = len(self.graph.outputs) + len(self.traced.out_static)
         static = self.traced.out_static
@@ -222,36 +221,59 @@ class Jitted:
         self.fn = fn
         self.static_argnums = tuple(static_argnums)
         self.static_argnames = tuple(static_argnames)
-        self._cache: dict = {}
+        self._cache: dict = {}  # signature key -> [(Lowered, Guard)], most recent first
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self._roots = guards.roots(fn)
+        self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.trace_count = 0
 
     def _entry(self, args, kwargs) -> tuple[Lowered, list]:
         key, leaves = _signature(
-            self.fn.__name__, args, kwargs, self.static_argnums, self.static_argnames
+            self.__name__, args, kwargs, self.static_argnums, self.static_argnames
         )
-        entry = self._cache.get(key)
-        why = "first call" if not self._cache else "new argument signature"
-        if entry is not None:
-            lowered, guard = entry
+        entries = self._cache.setdefault(key, [])
+        why = "first call" if not self.trace_count else "new argument signature"
+        for lowered, guard in entries:
             why = lowered.traced.stale_capture() or guard.check()
             if why is None:
                 return lowered, leaves
         if _debug("recompiles"):
-            print(f"needlec: tracing {self.fn.__name__}: {why}", file=sys.stderr)
+            print(f"needlec: tracing {self.__name__}: {why}", file=sys.stderr)
+        statics = [a for i, a in enumerate(args) if i in self.static_argnums]
+        statics += [v for k, v in kwargs.items() if k in self.static_argnames]
+        roots = self._roots + [lambda v=v: v for v in statics]
+        before = guards.plain_state(roots)
         traced = trace_function(
             self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
         )
+        guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
         lowered = Lowered(traced)
         self.trace_count += 1
-        self._cache[key] = (lowered, guards.Guard(self._roots, traced.captured, _is_tensor))
+        entries.insert(0, (lowered, guards.Guard(roots, traced.captured, _is_tensor)))
+        del entries[_RETRACE_WARNING:]
         if self.trace_count == _RETRACE_WARNING:
             warnings.warn(
-                f"jit({self.fn.__name__}) has traced {self.trace_count} times (last: {why}); "
+                f"jit({self.__name__}) has traced {self.trace_count} times (last: {why}); "
                 "NEEDLEC_DEBUG=recompiles prints each reason",
                 stacklevel=3,
             )
         return lowered, leaves
+
+    def __get__(self, obj, objtype=None):
+        """`@jit` on a method: the instance is read like a closure (its tensors captured)."""
+        if obj is None:
+            return self
+        try:
+            bound = self._bound.get(obj)
+        except TypeError:  # not weak-referenceable or not hashable: no cache per instance
+            bound = None
+        if bound is None:
+            bound = Jitted(self.fn.__get__(obj, objtype), self.static_argnums, self.static_argnames)
+            try:
+                self._bound[obj] = bound
+            except TypeError:
+                pass
+        return bound
 
     def __call__(self, *args, **kwargs):
         if current() is not None:  # jit inside a trace: inline

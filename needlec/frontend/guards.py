@@ -158,3 +158,39 @@ class Guard:
                 where = ".".join(str(key) for _, key in path) or "a global or closure variable"
                 return f"a Python value the trace read changed (at {where}: {old} -> {new})"
         return None
+
+
+def plain_state(getters: list[Getter]) -> list:
+    """The Python numbers and strings held by each root (see `Guard`)."""
+    return [_plain_state(g()) for g in getters]
+
+
+def check_side_effects(name: str, getters: list[Getter], before: list, trace, is_leaf) -> None:
+    """Raise if tracing changed Python state or left a tracer in an object the function reaches:
+    both would make the compiled function disagree with the Python one."""
+    from .trace import TracerError
+
+    for old, new in zip(before, plain_state(getters), strict=True):
+        if old != new:
+            raise TracerError(
+                f"jit({name}) changed a Python value while tracing ({old} -> {new}): side effects "
+                "run once, when the function is traced, not at every call. Keep the value in a "
+                "tensor and return its new value instead."
+            )
+    seen: set[int] = set()
+    todo = [((), g()) for g in getters]
+    while todo and len(seen) < _MAX_ITEMS:
+        path, x = todo.pop()
+        if id(x) in seen or isinstance(x, _SKIP) or x is _MISSING:
+            continue
+        seen.add(id(x))
+        if is_leaf(x):
+            if getattr(x, "_trace", None) is trace:
+                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
+                raise TracerError(
+                    f"jit({name}) stored a traced value in {where}: writes to Python objects "
+                    "inside jit are not replayed at each call. Return the value from the "
+                    "function instead."
+                )
+            continue
+        todo.extend(((*path, step), v) for step, v in _children(x))

@@ -15,19 +15,20 @@ def register_container(cls: type, children: Callable, rebuild: Callable) -> None
 
 
 def flatten(tree: Any) -> tuple[list, Any]:
-    """(leaves, structure); tuples, lists and dicts are containers, None is empty, all else a leaf."""
+    """(leaves, structure). Tuples (namedtuples too), lists and dicts (and their subclasses) are
+    containers, as are registered types; None is empty; anything else is a leaf."""
     leaves: list = []
 
     def walk(x):
         if isinstance(x, tuple | list):
-            return (type(x).__name__, tuple(walk(v) for v in x))
+            return ("seq", type(x), tuple(walk(v) for v in x))
         if isinstance(x, dict):
             keys = tuple(x)
-            return ("dict", keys, tuple(walk(x[k]) for k in keys))
+            return ("dict", type(x), keys, tuple(walk(x[k]) for k in keys))
         if x is None:
             return ("none",)
         if type(x) in CONTAINERS:
-            return (type(x), tuple(walk(v) for v in CONTAINERS[type(x)][0](x)))
+            return ("registered", type(x), tuple(walk(v) for v in CONTAINERS[type(x)][0](x)))
         leaves.append(x)
         return "*"
 
@@ -45,10 +46,11 @@ def unflatten(structure: Any, leaves: list) -> Any:
         if kind == "none":
             return None
         if kind == "dict":
-            return {k: build(v) for k, v in zip(s[1], s[2], strict=True)}
-        if kind in CONTAINERS:
-            return CONTAINERS[kind][1]([build(v) for v in s[1]])
-        items = [build(v) for v in s[1]]
-        return tuple(items) if kind == "tuple" else items
+            return s[1](zip(s[2], [build(v) for v in s[3]], strict=True))
+        items = [build(v) for v in s[2]]
+        if kind == "registered":
+            return CONTAINERS[s[1]][1](items)
+        cls = s[1]
+        return cls(*items) if hasattr(cls, "_fields") else cls(items)
 
     return build(structure)

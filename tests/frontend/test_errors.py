@@ -258,8 +258,38 @@ def _leak():
         leaked.append(y)
         return y
 
-    nc.jit(f)(np.ones(3, "float32"))
+    nc.make_graph(f)(np.ones(3, "float32"))  # make_graph only traces: the leak goes unchecked
     return leaked[0]
+
+
+def test_jit_refuses_a_tracer_stored_in_an_object_it_reaches():
+    class State:
+        pass
+
+    s = State()
+    s.running = nc.Tensor(np.zeros(3, "float32"))
+
+    def f(x):
+        s.running = s.running * 0.9 + x * 0.1
+        return x
+
+    with pytest.raises(nc.TracerError, match=r"stored a traced value in running"):
+        nc.jit(f)(np.ones(3, "float32"))
+
+
+def test_jit_refuses_a_python_side_effect_while_tracing():
+    class Counter:
+        t = 0
+
+    c = Counter()
+    c.t = 0
+
+    def f(x):
+        c.t += 1
+        return x / c.t
+
+    with pytest.raises(nc.TracerError, match="changed a Python value while tracing"):
+        nc.jit(f)(np.ones(3, "float32"))
 
 
 @pytest.mark.parametrize(

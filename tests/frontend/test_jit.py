@@ -505,3 +505,64 @@ def test_dtype_copy_of_a_captured_tensor_reads_it_at_every_call():
     np.testing.assert_allclose(_np(f(x)), [1.0, 2.0])
     q.data = nc.Tensor(np.array([5.0, 6.0], "float32"))
     np.testing.assert_allclose(_np(f(x)), [5.0, 6.0])
+
+
+# ---------------------------------------------------------------- callables, pytrees, seeds
+
+
+def test_namedtuple_arguments_and_outputs_keep_their_type():
+    import collections
+
+    Pair = collections.namedtuple("Pair", "a b")
+    f = nc.jit(lambda p: Pair(p.a * 2.0, p.b + 1.0))
+    out = f(Pair(np.ones(2, "float32"), np.zeros(2, "float32")))
+    assert isinstance(out, Pair)
+    np.testing.assert_allclose(_np(out.a), [2.0, 2.0])
+    np.testing.assert_allclose(_np(out.b), [1.0, 1.0])
+
+
+def test_jit_on_a_method_reads_the_instance():
+    class Layer:
+        def __init__(self, scale):
+            self.w = nc.Tensor(np.full(2, scale, "float32"))
+
+        @nc.jit
+        def forward(self, x):
+            return x * self.w
+
+    a, b = Layer(2.0), Layer(3.0)
+    x = np.ones(2, "float32")
+    np.testing.assert_allclose(_np(a.forward(x)), [2.0, 2.0])
+    np.testing.assert_allclose(_np(b.forward(x)), [3.0, 3.0])
+    a.w.data = nc.Tensor(np.full(2, 5.0, "float32"))
+    np.testing.assert_allclose(_np(a.forward(x)), [5.0, 5.0])
+
+
+def test_jit_of_a_callable_object_and_a_partial():
+    import functools
+
+    m = _Model()
+    x = _a(4, 3)
+    np.testing.assert_allclose(_np(nc.jit(m)(x)), x @ np.ones((3, 2)), rtol=1e-6)
+    scaled = functools.partial(lambda x, c: x * c, c=nc.Tensor(np.full(3, 2.0, "float32")))
+    np.testing.assert_allclose(_np(nc.jit(scaled)(_a(3) * 0 + 1)), [2.0, 2.0, 2.0])
+
+
+def test_random_draws_are_fresh_each_call_and_follow_np_random_seed():
+    f = nc.jit(lambda x: x + nc.init.rand(4))
+    x = np.zeros(4, "float32")
+    np.random.seed(0)
+    first, second = _np(f(x)), _np(f(x))
+    assert not np.allclose(first, second)
+    np.random.seed(0)
+    np.testing.assert_array_equal(_np(f(x)), first)
+
+
+def test_switching_a_flag_back_and_forth_reuses_both_traces():
+    m = _Scaled(1.0)
+    f = nc.jit(lambda x: x * m.scale)
+    x = _a(2)
+    for k in range(6):
+        m.scale = float(k % 2)
+        np.testing.assert_allclose(_np(f(x)), x * (k % 2), rtol=1e-6)
+    assert f.trace_count == 2
