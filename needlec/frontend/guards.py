@@ -9,8 +9,12 @@ cell, then attributes, keys and indices); every call re-reads those paths and ch
 
 from __future__ import annotations
 
+import sys
 import types
+import warnings
 from collections.abc import Callable
+
+import numpy as np
 
 _SKIP = (types.ModuleType, type, types.BuiltinFunctionType, str, bytes, int, float, bool)
 _MAX_ITEMS = 50_000
@@ -41,18 +45,43 @@ def roots(fn: Callable) -> list[Getter]:
             if getattr(f, "__wrapped__", None) is not None:
                 todo.append(f.__wrapped__)
             continue
+        out.append(lambda f=f: (f.__defaults__, f.__kwdefaults__))
         for cell in f.__closure__ or ():
             out.append(lambda c=cell: _cell(c))
             value = _cell(cell)
             if isinstance(value, types.FunctionType):
                 todo.append(value)
+        if _library(getattr(f, "__module__", None)):
+            continue  # our own (and numpy's, the standard library's) globals are not user state
         glb = getattr(f, "__globals__", {})
-        for name in _names(code):
-            if name in glb:
-                out.append(lambda g=glb, n=name: g.get(n, _MISSING))
-                if isinstance(glb[name], types.FunctionType):
-                    todo.append(glb[name])
+        names = _names(code)
+        for name in names:
+            if name not in glb:
+                continue
+            out.append(lambda g=glb, n=name: g.get(n, _MISSING))
+            value = glb[name]
+            if isinstance(value, types.FunctionType):
+                todo.append(value)
+            elif isinstance(value, types.ModuleType | type) and not _library(
+                getattr(value, "__module__", None) or value.__name__
+            ):
+                # `mod.W`, `Cls.w`: the attributes the code names are read like globals
+                for attr in names & set(dir(value)):
+                    out.append(lambda o=value, a=attr: getattr(o, a, _MISSING))
+                    if isinstance(getattr(value, attr, None), types.FunctionType):
+                        todo.append(getattr(value, attr))
     return out
+
+
+_LIBRARIES = {"needlec", "numpy", *sys.stdlib_module_names}
+
+
+def _library(module: str | None) -> bool:
+    """Whether a module name belongs to needlec itself, numpy or the standard library."""
+    if not module:
+        return False
+    top = module.split(".")[0]
+    return top in _LIBRARIES and not module.startswith("needlec.examples")
 
 
 def _cell(cell) -> object:
@@ -113,14 +142,18 @@ def resolve(getter: Getter, path: tuple) -> object:
     return x
 
 
-_PLAIN = (int, float, bool, str, type(None))
+_PLAIN = (int, float, bool, str, type(None), np.generic)
 
 
 def _plain_state(x) -> object:
     """What a trace may have read from `x` as a Python value: x itself if it is a number or
-    string, else its number and string attributes."""
+    string, else the numbers and strings it holds (attributes, items)."""
     if isinstance(x, _PLAIN):
         return x
+    if isinstance(x, tuple | list):
+        return tuple((i, v) for i, v in enumerate(x) if isinstance(v, _PLAIN))
+    if isinstance(x, dict):
+        return tuple((k, v) for k, v in x.items() if isinstance(v, _PLAIN))
     if hasattr(x, "__dict__") and not isinstance(x, _SKIP + (types.FunctionType,)):
         return tuple((k, v) for k, v in vars(x).items() if isinstance(v, _PLAIN))
     return None
@@ -171,12 +204,14 @@ def check_side_effects(name: str, getters: list[Getter], before: list, trace, is
     from .trace import TracerError
 
     for old, new in zip(before, plain_state(getters), strict=True):
-        if old != new:
-            raise TracerError(
+        if old != new:  # a counter of traces is fine; state the computation reads is not
+            warnings.warn(
                 f"jit({name}) changed a Python value while tracing ({old} -> {new}): side effects "
-                "run once, when the function is traced, not at every call. Keep the value in a "
-                "tensor and return its new value instead."
+                "run once, when the function is traced, not at every call. Keep state the "
+                "computation reads in a tensor and return its new value instead.",
+                stacklevel=4,
             )
+            break
     seen: set[int] = set()
     todo = [((), g()) for g in getters]
     while todo and len(seen) < _MAX_ITEMS:

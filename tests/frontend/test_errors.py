@@ -193,6 +193,7 @@ def test_tracer_error_is_a_runtime_error():
     assert issubclass(nc.TracerError, RuntimeError)
 
 
+@pytest.mark.filterwarnings("ignore:jit")  # the call counter is a side effect, on purpose
 def test_a_failed_trace_leaves_jit_usable():
     calls = {"n": 0}
 
@@ -277,7 +278,7 @@ def test_jit_refuses_a_tracer_stored_in_an_object_it_reaches():
         nc.jit(f)(np.ones(3, "float32"))
 
 
-def test_jit_refuses_a_python_side_effect_while_tracing():
+def test_jit_warns_of_a_python_side_effect_while_tracing():
     class Counter:
         t = 0
 
@@ -288,7 +289,7 @@ def test_jit_refuses_a_python_side_effect_while_tracing():
         c.t += 1
         return x / c.t
 
-    with pytest.raises(nc.TracerError, match="changed a Python value while tracing"):
+    with pytest.warns(UserWarning, match="changed a Python value while tracing"):
         nc.jit(f)(np.ones(3, "float32"))
 
 

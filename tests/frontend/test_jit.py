@@ -1,6 +1,7 @@
 """jit: arguments and pytrees, static arguments, captured tensors, the cache, lowering."""
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -566,3 +567,58 @@ def test_switching_a_flag_back_and_forth_reuses_both_traces():
         m.scale = float(k % 2)
         np.testing.assert_allclose(_np(f(x)), x * (k % 2), rtol=1e-6)
     assert f.trace_count == 2
+
+
+_usermod = types.ModuleType("_usermod")
+_usermod.W = nc.Tensor(np.ones(2, "float32"))
+_usermod.SCALE = 1.0
+
+
+class _Config:
+    gain = nc.Tensor(np.ones(2, "float32"))
+
+
+_CFG = {"scale": 1.0}
+
+
+@pytest.mark.parametrize(
+    "fn, change, expect",
+    [
+        (
+            lambda x: x * _usermod.W * _usermod.SCALE,
+            lambda: setattr(_usermod, "SCALE", 3.0),
+            [3.0, 3.0],
+        ),
+        (
+            lambda x: x * _usermod.W,
+            lambda: setattr(_usermod, "W", nc.Tensor(np.full(2, 5.0, "float32"))),
+            [5.0, 5.0],
+        ),
+        (
+            lambda x: x * _Config.gain,
+            lambda: setattr(_Config, "gain", nc.Tensor(np.full(2, 7.0, "float32"))),
+            [7.0, 7.0],
+        ),
+        (lambda x: x * _CFG["scale"], lambda: _CFG.update(scale=4.0), [4.0, 4.0]),
+    ],
+    ids=["module-number", "module-tensor", "class-attribute", "dict-value"],
+)
+def test_values_read_through_modules_classes_and_dicts_are_guarded(fn, change, expect):
+    _usermod.W, _usermod.SCALE = nc.Tensor(np.ones(2, "float32")), 1.0
+    _Config.gain, _CFG["scale"] = nc.Tensor(np.ones(2, "float32")), 1.0
+    f = nc.jit(fn)
+    x = np.ones(2, "float32")
+    np.testing.assert_allclose(_np(f(x)), [1.0, 1.0])
+    change()
+    np.testing.assert_allclose(_np(f(x)), expect)
+
+
+def test_default_argument_tensor_is_guarded():
+    def g(x, w=nc.Tensor(np.ones(2, "float32"))):  # noqa: B008 - the default is the point
+        return x * w
+
+    f = nc.jit(g)
+    x = np.ones(2, "float32")
+    f(x)
+    g.__defaults__ = (nc.Tensor(np.full(2, 6.0, "float32")),)
+    np.testing.assert_allclose(_np(f(x)), [6.0, 6.0])
