@@ -56,6 +56,17 @@ class Graph:
             self._nodes = list(self.inputs) + [n for n in body if id(n) not in ins]
         return self._nodes
 
+    def __reduce__(self):
+        # flat records, not nested nodes: pickling a deep graph must not recurse per node
+        index = {n: i for i, n in enumerate(self.nodes)}
+        records = [
+            (n.op, n.dtype, n.shape, tuple(index[x] for x in n.src), n.arg) for n in self.nodes
+        ]
+        return (
+            _from_records,
+            (records, [index[n] for n in self.inputs], [index[n] for n in self.outputs]),
+        )
+
     def users(self) -> dict[Node, list[Node]]:
         """For each node, the nodes that read it."""
         out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
@@ -156,3 +167,10 @@ class Graph:
             lines.extend(f"  n{names[s]} -> n{i};" for s in n.src)
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+
+def _from_records(records, inputs, outputs) -> Graph:
+    nodes: list[Node] = []
+    for op, dtype, shape, src, arg in records:
+        nodes.append(Node(op, dtype, shape, tuple(nodes[i] for i in src), arg))
+    return Graph([nodes[i] for i in inputs], [nodes[i] for i in outputs])

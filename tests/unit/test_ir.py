@@ -585,3 +585,12 @@ def test_deep_chain_run_and_differentiate(low_recursion_limit):
     (grad,) = run_graph(dg, [a])
     assert np.all(np.abs(d) > 1e-6)  # the chain keeps a gradient worth checking
     np.testing.assert_allclose(grad, d, rtol=1e-9)
+
+
+def test_deep_graph_pickles_to_the_same_interned_nodes(low_recursion_limit):
+    import pickle
+
+    x, y = _chain()
+    g = Graph([x], [y])
+    back = pickle.loads(pickle.dumps(g))
+    assert back.inputs[0] is x and back.outputs[0] is y  # interning: the same objects
