@@ -15,7 +15,7 @@ from .codegen.reference import evaluate
 from .frontend.pytree import register_container
 from .frontend.trace import TracerError, current
 from .ir import Node, Op, OpMixin, infer, toposort
-from .ir.ops import FLOATS, fmt_type, user_frame
+from .ir.ops import fmt_type, user_frame
 from .passes.autodiff import VJP, backprop
 
 LAZY_MODE = False
@@ -418,10 +418,6 @@ def tensor_grads(outputs, seeds, wrt) -> list:
         lambda t: id(t) in ids,
     )
     return [grads.get(t) for t in wrt]
-
-
-def is_float(dtype: str) -> bool:
-    return dtype in FLOATS
 
 
 class TensorTuple(Value):

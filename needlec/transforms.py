@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .autograd import Tensor, TensorOp, tensor_grads
-from .frontend.pytree import flatten, unflatten
+from .frontend.pytree import flatten
 
 
 class _Alias(TensorOp):
@@ -120,4 +120,4 @@ def vjp(f: Callable, *primals):
     return out, vjp_fn
 
 
-__all__ = ["grad", "unflatten", "value_and_grad", "vjp"]
+__all__ = ["grad", "value_and_grad", "vjp"]

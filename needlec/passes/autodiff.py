@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..ir import Graph, Node, Op, stack, toposort
+from ..ir import Graph, Node, Op, toposort
 from ..ir.ops import FLOATS
 
 
@@ -229,4 +229,4 @@ def differentiate(graph: Graph, wrt: Iterable[int] | None = None, seeds: bool = 
     return Graph(graph.inputs + (tuple(cot) if seeds else ()), outs)
 
 
-__all__ = ["VJP", "backprop", "differentiate", "node_vjp", "stack", "toposort", "unbroadcast"]
+__all__ = ["VJP", "backprop", "differentiate", "node_vjp", "unbroadcast"]
