@@ -175,6 +175,17 @@ class Guard:
             {(g, path[:k]) for _, g, path in self.tensors for k in range(1, len(path))},
             key=lambda gp: len(gp[1]),
         )
+        # and the objects these hold directly (`model.cfg` for `model.cfg.scale`)
+        known = {(id(g), path) for g, path in self.places}
+        for g, path in list(self.places):
+            for step, child in _children(resolve(g, path)):
+                if (id(g), (*path, step)) in known or is_leaf(child):
+                    continue
+                if isinstance(child, dict | list | tuple) or (
+                    hasattr(child, "__dict__")
+                    and not isinstance(child, _SKIP + (types.FunctionType, types.MethodType))
+                ):
+                    self.places.append((g, (*path, step)))
         self.state = self._state()
 
     def _state(self) -> list:

@@ -622,3 +622,27 @@ def test_default_argument_tensor_is_guarded():
     f(x)
     g.__defaults__ = (nc.Tensor(np.full(2, 6.0, "float32")),)
     np.testing.assert_allclose(_np(f(x)), [6.0, 6.0])
+
+
+class _Dropoutish:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, x):
+        return x * (1 - self.p)
+
+
+def test_plain_values_of_objects_next_to_the_captured_ones_are_guarded():
+    # model.layers holds a parameter-free callable whose `p` the trace bakes in,
+    # and model.cfg holds a scale but no tensor
+    m = _Scaled(1.0)
+    m.layers.append(_Dropoutish(0.5))
+    m.cfg = types.SimpleNamespace(scale=1.0)
+    f = nc.jit(lambda x: m.layers[1](m.layers[0](x)) * m.cfg.scale)
+    x = _a(4, 3)
+    base = x @ np.ones((3, 2))
+    np.testing.assert_allclose(_np(f(x)), base * 0.5, rtol=1e-5)
+    m.layers[1].p = 0.0
+    np.testing.assert_allclose(_np(f(x)), base, rtol=1e-5)
+    m.cfg.scale = 2.0
+    np.testing.assert_allclose(_np(f(x)), base * 2.0, rtol=1e-5)
