@@ -77,10 +77,7 @@ def _ensure_dtype(dtype) -> str | None:
 
 def _to_ndarray(data, device, dtype) -> NDArray:
     device = device or nd.default_device()
-    if isinstance(data, NDArray):
-        arr = np.asarray(data)
-    else:
-        arr = np.asarray(data)
+    arr = np.asarray(data)
     if dtype is None:
         if arr.dtype == np.float64 and isinstance(data, np.ndarray | NDArray):
             dtype = "float64"

@@ -111,23 +111,31 @@ def _children(x):
     return []
 
 
-def find_paths(getters: list[Getter], targets: list, is_leaf: Callable[[object], bool]) -> list:
-    """For each target object, (getter, path) of the first place it is found, or None."""
-    want = {id(t): k for k, t in enumerate(targets)}
-    found: list = [None] * len(targets)
+def _walk(getters: list[Getter], is_leaf: Callable[[object], bool]):
+    """(getter, path, object) for everything reachable from the roots, each once, depth first;
+    leaves (tensors) are yielded but not entered."""
     seen: set[int] = set()
     todo = [(g, (), g()) for g in reversed(getters)]
-    while todo and len(seen) < _MAX_ITEMS and want:
+    while todo and len(seen) < _MAX_ITEMS:
         getter, path, x = todo.pop()
         if id(x) in seen or isinstance(x, _SKIP) or x is _MISSING:
             continue
         seen.add(id(x))
+        yield getter, path, x
+        if not is_leaf(x):
+            todo.extend((getter, (*path, step), v) for step, v in reversed(_children(x)))
+
+
+def find_paths(getters: list[Getter], targets: list, is_leaf: Callable[[object], bool]) -> list:
+    """For each target object, (getter, path) of the first place it is found, or None."""
+    want = {id(t): k for k, t in enumerate(targets)}
+    found: list = [None] * len(targets)
+    for getter, path, x in _walk(getters, is_leaf) if want else ():
         k = want.pop(id(x), None)
         if k is not None:
             found[k] = (getter, path)
-        if is_leaf(x):
-            continue
-        todo.extend((getter, (*path, step), v) for step, v in reversed(_children(x)))
+            if not want:
+                break
     return found
 
 
@@ -223,20 +231,11 @@ def check_side_effects(name: str, getters: list[Getter], before: list, trace, is
                 stacklevel=4,
             )
             break
-    seen: set[int] = set()
-    todo = [((), g()) for g in getters]
-    while todo and len(seen) < _MAX_ITEMS:
-        path, x = todo.pop()
-        if id(x) in seen or isinstance(x, _SKIP) or x is _MISSING:
-            continue
-        seen.add(id(x))
-        if is_leaf(x):
-            if getattr(x, "_trace", None) is trace:
-                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
-                raise TracerError(
-                    f"jit({name}) stored a traced value in {where}: writes to Python objects "
-                    "inside jit are not replayed at each call. Return the value from the "
-                    "function instead."
-                )
-            continue
-        todo.extend(((*path, step), v) for step, v in _children(x))
+    for _, path, x in _walk(getters, is_leaf):
+        if is_leaf(x) and getattr(x, "_trace", None) is trace:
+            where = ".".join(str(key) for _, key in path) or "a global or closure variable"
+            raise TracerError(
+                f"jit({name}) stored a traced value in {where}: writes to Python objects "
+                "inside jit are not replayed at each call. Return the value from the "
+                "function instead."
+            )

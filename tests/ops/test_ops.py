@@ -128,6 +128,17 @@ def case(name, fn, ref, shapes, sample=normal, *, tol=1e-5, second=False, fd=Tru
 ARRAY = np.linspace(-1.0, 1.0, 12).reshape(3, 4).astype("float32")  # a plain array operand
 M = 1e-4  # forward tolerance for matmul and conv (sums of products in float32)
 
+
+def _stack_case(name, shapes, axis):
+    return case(
+        name,
+        lambda *xs, axis: ops.stack(xs, axis),
+        lambda *xs, axis: np.stack(xs, axis),
+        shapes,
+        axis=axis,
+    )
+
+
 CASES = [
     # elementwise binary, incl. numpy broadcasting
     case("add", ops.add, np.add, [(3, 4), (3, 4)]),
@@ -235,34 +246,10 @@ CASES = [
     case("undilate-axis0-d1", ops.undilate, np_undilate, [(4, 3)], axes=(0,), dilation=1),
     case("undilate-both-d2", ops.undilate, np_undilate, [(6, 6)], axes=(0, 1), dilation=2),
     case("undilate-uneven", ops.undilate, np_undilate, [(5, 4)], axes=(0, 1), dilation=1),
-    case(
-        "stack-axis0",
-        lambda *xs, axis: ops.stack(xs, axis),
-        lambda *xs, axis: np.stack(xs, axis),
-        [(2, 3)] * 3,
-        axis=0,
-    ),
-    case(
-        "stack-axis1",
-        lambda *xs, axis: ops.stack(xs, axis),
-        lambda *xs, axis: np.stack(xs, axis),
-        [(2, 3)] * 3,
-        axis=1,
-    ),
-    case(
-        "stack-axis-last",
-        lambda *xs, axis: ops.stack(xs, axis),
-        lambda *xs, axis: np.stack(xs, axis),
-        [(2, 3)] * 2,
-        axis=2,
-    ),
-    case(
-        "stack-0d",
-        lambda *xs, axis: ops.stack(xs, axis),
-        lambda *xs, axis: np.stack(xs, axis),
-        [()] * 3,
-        axis=0,
-    ),
+    _stack_case("stack-axis0", [(2, 3)] * 3, axis=0),
+    _stack_case("stack-axis1", [(2, 3)] * 3, axis=1),
+    _stack_case("stack-axis-last", [(2, 3)] * 2, axis=2),
+    _stack_case("stack-0d", [()] * 3, axis=0),
     case(
         "stack-single",
         lambda *xs, axis: ops.stack(xs, axis),
