@@ -5,6 +5,7 @@ transform, and eager mode runs every op at once.
 """
 
 from . import autograd, backend_ndarray, init, ops
+from . import optim
 from .autograd import Tensor, TensorOp, TensorTuple, Value
 from .backend_ndarray import (
     BackendDevice as Device,

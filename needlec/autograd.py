@@ -114,7 +114,6 @@ class Tensor(Value, OpMixin):
     array([[2., 4.]], dtype=float32)
     """
 
-    grad: Tensor | None
     _node: Node | None = None
     _trace = None
     __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
@@ -162,7 +161,7 @@ class Tensor(Value, OpMixin):
         self.op, self.inputs = op, list(inputs)
         self.cached_data, self._node, self._trace = cached_data, node, trace
         self.requires_grad = requires_grad
-        self.grad = None
+        self._grad = None
 
     def __del__(self) -> None:
         global TENSOR_COUNTER
@@ -270,12 +269,38 @@ class Tensor(Value, OpMixin):
             raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
         if value.dtype != self.dtype:
             raise TypeError(f"Tensor.data: dtype {value.dtype} does not match {self.dtype}")
-        if value._node is not None or self._node is not None:
-            raise TracerError(
-                f"assigning .data of a traced tensor at {user_frame()}: not supported inside jit "
-                "yet; return the new value from the function instead"
-            )
-        self.cached_data = value.realize_cached_data()
+        trace = current()
+        if trace is None:
+            if value._node is not None:
+                value._tracer_node("assigning .data")  # raises: an escaped tracer
+            self.cached_data = value.realize_cached_data()
+            return
+        node = Node.make(Op.STOP_GRADIENT, trace.node_of(value))
+        if trace.outside(self):  # a parameter or a state: written back after every call
+            trace.data_writes[id(self)] = (self, node)
+            return
+        if self._node is not None and self._trace is not trace:
+            self._tracer_node("assigning .data")  # raises: an escaped tracer
+        self._node, self._trace, self.cached_data = node, trace, None
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The gradient stored by `backward()` (None until then, or after `reset_grad`)."""
+        trace = current()
+        if trace is not None and trace.outside(self):
+            written = trace.grad_writes.get(id(self))
+            if written is not None:
+                return written[1]
+            trace.grad_reads.setdefault(id(self), (self, self._grad is None))
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        trace = current()
+        if trace is not None and trace.outside(self):  # journaled, written back after every call
+            trace.grad_writes[id(self)] = (self, value)
+            return
+        self._grad = value
 
     def detach(self) -> Tensor:
         if self._node is not None:
@@ -393,15 +418,8 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
         lambda t, g: t.op.gradient_as_tuple(g, t),
         lambda t: t.requires_grad and t.op is None,
     )
-    trace = current()
     for t, g in grads.items():
-        if trace is not None and t._node is None and g._node is not None:
-            raise TracerError(
-                f"backward() inside a trace at {user_frame()} would store a traced gradient "
-                f"in .grad of a tensor created outside the trace ({fmt_type(t.dtype, t.shape)}). "
-                "Inside jit, use nc.grad or nc.value_and_grad and return the gradients."
-            )
-        t.grad = g
+        t.grad = g  # inside a trace, on a tensor from outside: journaled (see frontend.trace)
 
 
 def tensor_grads(outputs, seeds, wrt) -> list:

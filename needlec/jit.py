@@ -21,7 +21,7 @@ from .frontend.cache import signature
 from .frontend.pytree import flatten, unflatten
 from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
-from .ir.ops import FLOATS
+from .ir.ops import FLOATS, fmt_type
 from .passes import differentiate, optimize
 
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
@@ -33,6 +33,11 @@ def _debug(topic: str) -> bool:
 
 def _is_tensor(x) -> bool:
     return isinstance(x, Tensor)
+
+
+def _is_stateful(x) -> bool:
+    """Library objects whose Python state a trace may read (nn.Module, Optimizer): guarded."""
+    return getattr(type(x), "_jit_guarded", False)
 
 
 def _as_tensor(x) -> Tensor | None:
@@ -48,15 +53,23 @@ def _signature(name, args, kwargs, static_argnums, static_argnames):
 
 
 class Traced:
-    """The result of tracing: the graph and how to call it (captured tensors, output structure)."""
+    """The result of tracing: the graph and how to call it.
 
-    def __init__(self, graph: Graph, trace: Trace, out_tree, out_static: dict) -> None:
+    The graph's inputs are the arguments' leaves, then the captured tensors, then the Python
+    numbers read at every call (`scalars`), then the seed if it draws random numbers. Its outputs
+    are the function's tensor outputs, then the values to write back (`writes`) after each call.
+    """
+
+    def __init__(self, graph: Graph, trace: Trace, out_tree, out_static: dict, writes) -> None:
         self.graph = graph
         self.captured = [t for t, _ in trace.captured.values()]  # read at every call
         self.captured_sig = [(t.shape, t.dtype) for t in self.captured]
+        self.scalars = [(obj, name) for obj, name, _ in trace.scalars.values()]
+        self.grad_reads = list(trace.grad_reads.values())  # (tensor, was .grad None?)
         self.random = trace.seed is not None  # the last graph input is a seed, fresh every call
         self.out_tree = out_tree
         self.out_static = out_static  # output leaf index -> a Python value returned as is
+        self.writes = writes  # [(kind, target)] for the trailing outputs; see write_back
         self.trace = trace
 
     def stale_capture(self) -> str | None:
@@ -64,7 +77,56 @@ class Traced:
         for k, (t, sig) in enumerate(zip(self.captured, self.captured_sig, strict=True)):
             if (t.shape, t.dtype) != sig:
                 return f"captured tensor {k} changed from {sig} to {(t.shape, t.dtype)}"
+        for t, was_none in self.grad_reads:
+            if (t._grad is None) != was_none:
+                now = "None" if t._grad is None else "a tensor"
+                return f"the .grad of a {fmt_type(t.dtype, t.shape)} tensor it read is now {now}"
         return None
+
+    def dynamic_attrs(self) -> set[tuple[int, str]]:
+        """(id(obj), name) of the Python numbers that are graph inputs or outputs, not guards."""
+        out = {(id(obj), name) for obj, name in self.scalars}
+        return out | {(id(t[0]), t[1]) for kind, t in self.writes if kind == "scalar"}
+
+
+def _state_outputs(trace: Trace, arg_tracers: list) -> tuple[list, list]:
+    """The journal of writes (see frontend.trace) as extra outputs: (nodes, [(kind, target)])."""
+    nodes, writes = [], []
+    for t, node in trace.data_writes.values():
+        nodes.append(node)
+        writes.append(("data", t))
+    for t, g in trace.grad_writes.values():
+        if g is not None:
+            nodes.append(trace.node_of(g))
+        writes.append(("grad", t) if g is not None else ("no_grad", t))
+    for obj, name, node in trace.scalar_writes.values():
+        nodes.append(node)
+        writes.append(("scalar", (obj, name)))
+    for k, (tracer, node) in enumerate(arg_tracers):
+        if tracer._node is not node:  # `x.data = ...` on an argument: written into the caller's
+            nodes.append(tracer._node)
+            writes.append(("arg", k))
+    return nodes, writes
+
+
+def write_back(writes, values: list, leaves: Sequence) -> None:
+    """Apply one call's trailing outputs to the objects the trace wrote to."""
+    values = iter(values)
+    for kind, target in writes:
+        if kind == "no_grad":
+            target._grad = None
+            continue
+        value = next(values)
+        if kind == "data":
+            target.cached_data = value.cached_data
+        elif kind == "grad":
+            target._grad = Tensor.make_const(value.cached_data)
+        elif kind == "scalar":
+            obj, name = target
+            number = value.cached_data.numpy().item()
+            setattr(obj, name, type(getattr(obj, name))(number))
+        elif isinstance(leaves[target], Tensor):
+            leaves[target].cached_data = value.cached_data
 
 
 def trace_function(
@@ -83,14 +145,13 @@ def trace_function(
     trace = Trace(name)
     trace.creation_mark = autograd._created
     with tracing(trace):
-        tracers = iter(
-            [
-                Tensor._make_tracer(
-                    trace.add_input(x.shape, x.dtype), trace, requires_grad=x.requires_grad
-                )
-                for x in leaves
-            ]
-        )
+        arg_tracers = [
+            Tensor._make_tracer(
+                trace.add_input(x.shape, x.dtype), trace, requires_grad=x.requires_grad
+            )
+            for x in leaves
+        ]
+        tracers = iter(arg_tracers)
 
         def rebuild(value):
             flat, tree = flatten(value)
@@ -101,6 +162,7 @@ def trace_function(
         for k in sorted(kwargs):  # the order the signature flattened them in
             if k not in static_argnames:
                 call_kwargs[k] = rebuild(kwargs[k])
+        arg_nodes = [(t, t._node) for t in arg_tracers]
         out = fn(*call_args, **call_kwargs)
         flat_out, out_tree = flatten(out)
         nodes, static = [], {}
@@ -109,9 +171,11 @@ def trace_function(
                 nodes.append(trace.node_of(leaf))
             else:
                 static[k] = leaf
+        state_nodes, writes = _state_outputs(trace, arg_nodes)
     inputs = trace.inputs + [n for _, n in trace.captured.values()]
+    inputs += [n for _, _, n in trace.scalars.values()]
     inputs += [trace.seed] if trace.seed is not None else []
-    return Traced(Graph(inputs, nodes), trace, out_tree, static)
+    return Traced(Graph(inputs, nodes + state_nodes), trace, out_tree, static, writes)
 
 
 class GraphCall(TensorOp):
@@ -202,13 +266,21 @@ class Lowered:
         raise ValueError(f"source: no backend renders target {target!r} yet; available: 'python'")
 
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
-        tensors = list(leaves) + list(self.traced.captured)
-        if self.traced.random:  # a new seed each call: fresh random numbers, reproducible
+        traced = self.traced
+        tensors = list(leaves) + list(traced.captured)
+        for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
+            value = getattr(obj, name)
+            dtype = "int64" if isinstance(value, int | np.integer) else "float64"
+            tensors.append(Tensor(np.array(value, dtype=dtype), requires_grad=False))
+        if traced.random:  # a new seed each call: fresh random numbers, reproducible
             seed = np.array(np.random.randint(0, 2**62), dtype="int64")  # np.random.seed applies
             tensors.append(Tensor(seed, requires_grad=False))
-        outs = iter(call_graph(self.graph, tensors, self._grads))
-        n_out = len(self.graph.outputs) + len(self.traced.out_static)
-        static = self.traced.out_static
+        results = call_graph(self.graph, tensors, self._grads)
+        n_user = len(results) - sum(kind != "no_grad" for kind, _ in traced.writes)
+        write_back(traced.writes, results[n_user:], leaves)
+        outs = iter(results[:n_user])
+        n_out = n_user + len(traced.out_static)
+        static = traced.out_static
         flat = [static[k] if k in static else next(outs) for k in range(n_out)]
         return unflatten(self.traced.out_tree, flat)
 
@@ -242,14 +314,17 @@ class Jitted:
         statics = [a for i, a in enumerate(args) if i in self.static_argnums]
         statics += [v for k, v in kwargs.items() if k in self.static_argnames]
         roots = self._roots + [lambda v=v: v for v in statics]
-        before = guards.plain_state(roots)
+        before = guards.plain_state(roots, _is_tensor)
         traced = trace_function(
             self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
         )
         guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
         lowered = Lowered(traced)
         self.trace_count += 1
-        entries.insert(0, (lowered, guards.Guard(roots, traced.captured, _is_tensor)))
+        guard = guards.Guard(
+            roots, traced.captured, _is_tensor, _is_stateful, traced.dynamic_attrs()
+        )
+        entries.insert(0, (lowered, guard))
         del entries[_RETRACE_WARNING:]
         if self.trace_count == _RETRACE_WARNING:
             warnings.warn(

@@ -153,9 +153,10 @@ def resolve(getter: Getter, path: tuple) -> object:
 _PLAIN = (int, float, bool, str, type(None), np.generic)
 
 
-def _plain_state(x) -> object:
+def _plain_state(x, skip: frozenset = frozenset()) -> object:
     """What a trace may have read from `x` as a Python value: x itself if it is a number or
-    string, else the numbers and strings it holds (attributes, items)."""
+    string, else the numbers and strings it holds (attributes, items), but for the attributes
+    named in `skip` (those the graph reads or writes at every call, like `opt.lr`)."""
     if isinstance(x, _PLAIN):
         return x
     if isinstance(x, tuple | list):
@@ -163,7 +164,7 @@ def _plain_state(x) -> object:
     if isinstance(x, dict):
         return tuple((k, v) for k, v in x.items() if isinstance(v, _PLAIN))
     if hasattr(x, "__dict__") and not isinstance(x, _SKIP + (types.FunctionType,)):
-        return tuple((k, v) for k, v in vars(x).items() if isinstance(v, _PLAIN))
+        return tuple((k, v) for k, v in vars(x).items() if isinstance(v, _PLAIN) and k not in skip)
     return None
 
 
@@ -172,10 +173,21 @@ class Guard:
 
     - each captured tensor is still found at the path it was found at (not rebound);
     - the Python numbers and strings held by the roots and by the objects on those paths
-      (a scale factor, a flag) are unchanged: the trace baked them in.
+      (a scale factor, a flag) are unchanged: the trace baked them in;
+    - so are those of every `watched` object reachable from the roots (every nn.Module and
+      Optimizer: `training`, a dropout probability), however deep, but for the `dynamic`
+      attributes, which the graph reads or writes at every call (`opt.lr`, `opt.t`).
     """
 
-    def __init__(self, getters: list[Getter], tensors: list, is_leaf) -> None:
+    def __init__(
+        self,
+        getters: list[Getter],
+        tensors: list,
+        is_leaf,
+        watched: Callable[[object], bool] | None = None,
+        dynamic: frozenset | set = frozenset(),
+    ) -> None:
+        self.is_leaf = is_leaf
         paths = find_paths(getters, tensors, is_leaf)
         self.tensors = [(t, *p) for t, p in zip(tensors, paths, strict=True) if p is not None]
         self.places = [(g, ()) for g in getters]
@@ -194,10 +206,23 @@ class Guard:
                     and not isinstance(child, _SKIP + (types.FunctionType, types.MethodType))
                 ):
                     self.places.append((g, (*path, step)))
+                    known.add((id(g), (*path, step)))
+        if watched is not None:
+            for g, path, x in _walk(getters, is_leaf):
+                if watched(x) and (id(g), path) not in known:
+                    self.places.append((g, path))
+        self.skips = []
+        for g, path in self.places:
+            x = resolve(g, path)
+            self.skips.append(frozenset(n for i, n in dynamic if i == id(x)))
         self.state = self._state()
 
     def _state(self) -> list:
-        return [_plain_state(resolve(g, path)) for g, path in self.places]
+        out = []
+        for (g, path), skip in zip(self.places, self.skips, strict=True):
+            x = resolve(g, path)
+            out.append(None if self.is_leaf(x) else _plain_state(x, skip))
+        return out
 
     def check(self) -> str | None:
         """None if the trace still holds, else why not."""
@@ -212,9 +237,9 @@ class Guard:
         return None
 
 
-def plain_state(getters: list[Getter]) -> list:
-    """The Python numbers and strings held by each root (see `Guard`)."""
-    return [_plain_state(g()) for g in getters]
+def plain_state(getters: list[Getter], is_leaf) -> list:
+    """The Python numbers and strings held by each root but tensors (see `Guard`)."""
+    return [None if is_leaf(x) else _plain_state(x) for x in (g() for g in getters)]
 
 
 def check_side_effects(name: str, getters: list[Getter], before: list, trace, is_leaf) -> None:
@@ -222,7 +247,7 @@ def check_side_effects(name: str, getters: list[Getter], before: list, trace, is
     both would make the compiled function disagree with the Python one."""
     from .trace import TracerError
 
-    for old, new in zip(before, plain_state(getters), strict=True):
+    for old, new in zip(before, plain_state(getters, is_leaf), strict=True):
         if old != new:  # a counter of traces is fine; state the computation reads is not
             warnings.warn(
                 f"jit({name}) changed a Python value while tracing ({old} -> {new}): side effects "

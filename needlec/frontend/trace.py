@@ -3,6 +3,11 @@
 A trace owns its inputs (the function's arguments) and the tensors it captured from the
 function's closure or from objects (model parameters): those become inputs too, read at every
 call, never baked in as constants.
+
+Mutation is functionalized: inside a trace, `p.data = v` and `p.grad = g` on a tensor from
+outside, and the optimizer's Python numbers (`opt.t`), are not applied; the trace keeps a journal of
+them (later reads inside the trace see the new value), and each becomes an extra output that is
+written back into the same object after every call.
 """
 
 from __future__ import annotations
@@ -35,6 +40,39 @@ class Trace:
         self.creation_mark = 0  # tensors made after this (counter) were made inside the trace
         self.seed: Node | None = None  # the scalar seed input, once a random op asks for it
         self.streams = 0
+        # the journal of writes to objects from outside (see the module docstring)
+        self.data_writes: dict[int, tuple[object, Node]] = {}  # id(tensor) -> its new value
+        self.grad_writes: dict[int, tuple[object, object]] = {}  # id(tensor) -> Tensor | None
+        self.grad_reads: dict[int, tuple[object, bool]] = {}  # .grad read unwritten: was None?
+        self.scalars: dict[tuple[int, str], tuple[object, str, Node]] = {}  # read every call
+        self.scalar_writes: dict[tuple[int, str], tuple[object, str, Node]] = {}
+
+    def outside(self, x) -> bool:
+        """Whether `x` is a concrete tensor made before this trace began (a parameter, a state)."""
+        return x._node is None and x._serial <= self.creation_mark
+
+    def scalar(self, obj, name: str) -> Node:
+        """A Python number `obj.name` as a 0-d input read at every call (float64 or int64), so
+        changing it (`opt.lr = ...`) needs no retrace; a write earlier in the trace wins."""
+        key = (id(obj), name)
+        if key in self.scalar_writes:
+            return self.scalar_writes[key][2]
+        hit = self.scalars.get(key)
+        if hit is None:
+            value = getattr(obj, name)
+            if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+                raise TypeError(
+                    f"{type(obj).__name__}.{name} = {value!r}: a hyperparameter or step count "
+                    "must be a Python int or float"
+                )
+            dtype = "int64" if isinstance(value, int | np.integer) else "float64"
+            node = Node.leaf(Op.INPUT, dtype, (), ("scalar", len(self.scalars)))
+            hit = self.scalars[key] = (obj, name, node)
+        return hit[2]
+
+    def write_scalar(self, obj, name: str, node: Node) -> None:
+        """Journal `obj.name = value`: written back as a Python number after every call."""
+        self.scalar_writes[(id(obj), name)] = (obj, name, node)
 
     def random(self, dist: str, shape, dtype: str) -> Node:
         """A random node: counter-based draws keyed by the call's seed and a stream of its own."""
@@ -73,6 +111,9 @@ class Trace:
             if arr.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
                 return Node.const(flat[0].item(), arr.shape, str(arr.dtype))
             return Node.const(arr.copy())
+        written = self.data_writes.get(id(x))
+        if written is not None:
+            return written[1]
         return self.capture(x, x.cached_data)
 
     def capture(self, tensor, array) -> Node:
