@@ -292,6 +292,8 @@ class Tensor(Value, OpMixin):
             if written is not None:
                 return written[1]
             trace.grad_reads.setdefault(id(self), (self, self._grad is None))
+            if self._grad is not None:  # captured as "the grad of self", re-read every call
+                trace.grad_of[id(self._grad)] = self
         return self._grad
 
     @grad.setter

@@ -64,6 +64,10 @@ class Traced:
         self.graph = graph
         self.captured = [t for t, _ in trace.captured.values()]  # read at every call
         self.captured_sig = [(t.shape, t.dtype) for t in self.captured]
+        # a captured `p.grad` is re-read through p at every call (backward rebinds it)
+        self.grad_owner = {
+            k: trace.grad_of[id(t)] for k, t in enumerate(self.captured) if id(t) in trace.grad_of
+        }
         self.scalars = [(obj, name) for obj, name, _ in trace.scalars.values()]
         self.grad_reads = list(trace.grad_reads.values())  # (tensor, was .grad None?)
         self.random = trace.seed is not None  # the last graph input is a seed, fresh every call
@@ -74,14 +78,21 @@ class Traced:
 
     def stale_capture(self) -> str | None:
         """Why this trace no longer fits its captured tensors (None if it still does)."""
-        for k, (t, sig) in enumerate(zip(self.captured, self.captured_sig, strict=True)):
-            if (t.shape, t.dtype) != sig:
-                return f"captured tensor {k} changed from {sig} to {(t.shape, t.dtype)}"
         for t, was_none in self.grad_reads:
             if (t._grad is None) != was_none:
                 now = "None" if t._grad is None else "a tensor"
                 return f"the .grad of a {fmt_type(t.dtype, t.shape)} tensor it read is now {now}"
+        for k, (t, sig) in enumerate(zip(self.current_captures(), self.captured_sig, strict=True)):
+            if (t.shape, t.dtype) != sig:
+                return f"captured tensor {k} changed from {sig} to {(t.shape, t.dtype)}"
         return None
+
+    def current_captures(self) -> list:
+        """The captured tensors as of now (a captured `.grad` is looked up again)."""
+        if not self.grad_owner:
+            return self.captured
+        owner = self.grad_owner
+        return [owner[k]._grad if k in owner else t for k, t in enumerate(self.captured)]
 
     def dynamic_attrs(self) -> set[tuple[int, str]]:
         """(id(obj), name) of the Python numbers that are graph inputs or outputs, not guards."""
@@ -267,7 +278,7 @@ class Lowered:
 
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         traced = self.traced
-        tensors = list(leaves) + list(traced.captured)
+        tensors = list(leaves) + traced.current_captures()
         for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
             value = getattr(obj, name)
             dtype = "int64" if isinstance(value, int | np.integer) else "float64"
@@ -321,9 +332,8 @@ class Jitted:
         guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
         lowered = Lowered(traced)
         self.trace_count += 1
-        guard = guards.Guard(
-            roots, traced.captured, _is_tensor, _is_stateful, traced.dynamic_attrs()
-        )
+        fixed = [t for k, t in enumerate(traced.captured) if k not in traced.grad_owner]
+        guard = guards.Guard(roots, fixed, _is_tensor, _is_stateful, traced.dynamic_attrs())
         entries.insert(0, (lowered, guard))
         del entries[_RETRACE_WARNING:]
         if self.trace_count == _RETRACE_WARNING:

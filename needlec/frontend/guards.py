@@ -262,5 +262,6 @@ def check_side_effects(name: str, getters: list[Getter], before: list, trace, is
             raise TracerError(
                 f"jit({name}) stored a traced value in {where}: writes to Python objects "
                 "inside jit are not replayed at each call. Return the value from the "
-                "function instead."
+                "function, or keep the state in a tensor made outside the function and "
+                "assign its .data (written back after every call)."
             )

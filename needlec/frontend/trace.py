@@ -44,6 +44,7 @@ class Trace:
         self.data_writes: dict[int, tuple[object, Node]] = {}  # id(tensor) -> its new value
         self.grad_writes: dict[int, tuple[object, object]] = {}  # id(tensor) -> Tensor | None
         self.grad_reads: dict[int, tuple[object, bool]] = {}  # .grad read unwritten: was None?
+        self.grad_of: dict[int, object] = {}  # id(a .grad read) -> the tensor it belongs to
         self.scalars: dict[tuple[int, str], tuple[object, str, Node]] = {}  # read every call
         self.scalar_writes: dict[tuple[int, str], tuple[object, str, Node]] = {}
 

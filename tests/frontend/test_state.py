@@ -1,0 +1,207 @@
+"""Functionalized mutation under jit: `.data`, `.grad` and optimizer numbers written back.
+
+Each test runs the same Python twice, eagerly and jitted, and compares what the objects hold
+afterwards; the eager run is the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import needlec as nc
+from needlec import TracerError
+
+
+def f32(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def test_data_write_on_captured_tensor_is_written_back_in_place():
+    w = nc.Tensor(f32(3))
+    before = w
+
+    @nc.jit
+    def bump(x):
+        w.data = w.data + x
+        return w * 2.0  # reads the new value
+
+    out = bump(np.ones(3, dtype="float32"))
+    np.testing.assert_array_equal(w.numpy(), f32(3) + 1)
+    np.testing.assert_array_equal(out.numpy(), (f32(3) + 1) * 2)
+    assert w is before and bump.trace_count == 1
+    bump(np.ones(3, dtype="float32"))  # the second call starts from the written value
+    np.testing.assert_array_equal(w.numpy(), f32(3) + 2)
+    assert bump.trace_count == 1
+
+
+def test_data_write_on_argument_is_written_into_the_callers_tensor():
+    x = nc.Tensor(f32(4), requires_grad=False)
+
+    @nc.jit
+    def scale(t):
+        t.data = t.data * 3.0
+        return t.sum()
+
+    total = scale(x)
+    np.testing.assert_allclose(x.numpy(), f32(4) * 3, rtol=1e-6)
+    np.testing.assert_allclose(total.numpy(), (f32(4) * 3).sum(), rtol=1e-5)
+
+
+def test_backward_inside_jit_sets_grad_of_outside_tensors():
+    w = nc.Tensor(f32(3, 2))
+    v = nc.Tensor(f32(3, 2, seed=1))
+
+    def loss(x):
+        out = ((x @ w) ** 2).sum()
+        out.backward()
+        return out
+
+    x = f32(5, 3, seed=2)
+    ref = loss(nc.Tensor(x, requires_grad=False))
+    g_eager = w.grad.numpy()
+    w.grad = None
+    got = nc.jit(loss)(x)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w.grad.numpy(), g_eager, rtol=1e-6)
+    assert v.grad is None  # not on the path: untouched
+    assert w.grad.op is None and not w.grad.requires_grad  # a plain value, no history
+
+
+def test_reading_grad_that_the_trace_did_not_write_is_guarded():
+    w = nc.Tensor(f32(3))
+
+    @nc.jit
+    def has_grad():
+        return w * 0.0 if w.grad is None else w.grad * 1.0
+
+    assert np.all(has_grad().numpy() == 0)
+    w.grad = nc.Tensor(np.full(3, 5.0, dtype="float32"))
+    np.testing.assert_array_equal(has_grad().numpy(), np.full(3, 5.0))  # retraced
+    assert has_grad.trace_count == 2
+    w.grad = nc.Tensor(np.full(3, 7.0, dtype="float32"))
+    np.testing.assert_array_equal(has_grad().numpy(), np.full(3, 7.0))  # read as an input
+    assert has_grad.trace_count == 2
+
+
+def test_optimizer_numbers_are_inputs_and_the_step_count_an_output():
+    w = nc.Tensor(f32(4))
+    opt = nc.optim.Adam([w], lr=0.1)
+
+    @nc.jit
+    def step():
+        opt.reset_grad()
+        (w * w).sum().backward()
+        opt.step()
+
+    step()
+    step()
+    assert opt.t == 2 and isinstance(opt.t, int)
+    opt.lr = 0.0  # takes effect at once, with no retrace
+    before = w.numpy().copy()
+    step()
+    np.testing.assert_array_equal(w.numpy(), before)
+    assert opt.t == 3 and step.trace_count == 1
+
+
+class Scaler:
+    """A library-style object whose Python numbers a trace reads (like nn.Module)."""
+
+    _jit_guarded = True
+
+    def __init__(self, k):
+        self.k = k
+        self.children = [[{"deep": self}]]
+
+
+class Holder:
+    def __init__(self, inner):
+        self.a = [[{"b": inner}]]  # far from any captured tensor
+
+
+def test_watched_objects_are_guarded_however_deep():
+    inner = Scaler(2.0)
+    holder = Holder(inner)
+
+    @nc.jit
+    def f(x):
+        return x * holder.a[0][0]["b"].k
+
+    x = np.ones(2, dtype="float32")
+    assert np.all(f(x).numpy() == 2)
+    inner.k = 3.0
+    assert np.all(f(x).numpy() == 3)
+    assert f.trace_count == 2
+
+
+def test_recompile_reason_is_printed(capsys, monkeypatch):
+    monkeypatch.setenv("NEEDLEC_DEBUG", "recompiles")
+    inner = Scaler(2.0)
+    f = nc.jit(lambda x: x * inner.k)
+    f(np.ones(2, dtype="float32"))
+    inner.k = 5.0
+    f(np.ones(2, dtype="float32"))
+    err = capsys.readouterr().err
+    assert "first call" in err
+    assert "('k', 2.0)" in err.split("->")[0] and "('k', 5.0)" in err.split("->")[1]
+
+
+def test_storing_a_tracer_in_a_dict_names_the_place_and_the_fix():
+    state = {}
+    w = nc.Tensor(f32(2))
+
+    def step():
+        state["u"] = w * 2.0
+        return w
+
+    with pytest.raises(TracerError, match=r"state\.u|u.*assign its \.data"):
+        nc.jit(step)()
+
+
+def test_reading_a_value_inside_jit_names_the_users_line():
+    w = nc.Tensor(f32(2))
+
+    def step(x):
+        loss = (x * w).sum()
+        return float(loss)  # the line the error names
+
+    with pytest.raises(TracerError, match=r"float\(\).*test_state\.py:\d+"):
+        nc.jit(step)(np.ones(2, dtype="float32"))
+
+
+def test_a_tracer_stored_in_a_closure_list_is_caught_at_trace_time():
+    leaked = []
+
+    @nc.jit
+    def f(x):
+        y = x * 2.0
+        leaked.append(y)
+        return y
+
+    with pytest.raises(TracerError, match=r"stored a traced value in 0"):
+        f(np.ones(2, dtype="float32"))
+
+
+_SINK = Holder(None)
+
+
+def test_a_tracer_leaked_past_the_checks_fails_where_it_is_used():
+    def f(x):
+        y = x * 2.0
+        globals()["_SINK"].a = y  # reached by name lookup, which the trace-time walk cannot see
+        return y
+
+    nc.jit(f)(np.ones(2, dtype="float32"))
+    with pytest.raises(TracerError, match=r"escaped.*test_state\.py:\d+"):
+        _SINK.a + 1.0  # the line the error names
+
+
+def test_data_assignment_checks_dtype_inside_jit():
+    w = nc.Tensor(f32(2))
+
+    def bad(x):
+        w.data = x  # float64 into float32
+        return w
+
+    with pytest.raises(TypeError, match="dtype float64 does not match float32"):
+        nc.jit(bad)(np.ones(2))
