@@ -280,9 +280,8 @@ class Lowered:
         traced = self.traced
         tensors = list(leaves) + traced.current_captures()
         for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
-            value = getattr(obj, name)
-            dtype = "int64" if isinstance(value, int | np.integer) else "float64"
-            tensors.append(Tensor(np.array(value, dtype=dtype), requires_grad=False))
+            value = np.array(getattr(obj, name), dtype="float64")
+            tensors.append(Tensor(value, requires_grad=False))
         if traced.random:  # a new seed each call: fresh random numbers, reproducible
             seed = np.array(np.random.randint(0, 2**62), dtype="int64")  # np.random.seed applies
             tensors.append(Tensor(seed, requires_grad=False))

@@ -53,8 +53,9 @@ class Trace:
         return x._node is None and x._serial <= self.creation_mark
 
     def scalar(self, obj, name: str) -> Node:
-        """A Python number `obj.name` as a 0-d input read at every call (float64 or int64), so
-        changing it (`opt.lr = ...`) needs no retrace; a write earlier in the trace wins."""
+        """A Python number `obj.name` as a 0-d float64 input read at every call, so changing it
+        (`opt.lr = ...`, an int or a float) needs no retrace; a write earlier in the trace wins.
+        float64 holds every int a step counter reaches exactly."""
         key = (id(obj), name)
         if key in self.scalar_writes:
             return self.scalar_writes[key][2]
@@ -66,8 +67,7 @@ class Trace:
                     f"{type(obj).__name__}.{name} = {value!r}: a hyperparameter or step count "
                     "must be a Python int or float"
                 )
-            dtype = "int64" if isinstance(value, int | np.integer) else "float64"
-            node = Node.leaf(Op.INPUT, dtype, (), ("scalar", len(self.scalars)))
+            node = Node.leaf(Op.INPUT, "float64", (), ("scalar", len(self.scalars)))
             hit = self.scalars[key] = (obj, name, node)
         return hit[2]
 
