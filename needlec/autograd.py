@@ -116,6 +116,7 @@ class Tensor(Value, OpMixin):
 
     _node: Node | None = None
     _trace = None
+    _leaf = None  # for the tracer of a jit argument: the caller's tensor
     __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
@@ -294,6 +295,12 @@ class Tensor(Value, OpMixin):
             trace.grad_reads.setdefault(id(self), (self, self._grad is None))
             if self._grad is not None:  # captured as "the grad of self", re-read every call
                 trace.grad_of[id(self._grad)] = self
+        elif self._grad is None and self._leaf is not None and self._leaf._grad is not None:
+            raise TracerError(
+                f"reading .grad of a jit argument at {user_frame()}: the caller's .grad is not "
+                "passed into the trace. Pass the gradient as an argument of its own, or read "
+                "the tensor from the closure or an object (a model, an optimizer) instead."
+            )
         return self._grad
 
     @grad.setter

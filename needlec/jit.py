@@ -117,6 +117,9 @@ def _state_outputs(trace: Trace, arg_tracers: list) -> tuple[list, list]:
         if tracer._node is not node:  # `x.data = ...` on an argument: written into the caller's
             nodes.append(tracer._node)
             writes.append(("arg", k))
+        if tracer._grad is not None:  # backward() reached an argument: so is its .grad
+            nodes.append(trace.node_of(tracer._grad))
+            writes.append(("arg_grad", k))
     return nodes, writes
 
 
@@ -136,7 +139,9 @@ def write_back(writes, values: list, leaves: Sequence) -> None:
             obj, name = target
             number = value.cached_data.numpy().item()
             setattr(obj, name, type(getattr(obj, name))(number))
-        elif isinstance(leaves[target], Tensor):
+        elif kind == "arg_grad":
+            leaves[target]._grad = Tensor.make_const(value.cached_data)
+        else:
             leaves[target].cached_data = value.cached_data
 
 
@@ -162,6 +167,8 @@ def trace_function(
             )
             for x in leaves
         ]
+        for tracer, leaf in zip(arg_tracers, leaves, strict=True):
+            tracer._leaf = leaf
         tracers = iter(arg_tracers)
 
         def rebuild(value):

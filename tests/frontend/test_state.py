@@ -205,3 +205,30 @@ def test_data_assignment_checks_dtype_inside_jit():
 
     with pytest.raises(TypeError, match="dtype float64 does not match float32"):
         nc.jit(bad)(np.ones(2))
+
+
+def test_backward_sets_grad_of_tensor_arguments_as_eagerly():
+    x = f32(5, 3, seed=2)
+    w0 = f32(3, 2)
+
+    def loss(w, x):
+        out = ((x @ w) ** 2).sum()
+        out.backward()
+        return out
+
+    w_eager = nc.Tensor(w0)
+    loss(w_eager, nc.Tensor(x, requires_grad=False))
+    w_jit = nc.Tensor(w0)
+    nc.jit(loss)(w_jit, x)
+    np.testing.assert_allclose(w_jit.grad.numpy(), w_eager.grad.numpy(), rtol=1e-6)
+
+
+def test_reading_the_callers_grad_of_an_argument_is_an_error_not_none():
+    w = nc.Tensor(f32(3))
+    w.grad = nc.Tensor(np.ones(3, dtype="float32"))
+
+    def halve(t):
+        return t.grad * 0.5  # the line the error names
+
+    with pytest.raises(TracerError, match=r"\.grad of a jit argument.*test_state\.py:\d+"):
+        nc.jit(halve)(w)
