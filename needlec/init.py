@@ -65,12 +65,22 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tens
 
 
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
-    """`eye(n)[i]`; i (a tensor or array of labels) may have any rank."""
-    idx = i.numpy() if isinstance(i, Tensor) else i
+    """`eye(n)[i]`; i (a tensor or array of labels) may have any rank.
+
+    A tensor `i` (integer or float class ids) is compared with a constant `arange(n)` by tensor
+    ops, so this also works inside a trace; an id outside [0, n) gives a row of zeros there.
+    """
     import numpy as np
 
-    array = _dev(device).one_hot(n, np.asarray(idx).astype("int64"), dtype=dtype)
-    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+    if not isinstance(i, Tensor):
+        array = _dev(device).one_hot(n, np.asarray(i).astype("int64"), dtype=dtype)
+        return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+    ids = i.detach()
+    classes = Tensor(np.arange(n), device=ids.device, dtype=ids.dtype, requires_grad=False)
+    hot = ids.reshape((*ids.shape, 1)).eq(classes).cast(dtype)
+    if requires_grad or (device is not None and device != hot.device):
+        hot = Tensor(hot, device=device, dtype=dtype, requires_grad=requires_grad)
+    return hot
 
 
 def zeros_like(array: Tensor, *, device=None, requires_grad=False) -> Tensor:

@@ -1,0 +1,289 @@
+"""needle's basic modules: Module and Parameter, Linear, activations, losses, norms, Dropout.
+
+Every `forward` uses tensor ops only (no `.numpy()`, no Python branches on tensor values), so a
+module runs eagerly and traces under `needlec.jit` alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from .. import init, ops
+from ..autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that is a parameter of a module: `Module.parameters()` collects these."""
+
+
+def _unpack_params(value: object) -> list[Tensor]:
+    """Parameters in `value`, depth first in insertion order (duplicates kept, as in needle)."""
+    if isinstance(value, Parameter):
+        return [value]
+    if isinstance(value, Module):
+        return value.parameters()
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _unpack_params(v)]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in _unpack_params(v)]
+    return []
+
+
+def _child_modules(value: object) -> list[Module]:
+    """Every module in `value` and below it."""
+    if isinstance(value, Module):
+        return [value, *_child_modules(value.__dict__)]
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in _child_modules(v)]
+    if isinstance(value, list | tuple):
+        return [m for v in value for m in _child_modules(v)]
+    return []
+
+
+class Module:
+    """Base class of needle's modules.
+
+    Parameters are found by walking the attributes (through modules, lists, tuples and dicts);
+    plain tensors are not parameters.
+
+    >>> import needlec as nc
+    >>> class Affine(nc.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = nc.nn.Parameter(nc.init.ones(2, 2))
+    ...         self.blocks = [nc.nn.Linear(2, 3), {"act": nc.nn.ReLU()}]
+    ...     def forward(self, x):
+    ...         return self.blocks[0](x @ self.w)
+    >>> m = Affine()
+    >>> [p.shape for p in m.parameters()]
+    [(2, 2), (2, 3), (1, 3)]
+    >>> m.eval().blocks[1]["act"].training
+    False
+    """
+
+    _jit_guarded = True  # jit guards this object's other Python values (see frontend.guards)
+
+    def __init__(self) -> None:
+        self.training = True
+
+    def parameters(self) -> list[Tensor]:
+        """The Parameters of this module and its submodules, in attribute order."""
+        return _unpack_params(self.__dict__)
+
+    def _children(self) -> list[Module]:
+        return _child_modules(self.__dict__)
+
+    def eval(self) -> Module:
+        """Evaluation mode, here and in every submodule."""
+        self.training = False
+        for m in self._children():
+            m.training = False
+        return self
+
+    def train(self) -> Module:
+        """Training mode, here and in every submodule."""
+        self.training = True
+        for m in self._children():
+            m.training = True
+        return self
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+def _row(t: Tensor, shape: tuple) -> Tensor:
+    """A per-feature vector (dim,) broadcast over the leading axes of `shape` (..., dim)."""
+    return t.reshape((1,) * (len(shape) - 1) + (t.shape[-1],)).broadcast_to(shape)
+
+
+class Identity(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Linear(Module):
+    """y = x @ W + b, with W (in, out) and b (1, out); x may have any number of leading axes.
+
+    W = kaiming_uniform(in, out) is drawn first, then b = kaiming_uniform(out, 1) reshaped.
+
+    >>> import needlec as nc, numpy as np
+    >>> np.random.seed(0)
+    >>> layer = nc.nn.Linear(784, 256)
+    >>> sum(int(np.prod(p.shape)) for p in layer.parameters())
+    200960
+    >>> layer(nc.init.ones(8, 784)).shape
+    (8, 256)
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype="float32"
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        kw = {"device": device, "dtype": dtype}
+        self.weight = Parameter(init.kaiming_uniform(in_features, out_features, **kw))
+        self.bias = None
+        if bias:
+            b = init.kaiming_uniform(out_features, 1, **kw).reshape((1, out_features))
+            self.bias = Parameter(b)
+
+    def forward(self, X: Tensor) -> Tensor:
+        y = X @ self.weight
+        if self.bias is not None:
+            y = y + self.bias.broadcast_to(y.shape)
+        return y
+
+
+class Flatten(Module):
+    """(B, d1, d2, ...) -> (B, d1 * d2 * ...)."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        return X.reshape((X.shape[0], math.prod(X.shape[1:])))
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.tanh(x)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x))."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.sigmoid(x)
+
+
+class Sequential(Module):
+    """Applies `modules` in order (kept in `.modules`)."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        self.modules = modules
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.modules:
+            x = m(x)
+        return x
+
+
+class Residual(Module):
+    """fn(x) + x."""
+
+    def __init__(self, fn: Module | Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x) + x
+
+
+class SoftmaxLoss(Module):
+    """Mean cross entropy: mean over the batch of logsumexp(logits) - logits[y].
+
+    `y` holds class ids (B,), as an integer or float tensor.
+    """
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        n, k = logits.shape
+        y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)
+        z_y = (logits * y_one_hot).sum((1,))
+        return (logits.logsumexp((1,)) - z_y).sum() / n
+
+
+class BatchNorm1d(Module):
+    """Normalizes each feature over the batch (B, dim).
+
+    Training uses the batch mean and biased variance and updates `running_mean`/`running_var`
+    (plain tensors, outside the autograd graph): running = (1 - m) * running + m * batch.
+    Evaluation uses the running statistics.
+    """
+
+    def __init__(
+        self, dim: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype="float32"
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.momentum = momentum
+        kw = {"device": device, "dtype": dtype}
+        self.weight = Parameter(init.ones(dim, **kw))
+        self.bias = Parameter(init.zeros(dim, **kw))
+        self.running_mean = init.zeros(dim, **kw)
+        self.running_var = init.ones(dim, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if self.training:
+            mean = x.sum((0,)) / n
+            centered = x - _row(mean, x.shape)
+            var = (centered**2).sum((0,)) / n
+            self._update_running(mean, var)
+        else:
+            centered = x - _row(self.running_mean, x.shape)
+            var = self.running_var
+        normed = centered / _row((var + self.eps) ** 0.5, x.shape)
+        return _row(self.weight, x.shape) * normed + _row(self.bias, x.shape)
+
+    def _update_running(self, mean: Tensor, var: Tensor) -> None:
+        """running = (1 - m) * running + m * batch, on detached values (never in the graph)."""
+        m = self.momentum
+        for running, batch in ((self.running_mean, mean), (self.running_var, var)):
+            running.data = (1 - m) * running.data + m * batch.data.cast(running.dtype)
+
+
+class BatchNorm2d(BatchNorm1d):
+    """BatchNorm over the channels of an NCHW input (statistics over N, H and W)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        rows = x.transpose((1, 2)).transpose((2, 3)).reshape((n * h * w, c))
+        y = super().forward(rows).reshape((n, h, w, c))
+        return y.transpose((2, 3)).transpose((1, 2))
+
+
+class LayerNorm1d(Module):
+    """Normalizes over the last axis (biased variance), then scales and shifts per feature."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype="float32") -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = Parameter(init.ones(dim, device=device, dtype=dtype))
+        self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        last = x.ndim - 1
+        kept = (*x.shape[:-1], 1)
+        mean = (x.sum((last,)) / self.dim).reshape(kept).broadcast_to(x.shape)
+        centered = x - mean
+        var = ((centered**2).sum((last,)) / self.dim).reshape(kept).broadcast_to(x.shape)
+        normed = centered / (var + self.eps) ** 0.5
+        return _row(self.weight, x.shape) * normed + _row(self.bias, x.shape)
+
+
+class Dropout(Module):
+    """In training, zeroes each entry with probability p and scales the rest by 1 / (1 - p).
+
+    The mask is one draw `rand(*x.shape) <= 1 - p` per call, made even when p == 0 (as needle
+    does, so that the random stream stays in step). In evaluation mode it is the identity.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        mask = init.randb(*x.shape, p=1 - self.p, dtype=x.dtype, device=x.device)
+        return x * mask / (1 - self.p)
