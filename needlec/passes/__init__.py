@@ -7,10 +7,15 @@ import sys
 
 from ..ir import Graph
 from .autodiff import differentiate
+from .layout import assign_layouts
+from .simplify import simplify
 
 # the optimization pipeline a jitted function's graph goes through, in order
 PIPELINE = [
-    ("verify", Graph.verify),
+    ("verify", Graph.verify),  # the traced graph is well typed
+    ("simplify", simplify),  # fold constants, drop exact identities, collapse movement chains
+    ("assign_layouts", assign_layouts),  # move transposes until NCHW<->NHWC pairs cancel
+    ("verify", Graph.verify),  # the passes kept it well typed
 ]
 
 
@@ -26,4 +31,4 @@ def optimize(graph: Graph) -> Graph:
     return graph
 
 
-__all__ = ["PIPELINE", "differentiate", "optimize"]
+__all__ = ["PIPELINE", "assign_layouts", "differentiate", "optimize", "simplify"]
