@@ -117,6 +117,7 @@ class Tensor(Value, OpMixin):
     _node: Node | None = None
     _trace = None
     _leaf = None  # for the tracer of a jit argument: the caller's tensor
+    _leaf_index = -1  # and its position among the arguments' leaves
     __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
@@ -293,14 +294,16 @@ class Tensor(Value, OpMixin):
             if written is not None:
                 return written[1]
             trace.grad_reads.setdefault(id(self), (self, self._grad is None))
-            if self._grad is not None:  # captured as "the grad of self", re-read every call
-                trace.grad_of[id(self._grad)] = self
-        elif self._grad is None and self._leaf is not None and self._leaf._grad is not None:
-            raise TracerError(
-                f"reading .grad of a jit argument at {user_frame()}: the caller's .grad is not "
-                "passed into the trace. Pass the gradient as an argument of its own, or read "
-                "the tensor from the closure or an object (a model, an optimizer) instead."
-            )
+            if self._grad is not None:  # "the grad of self", looked up again at every call
+                return Tensor._make_tracer(trace.capture_grad(self), trace)
+        elif self._grad is None and self._leaf is not None and trace is not None:
+            if self._leaf._grad is not None:
+                raise TracerError(
+                    f"reading .grad of a jit argument at {user_frame()}: the caller's .grad is "
+                    "not passed into the trace. Pass the gradient as an argument of its own, or "
+                    "read the tensor from the closure or an object (a model, an optimizer)."
+                )
+            trace.arg_grad_reads.add(self._leaf_index)  # None now; retrace if that changes
         return self._grad
 
     @grad.setter
@@ -315,6 +318,9 @@ class Tensor(Value, OpMixin):
         if self._node is not None:
             node = Node.make(Op.STOP_GRADIENT, self._tracer_node("detach"))
             return Tensor._make_tracer(node, self._trace)
+        trace = current()
+        if trace is not None and trace.outside(self):  # the value as of now, not at its use
+            return Tensor._make_tracer(Node.make(Op.STOP_GRADIENT, trace.node_of(self)), trace)
         return Tensor.make_const(self)
 
     # ------------------------------------------------------------ concrete values

@@ -63,11 +63,13 @@ class Traced:
     def __init__(self, graph: Graph, trace: Trace, out_tree, out_static: dict, writes) -> None:
         self.graph = graph
         self.captured = [t for t, _ in trace.captured.values()]  # read at every call
-        self.captured_sig = [(t.shape, t.dtype) for t in self.captured]
+        self.captured_sig = [_sig(t) for t in self.captured]
         # a captured `p.grad` is re-read through p at every call (backward rebinds it)
-        self.grad_owner = {
-            k: trace.grad_of[id(t)] for k, t in enumerate(self.captured) if id(t) in trace.grad_of
-        }
+        self.grad_owner = dict(trace.grad_of)
+        self.arg_grad_reads = sorted(trace.arg_grad_reads)  # argument .grad read as None
+        self.python_reads = set(trace.python_reads)
+        self.arg_writes = sorted({k for kind, k in writes if kind in ("arg", "arg_grad")})
+        self.written = {id(t) for kind, t in writes if kind in ("data", "grad", "no_grad")}
         self.scalars = [(obj, name) for obj, name, _ in trace.scalars.values()]
         self.grad_reads = list(trace.grad_reads.values())  # (tensor, was .grad None?)
         self.random = trace.seed is not None  # the last graph input is a seed, fresh every call
@@ -83,8 +85,15 @@ class Traced:
                 now = "None" if t._grad is None else "a tensor"
                 return f"the .grad of a {fmt_type(t.dtype, t.shape)} tensor it read is now {now}"
         for k, (t, sig) in enumerate(zip(self.current_captures(), self.captured_sig, strict=True)):
-            if (t.shape, t.dtype) != sig:
-                return f"captured tensor {k} changed from {sig} to {(t.shape, t.dtype)}"
+            if _sig(t) != sig:
+                return f"captured tensor {k} changed from {sig} to {_sig(t)}"
+        return None
+
+    def stale_arguments(self, leaves: Sequence) -> str | None:
+        """Why this trace does not fit these arguments beyond their signature (None if it does)."""
+        for k in self.arg_grad_reads:
+            if leaves[k]._grad is not None:
+                return f"argument {k} now has a .grad (the trace read None)"
         return None
 
     def current_captures(self) -> list:
@@ -97,7 +106,8 @@ class Traced:
     def dynamic_attrs(self) -> set[tuple[int, str]]:
         """(id(obj), name) of the Python numbers that are graph inputs or outputs, not guards."""
         out = {(id(obj), name) for obj, name in self.scalars}
-        return out | {(id(t[0]), t[1]) for kind, t in self.writes if kind == "scalar"}
+        out |= {(id(t[0]), t[1]) for kind, t in self.writes if kind == "scalar"}
+        return out - self.python_reads  # also read as a Python number: guarded instead
 
 
 def _state_outputs(trace: Trace, arg_tracers: list) -> tuple[list, list]:
@@ -121,6 +131,32 @@ def _state_outputs(trace: Trace, arg_tracers: list) -> tuple[list, list]:
             nodes.append(trace.node_of(tracer._grad))
             writes.append(("arg_grad", k))
     return nodes, writes
+
+
+def _check_unaliased(traced: Traced, tensors: list, n_args: int) -> None:
+    """An argument the trace writes to (`.data`, `.grad`) must not also be passed as another
+    argument or read from the closure: the trace took them as different tensors."""
+    for k, t in enumerate(tensors[:n_args]):
+        if id(t) in traced.written:
+            raise ValueError(
+                f"jit({traced.trace.name}): argument leaf {k} is a tensor the function also "
+                "writes through the closure or an object (.data or .grad); pass a distinct "
+                "tensor, or call it eagerly"
+            )
+    seen: dict[int, int] = {}
+    for k, t in enumerate(tensors):
+        j = seen.setdefault(id(t), k)
+        if j != k and (j in traced.arg_writes or k in traced.arg_writes):
+            other = f"argument leaf {k}" if k < n_args else "a tensor it reads from the closure"
+            raise ValueError(
+                f"jit({traced.trace.name}): argument leaf {j} is also {other}, and the function "
+                "writes to it (.data or .grad); pass distinct tensors, or call it eagerly"
+            )
+
+
+def _sig(t) -> tuple:
+    """What a trace assumed about a captured tensor: shape, dtype, whether it needs a grad."""
+    return (t.shape, t.dtype, t.requires_grad)
 
 
 def write_back(writes, values: list, leaves: Sequence) -> None:
@@ -167,8 +203,8 @@ def trace_function(
             )
             for x in leaves
         ]
-        for tracer, leaf in zip(arg_tracers, leaves, strict=True):
-            tracer._leaf = leaf
+        for k, (tracer, leaf) in enumerate(zip(arg_tracers, leaves, strict=True)):
+            tracer._leaf, tracer._leaf_index = leaf, k
         tracers = iter(arg_tracers)
 
         def rebuild(value):
@@ -229,7 +265,10 @@ def call_graph(graph: Graph, tensors: Sequence[Tensor], grads: dict | None = Non
     grads = {} if grads is None else grads
     out = []
     for i, a in enumerate(reference.run_graph(graph, arrays)):
-        data = nd.NDArray.from_numpy(np.asarray(a, order="C"), device)
+        a = np.asarray(a, order="C")
+        if any(np.may_share_memory(a, x) for x in arrays):  # an input passed through: a copy,
+            a = a.copy()  # so writing one tensor in place never changes another
+        data = nd.NDArray.from_numpy(a, device)
         if requires_grad and graph.outputs[i].dtype in FLOATS:
             t = Tensor.__new__(Tensor)
             t._init(GraphCall(graph, i, grads), tensors, cached_data=data, requires_grad=True)
@@ -287,11 +326,18 @@ class Lowered:
         traced = self.traced
         tensors = list(leaves) + traced.current_captures()
         for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
-            value = np.array(getattr(obj, name), dtype="float64")
-            tensors.append(Tensor(value, requires_grad=False))
+            value = getattr(obj, name)
+            if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+                raise TypeError(
+                    f"{type(obj).__name__}.{name} = {value!r}: jit({traced.trace.name}) reads it as a "
+                    "number at every call; set it to an int or a float"
+                )
+            tensors.append(Tensor(np.array(value, dtype="float64"), requires_grad=False))
         if traced.random:  # a new seed each call: fresh random numbers, reproducible
             seed = np.array(np.random.randint(0, 2**62), dtype="int64")  # np.random.seed applies
             tensors.append(Tensor(seed, requires_grad=False))
+        if traced.arg_writes or traced.written:
+            _check_unaliased(traced, tensors, len(leaves))
         results = call_graph(self.graph, tensors, self._grads)
         n_user = len(results) - sum(kind != "no_grad" for kind, _ in traced.writes)
         write_back(traced.writes, results[n_user:], leaves)
@@ -323,7 +369,8 @@ class Jitted:
         entries = self._cache.setdefault(key, [])
         why = "first call" if not self.trace_count else "new argument signature"
         for lowered, guard in entries:
-            why = lowered.traced.stale_capture() or guard.check()
+            traced = lowered.traced
+            why = traced.stale_capture() or traced.stale_arguments(leaves) or guard.check()
             if why is None:
                 return lowered, leaves
         if _debug("recompiles"):

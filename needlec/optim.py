@@ -23,6 +23,26 @@ from .autograd import Tensor
 from .frontend.trace import current
 
 
+class _Number:
+    """A hyperparameter or counter attribute. Reading it as a Python number inside a trace is
+    recorded, so jit then guards it (a changed value retraces) instead of treating it as a
+    per-call input: code that bakes the number into the graph never sees a stale one."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        trace = current()
+        if trace is not None:
+            trace.python_reads.add((id(obj), self.name))
+        return obj.__dict__[self.name]
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = value
+
+
 class Optimizer(ABC):
     """Holds parameters; `step()` updates them from their `.grad`, `reset_grad()` clears grads.
 
@@ -53,15 +73,15 @@ class Optimizer(ABC):
         Python's does, until `_cast` meets a tensor."""
         trace = current()
         if trace is None:
-            return getattr(self, name)
+            return self.__dict__[name]
         return Tensor._make_tracer(trace.scalar(self, name), trace)
 
     def _count_step(self):
         """t += 1, returned: a Python int eagerly, the step counter's new value inside a trace."""
         trace = current()
         if trace is None:
-            self.t += 1
-            return self.t
+            self.__dict__["t"] += 1
+            return self.__dict__["t"]
         t = Tensor._make_tracer(trace.scalar(self, "t"), trace) + 1
         trace.write_scalar(self, "t", t._node)
         return t
@@ -79,6 +99,7 @@ class SGD(Optimizer):
     """SGD with needle's damped momentum: u = momentum*u + (1-momentum)*(grad + wd*p); p -= lr*u."""
 
     hyperparameters = ("lr", "momentum", "weight_decay")
+    lr, momentum, weight_decay = _Number(), _Number(), _Number()
 
     def __init__(
         self,
@@ -106,6 +127,7 @@ class Adam(Optimizer):
     """Adam with bias correction and L2 weight decay added to the gradient (needle's Adam)."""
 
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    lr, beta1, beta2, eps, weight_decay, t = (_Number() for _ in range(6))
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ cell, then attributes, keys and indices); every call re-reads those paths and ch
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 import warnings
@@ -38,6 +39,10 @@ def roots(fn: Callable) -> list[Getter]:
         if isinstance(f, types.MethodType):
             out.append(lambda obj=f.__self__: obj)
             todo.append(f.__func__)
+            continue
+        if isinstance(f, functools.partial):  # its function, and the arguments it binds
+            out.append(lambda p=f: (p.args, p.keywords))
+            todo.append(f.func)
             continue
         code = getattr(f, "__code__", None)
         if code is None:  # a callable object: its attributes are what it reads
@@ -168,6 +173,26 @@ def _plain_state(x, skip: frozenset = frozenset()) -> object:
     return None
 
 
+def _structure(x, skip: frozenset) -> object:
+    """A watched object's state: its numbers and strings, and which objects it holds (a swapped
+    layer, a list grown by one, a tuple of factors): anything its methods may have read."""
+
+    def item(v):
+        return v if isinstance(v, _PLAIN) else ("id", id(v))
+
+    out = []
+    for k, v in vars(x).items():
+        if k in skip:
+            continue
+        if isinstance(v, list | tuple):
+            out.append((k, id(v), tuple(map(item, v))))
+        elif isinstance(v, dict):
+            out.append((k, id(v), tuple((key, item(e)) for key, e in v.items())))
+        else:
+            out.append((k, item(v)))
+    return tuple(out)
+
+
 class Guard:
     """What a trace assumed about the objects its function reads, checked before each reuse.
 
@@ -207,9 +232,10 @@ class Guard:
                 ):
                     self.places.append((g, (*path, step)))
                     known.add((id(g), (*path, step)))
+        self.n_plain = len(self.places)  # the places after these are watched objects
         if watched is not None:
             for g, path, x in _walk(getters, is_leaf):
-                if watched(x) and (id(g), path) not in known:
+                if watched(x):
                     self.places.append((g, path))
         self.skips = []
         for g, path in self.places:
@@ -219,9 +245,14 @@ class Guard:
 
     def _state(self) -> list:
         out = []
-        for (g, path), skip in zip(self.places, self.skips, strict=True):
+        for k, ((g, path), skip) in enumerate(zip(self.places, self.skips, strict=True)):
             x = resolve(g, path)
-            out.append(None if self.is_leaf(x) else _plain_state(x, skip))
+            if self.is_leaf(x):
+                out.append(None)
+            elif k < self.n_plain:
+                out.append(_plain_state(x, skip))
+            else:
+                out.append(_structure(x, skip))
         return out
 
     def check(self) -> str | None:

@@ -44,7 +44,9 @@ class Trace:
         self.data_writes: dict[int, tuple[object, Node]] = {}  # id(tensor) -> its new value
         self.grad_writes: dict[int, tuple[object, object]] = {}  # id(tensor) -> Tensor | None
         self.grad_reads: dict[int, tuple[object, bool]] = {}  # .grad read unwritten: was None?
-        self.grad_of: dict[int, object] = {}  # id(a .grad read) -> the tensor it belongs to
+        self.grad_of: dict[int, object] = {}  # capture index of a `.grad` read -> its owner
+        self.python_reads: set[tuple[int, str]] = set()  # (id(obj), name) read as Python numbers
+        self.arg_grad_reads: set[int] = set()  # arguments whose (None) .grad the trace read
         self.scalars: dict[tuple[int, str], tuple[object, str, Node]] = {}  # read every call
         self.scalar_writes: dict[tuple[int, str], tuple[object, str, Node]] = {}
 
@@ -61,7 +63,7 @@ class Trace:
             return self.scalar_writes[key][2]
         hit = self.scalars.get(key)
         if hit is None:
-            value = getattr(obj, name)
+            value = vars(obj)[name] if name in vars(obj) else getattr(obj, name)
             if not isinstance(value, int | float | np.number) or isinstance(value, bool):
                 raise TypeError(
                     f"{type(obj).__name__}.{name} = {value!r}: a hyperparameter or step count "
@@ -117,15 +119,24 @@ class Trace:
             return written[1]
         return self.capture(x, x.cached_data)
 
-    def capture(self, tensor, array) -> Node:
+    def capture(self, tensor, array, key=None) -> Node:
         """The input node standing for a tensor created outside the trace (read at every call)."""
-        hit = self.captured.get(id(tensor))
+        key = id(tensor) if key is None else key
+        hit = self.captured.get(key)
         if hit is None:
             node = Node.leaf(
                 Op.INPUT, str(array.dtype), array.shape, ("capture", len(self.captured))
             )
-            hit = self.captured[id(tensor)] = (tensor, node)
+            hit = self.captured[key] = (tensor, node)
         return hit[1]
+
+    def capture_grad(self, owner) -> Node:
+        """The input standing for `owner.grad` (a tensor from outside): looked up through its
+        owner at every call, since each backward() binds a new gradient tensor."""
+        key = ("grad", id(owner))
+        if key not in self.captured:
+            self.grad_of[len(self.captured)] = owner
+        return self.capture(owner._grad, owner._grad.cached_data, key)
 
 
 _stack: list[Trace] = []

@@ -232,3 +232,161 @@ def test_reading_the_callers_grad_of_an_argument_is_an_error_not_none():
 
     with pytest.raises(TracerError, match=r"\.grad of a jit argument.*test_state\.py:\d+"):
         nc.jit(halve)(w)
+
+
+# ---------------------------------------------------------------- no stale traces
+
+
+def test_freezing_a_captured_parameter_retraces():
+    a, b = nc.Tensor(f32(3)), nc.Tensor(f32(3, seed=1))
+    opt = nc.optim.SGD([a, b], lr=0.1)
+
+    @nc.jit
+    def step():
+        opt.reset_grad()
+        (a * b).sum().backward()
+        opt.step()
+
+    step()
+    b.requires_grad = False  # frozen: backward no longer reaches it, the step skips it
+    before = b.numpy().copy()
+    step()
+    np.testing.assert_array_equal(b.numpy(), before)
+    assert step.trace_count == 2
+
+
+class Box:
+    _jit_guarded = True
+
+    def __init__(self):
+        self.fn = lambda x: x * 2.0
+        self.factors = (5.0,)
+        self.items = [1.0]
+
+
+def test_watched_structure_swaps_and_appends_retrace():
+    box = Box()
+    f = nc.jit(lambda x: box.fn(x) * box.factors[0] * float(len(box.items)))
+    x = np.ones(2, dtype="float32")
+    assert np.all(f(x).numpy() == 10)
+    box.fn = lambda x: x * 3.0  # a swapped callable (a layer)
+    assert np.all(f(x).numpy() == 15)
+    box.factors = (7.0,)  # a rebound tuple
+    assert np.all(f(x).numpy() == 21)
+    box.items.append(2.0)  # a list grown in place
+    assert np.all(f(x).numpy() == 42)
+    assert f.trace_count == 4
+
+
+def test_partial_functions_are_guarded_through_their_arguments():
+    import functools
+
+    box = Box()
+
+    def fwd(b, x):
+        return x * b.factors[0]
+
+    f = nc.jit(functools.partial(fwd, box))
+    x = np.ones(2, dtype="float32")
+    assert np.all(f(x).numpy() == 5)
+    box.factors = (6.0,)
+    assert np.all(f(x).numpy() == 6)
+
+
+def test_a_data_view_taken_before_a_write_keeps_the_old_value():
+    def f(x):
+        old = w.data
+        w.data = w.data * 2.0
+        return x + old
+
+    w = nc.Tensor(np.ones(3, dtype="float32"))
+    eager = f(nc.Tensor(np.zeros(3, dtype="float32"))).numpy()
+    w = nc.Tensor(np.ones(3, dtype="float32"))
+    got = nc.jit(f)(np.zeros(3, dtype="float32")).numpy()
+    np.testing.assert_array_equal(got, eager)
+    np.testing.assert_array_equal(w.numpy(), [2, 2, 2])
+
+
+def test_a_hyperparameter_read_as_a_python_number_is_guarded():
+    w = nc.Tensor(np.ones(2, dtype="float32"))
+    opt = nc.optim.SGD([w], lr=0.5)
+
+    @nc.jit
+    def shrink():
+        w.data = w.data * (1 - opt.lr)  # a Python float baked into the graph
+
+    shrink()
+    opt.lr = 0.25
+    shrink()
+    np.testing.assert_allclose(w.numpy(), [0.5 * 0.75] * 2)
+    assert shrink.trace_count == 2
+
+
+def test_an_argument_grad_that_appears_after_the_trace_is_an_error():
+    def f(t):
+        return t * 0.0 if t.grad is None else t.grad * 1.0
+
+    jf = nc.jit(f)
+    x = nc.Tensor(np.ones(2, dtype="float32"))
+    jf(x)
+    x.grad = nc.Tensor(np.full(2, 7.0, dtype="float32"))
+    with pytest.raises(TracerError, match=r"\.grad of a jit argument"):
+        jf(x)
+
+
+def test_aliased_arguments_that_are_written_are_refused():
+    def twice(a, b):
+        a.data = a.data + 1.0
+        b.data = b.data + 1.0
+        return a
+
+    x = nc.Tensor(np.ones(2, dtype="float32"))
+    with pytest.raises(ValueError, match="argument leaf 0 is also argument leaf 1"):
+        nc.jit(twice)(x, x)
+    w = nc.Tensor(np.ones(2, dtype="float32"))
+
+    def bump(t):
+        w.data = w.data + 1.0
+        return t * 1.0
+
+    with pytest.raises(ValueError, match="also writes through the closure"):
+        nc.jit(bump)(w)
+
+
+def test_parameters_sharing_one_grad_object_are_read_through_each_owner():
+    a, b = nc.Tensor(np.ones(2, dtype="float32")), nc.Tensor(np.ones(2, dtype="float32"))
+    (a + b).sum().backward()  # both .grad may be one object
+    f = nc.jit(lambda: a.grad * 1.0 + b.grad * 10.0)
+    np.testing.assert_array_equal(f().numpy(), [11, 11])
+    a.grad = nc.Tensor(np.full(2, 2.0, dtype="float32"))
+    b.grad = nc.Tensor(np.full(2, 3.0, dtype="float32"))
+    np.testing.assert_array_equal(f().numpy(), [32, 32])
+
+
+def test_a_written_back_value_never_shares_memory_with_an_input():
+    p, q = nc.Tensor(np.zeros(2, dtype="float32")), nc.Tensor(np.ones(2, dtype="float32"))
+
+    @nc.jit
+    def copy():
+        p.data = q.data * 1.0  # simplifies to q itself
+
+    copy()
+    q.realize_cached_data().numpy()  # a copy; perturb through the backing array instead
+    np.asarray(q.realize_cached_data())[...] += 5.0
+    np.testing.assert_array_equal(p.numpy(), [1, 1])
+
+
+def test_a_non_number_hyperparameter_is_a_clear_error():
+    w = nc.Tensor(np.ones(2, dtype="float32"))
+    opt = nc.optim.SGD([w], lr=0.1)
+
+    @nc.jit
+    def step():
+        opt.reset_grad()
+        (w * w).sum().backward()
+        opt.step()
+
+    step()
+    opt.lr = None
+    with pytest.raises(TypeError, match=r"SGD\.lr = None"):
+        step()
