@@ -65,22 +65,42 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tens
 
 
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
-    """`eye(n)[i]`; i (a tensor or array of labels) may have any rank.
+    """`eye(n)[i]`: the rows of the n x n identity picked by the class ids `i` (any rank).
 
-    A tensor `i` (integer or float class ids) is compared with a constant `arange(n)` by tensor
-    ops, so this also works inside a trace; an id outside [0, n) gives a row of zeros there.
+    `i` may be a Python sequence, a numpy array or a Tensor of integer or float class ids.
+
+    Outside a trace, with concrete ids, this is exactly numpy's `np.eye(n)[i]`: a negative id
+    counts from the end (-1 gives the last row) and an id outside [-n, n) raises IndexError.
+
+    Inside a trace (`needlec.jit`), or when `i` is itself a traced tensor, the ids' values are
+    not known yet, so `i` is compared with a constant `arange(n)` by tensor ops instead: there
+    an id outside [0, n) (a negative one included) gives a row of zeros, not an error.
     """
     import numpy as np
 
-    if not isinstance(i, Tensor):
-        array = _dev(device).one_hot(n, np.asarray(i).astype("int64"), dtype=dtype)
-        return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
-    ids = i.detach()
-    classes = Tensor(np.arange(n), device=ids.device, dtype=ids.dtype, requires_grad=False)
-    hot = ids.reshape((*ids.shape, 1)).eq(classes).cast(dtype)
-    if requires_grad or (device is not None and device != hot.device):
-        hot = Tensor(hot, device=device, dtype=dtype, requires_grad=requires_grad)
-    return hot
+    if isinstance(i, Tensor) and (current() is not None or i._node is not None):
+        # Traced: the ids have no values yet, so no range check (and no negative indexing) is
+        # possible; an id outside [0, n) matches no class and gives a row of zeros.
+        ids = i.detach()
+        classes = Tensor(np.arange(n), device=ids.device, dtype=ids.dtype, requires_grad=False)
+        hot = ids.reshape((*ids.shape, 1)).eq(classes).cast(dtype)
+        if requires_grad or (device is not None and device != hot.device):
+            hot = Tensor(hot, device=device, dtype=dtype, requires_grad=requires_grad)
+        return hot
+    if isinstance(i, Tensor):
+        device = i.device if device is None else device
+        ids = i.numpy()
+    else:
+        ids = np.asarray(i)
+    ids = ids if ids.dtype.kind in "iu" else ids.astype("int64")
+    if ids.size and (ids.max() >= n or ids.min() < -n):
+        bad = ids.max() if ids.max() >= n else ids.min()
+        raise IndexError(
+            f"one_hot: class id {int(bad)} is out of range for n={n} classes "
+            f"(valid ids are {-n}..{n - 1})"
+        )
+    array = _dev(device).one_hot(n, ids, dtype=dtype)
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 
 
 def zeros_like(array: Tensor, *, device=None, requires_grad=False) -> Tensor:

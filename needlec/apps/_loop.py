@@ -1,5 +1,6 @@
 """What the epoch functions share: one training or evaluation step (eager or under `jit`), a
-running tally of loss and accuracy, and the progress bar.
+running tally of loss and accuracy, the progress bar, and the loop over a classifier's batches
+(`run_steps`, and `classification_epoch` around it: needle's seeding and train/eval mode).
 
 A step is built once per epoch call and called once per batch with the batch as arguments, so
 under `jit` the step traces once per batch shape (a smaller last batch traces a second time) and
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import nn, ops
 from ..autograd import Tensor
+from ..data import DataLoader
 from ..jit import jit as _jit
 from ..optim import Optimizer
 
@@ -139,10 +141,12 @@ class Tally:
 
     @property
     def accuracy(self) -> float:
+        """The fraction of examples predicted correctly (0 before any batch)."""
         return self.correct / max(self.count, 1)
 
     @property
     def error(self) -> float:
+        """The fraction of examples misclassified: 1 - accuracy."""
         return 1.0 - self.accuracy
 
     @property
@@ -154,3 +158,65 @@ class Tally:
     def mean_loss(self) -> float:
         """The mean loss per example (batches weighted by their size)."""
         return self.weighted_loss / max(self.count, 1)
+
+
+def loss_and_accuracy(tally: Tally) -> dict[str, str]:
+    """The default progress-bar postfix: the mean loss per example and the accuracy."""
+    return {"loss": f"{tally.mean_loss:.4f}", "acc": f"{tally.accuracy:.4f}"}
+
+
+def run_steps(
+    batches: Iterable[tuple[Tensor, Tensor]],
+    step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    progress: bool | None = None,
+    postfix: Callable[[Tally], dict[str, str]] = loss_and_accuracy,
+) -> Tally:
+    """`loss, logits = step(x, y)` for every batch `(x, y)`, tallied; returns the `Tally`.
+
+    A progress bar (`progress_bar(batches, total=total, desc=desc, progress=progress)`) shows
+    `postfix(tally)` after each batch.
+    """
+    tally = Tally()
+    bar = progress_bar(batches, total=total, desc=desc, progress=progress)
+    for x, y in bar:
+        loss, logits = step(x, y)
+        tally.add(loss, logits, y)
+        bar.set_postfix(**postfix(tally))
+    return tally
+
+
+def classification_epoch(
+    dataloader: DataLoader,
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    opt: Optimizer | None = None,
+    *,
+    jit: bool = False,
+    flatten: bool = False,
+    progress: bool | None = None,
+    postfix: Callable[[Tally], dict[str, str]] = loss_and_accuracy,
+) -> Tally:
+    """needle's homework epoch over a classifier's `(x, y)` batches; returns the `Tally`.
+
+    Seeds numpy's generator with 4 first (as needle does), then trains (model.train(), one
+    update per batch) when `opt` is given, or evaluates (model.eval()) otherwise, with the step
+    from `make_step(model, loss_fn, opt, jit=jit, flatten=flatten)`. The bar is described
+    "train" or "eval".
+    """
+    np.random.seed(4)
+    if opt is not None:
+        model.train()
+    else:
+        model.eval()
+    step = make_step(model, loss_fn, opt, jit=jit, flatten=flatten)
+    return run_steps(
+        dataloader,
+        step,
+        total=len(dataloader),
+        desc="train" if opt is not None else "eval",
+        progress=progress,
+        postfix=postfix,
+    )

@@ -31,6 +31,8 @@ class ConvBN(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (N, in_channels, H, W) -> (N, out_channels, H', W'), H' = ceil(H / stride) for an
+        odd kernel_size (see `nn.Conv`)."""
         return self.relu(self.bn(self.conv(x)))
 
 
@@ -60,6 +62,7 @@ class ResNet9(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images x (N, 3, 32, 32) -> logits (N, 10)."""
         return self.model(x)
 
 
@@ -116,6 +119,8 @@ class LanguageModel(nn.Module):
         self.linear = nn.Linear(hidden_size, output_size, **kw)
 
     def forward(self, x: Tensor, h=None) -> tuple[Tensor, object]:
+        """Token ids x (T, B) and the sequence model's state h (None: zeros) ->
+        (logits (T*B, output_size), the new state)."""
         seq_len, batch_size = x.shape
         out, h = self.seq_model(self.embedding(x), h)
         logits = self.linear(out.reshape((seq_len * batch_size, self.hidden_size)))

@@ -18,7 +18,7 @@ from ..autograd import Tensor
 from ..data import DataLoader, get_batch
 from ..data import parse_mnist as _parse_mnist
 from ..jit import jit as _jit
-from ._loop import Tally, make_sequence_step, make_step, progress_bar
+from ._loop import Tally, classification_epoch, make_sequence_step, progress_bar
 
 SOFTMAX_LOSS = nn.SoftmaxLoss()  # the default loss of the epoch functions, as in needle
 
@@ -103,21 +103,10 @@ def epoch_general_cifar10(
 ) -> tuple[float, float]:
     """One pass over `dataloader`: training with `opt`, evaluation (model.eval()) without.
 
-    Returns `(average accuracy, average loss)` over the examples.
+    Returns `(average accuracy, average loss)` over the examples. Seeds numpy's generator
+    with 4 first, as needle does.
     """
-    np.random.seed(4)
-    if opt is not None:
-        model.train()
-    else:
-        model.eval()
-    step = make_step(model, loss_fn, opt, jit=jit)
-    tally = Tally()
-    desc = "train" if opt is not None else "eval"
-    bar = progress_bar(dataloader, total=len(dataloader), desc=desc, progress=progress)
-    for X, y in bar:
-        loss, logits = step(X, y)
-        tally.add(loss, logits, y)
-        bar.set_postfix(loss=f"{tally.mean_loss:.4f}", acc=f"{tally.accuracy:.4f}")
+    tally = classification_epoch(dataloader, model, loss_fn, opt, jit=jit, progress=progress)
     return tally.accuracy, tally.mean_loss
 
 

@@ -13,6 +13,7 @@ class Transform:
     """A callable on one H x W x C image."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The transformed image (subclasses define it)."""
         raise NotImplementedError
 
 
@@ -28,6 +29,8 @@ class RandomFlipHorizontal(Transform):
         self.p = p
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        """`img` (H, W, C) mirrored along W with probability p (one `np.random.rand()` draw),
+        else `img` itself."""
         flip_img = np.random.rand() < self.p
         return img[:, ::-1, :] if flip_img else img
 
@@ -47,6 +50,8 @@ class RandomCrop(Transform):
         self.padding = padding
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        """`img` (H, W, ...) shifted by a random (sx, sy) in [-padding, padding] (one
+        `np.random.randint(..., size=2)` draw), zero-filled where it moved off the edge."""
         shift_x, shift_y = np.random.randint(low=-self.padding, high=self.padding + 1, size=2)
         p = self.padding
         h, w = img.shape[0], img.shape[1]

@@ -12,13 +12,14 @@ The digits (1,797 images, 64 pixels each) come with scikit-learn, so nothing is 
 `train-labels-idx1-ubyte.gz`, `t10k-images-idx3-ubyte.gz` and `t10k-labels-idx1-ubyte.gz`
 (plain idx files work too) and the t10k set is held out.
 
-The training step is ordinary needle code, `opt.reset_grad(); loss = loss_fn(model(x), y);
-loss.backward(); opt.step()`, under `@needlec.jit`: it is traced once per batch shape, and
-the parameters, Adam's state and BatchNorm's running statistics are written back after each
-call. It returns the loss and the logits, which are read outside (inside a trace a tensor has
-no value yet). Each epoch prints the training and held-out loss and accuracy; at the end the
-same step is timed eagerly and jitted on one batch, and the median milliseconds per step and
-the speedup are printed. numpy's generator is seeded with `--seed`, so runs repeat exactly.
+The training step (`needlec.apps._loop.make_step`, shared with the homework epoch functions)
+is ordinary needle code, `opt.reset_grad(); loss = loss_fn(model(x), y); loss.backward();
+opt.step()`, under `needlec.jit`: it is traced once per batch shape, and the parameters, Adam's
+state and BatchNorm's running statistics are written back after each call. It returns the loss
+and the logits, which are read outside (inside a trace a tensor has no value yet). Each epoch
+prints the training and held-out loss and accuracy; at the end the same step is timed eagerly
+and jitted on one batch, and the median milliseconds per step and the speedup are printed.
+numpy's generator is seeded with `--seed`, so runs repeat exactly.
 
 `--eager` and the jitted run compute the same first epoch. After that they part ways: the
 model's Dropout layers (p = 0 here) still draw a mask each step, eagerly from numpy's
@@ -37,7 +38,7 @@ import numpy as np
 
 import needlec as nc
 from needlec import nn
-from needlec.apps._loop import progress_bar
+from needlec.apps._loop import Tally, make_step, run_steps
 from needlec.apps.mlp_resnet import MLPResNet
 
 SKLEARN_MISSING = (
@@ -54,6 +55,7 @@ MNIST_FILES = (
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The demo's options from `argv` (`sys.argv[1:]` when None); `--help` lists them."""
     parser = argparse.ArgumentParser(
         prog="python -m needlec.examples.train",
         description="Train needle's MLPResNet on handwritten digits with a jitted step.",
@@ -69,21 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits in [0, 1], split 80/20 by a permutation seeded with `seed`."""
-    if hasattr(nc.data, "load_digits"):
-        X, y = nc.data.load_digits()
-    else:
-        from sklearn import datasets
+    """scikit-learn's 8x8 digits in [0, 1], split 80/20 by a permutation seeded with `seed`.
 
-        digits = datasets.load_digits()
-        X, y = (digits.data / 16.0).astype("float32"), digits.target.astype("int64")
-    if hasattr(nc.data, "train_test_split"):
-        X_train, X_test, y_train, y_test = nc.data.train_test_split(X, y, test_size=0.2, seed=seed)
-    else:
-        order = np.random.default_rng(seed).permutation(len(y))
-        n_test = len(y) // 5
-        test, train = order[:n_test], order[n_test:]
-        X_train, X_test, y_train, y_test = X[train], X[test], y[train], y[test]
+    Raises ImportError when scikit-learn is not installed.
+    """
+    X, y = nc.data.load_digits()
+    X_train, X_test, y_train, y_test = nc.data.train_test_split(X, y, test_size=0.2, seed=seed)
     return X_train, y_train, X_test, y_test
 
 
@@ -102,38 +95,20 @@ def load_mnist(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def make_steps(model: nn.Module, opt: nc.optim.Optimizer, jit: bool) -> tuple[Callable, Callable]:
-    """The training step and the evaluation step, each `(x, y) -> (loss, logits)`."""
+    """The training step and the evaluation step, each `(x, y) -> (loss, logits)`, jitted when
+    `jit` (`needlec.apps._loop.make_step`: one Adam update per call, or a forward pass)."""
     loss_fn = nn.SoftmaxLoss()
+    return make_step(model, loss_fn, opt, jit=jit), make_step(model, loss_fn, jit=jit)
 
-    def train_step(x: nc.Tensor, y: nc.Tensor) -> tuple[nc.Tensor, nc.Tensor]:
-        opt.reset_grad()
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-        opt.step()
-        return loss, logits
 
-    def eval_step(x: nc.Tensor, y: nc.Tensor) -> tuple[nc.Tensor, nc.Tensor]:
-        logits = model(x)
-        return loss_fn(logits, y), logits
-
-    if jit:
-        return nc.jit(train_step), nc.jit(eval_step)
-    return train_step, eval_step
+def _postfix(tally: Tally) -> dict[str, str]:
+    return {"loss": f"{tally.mean_loss:.4f}", "acc": f"{tally.accuracy:.3f}"}
 
 
 def run_epoch(loader: nc.data.DataLoader, step: Callable, desc: str) -> tuple[float, float]:
     """Apply `step` to every batch; returns (mean loss per example, accuracy)."""
-    total_loss, correct, count = 0.0, 0, 0
-    bar = progress_bar(loader, total=len(loader), desc=desc)
-    for x, y in bar:
-        loss, logits = step(x, y)
-        labels = y.numpy()
-        total_loss += float(loss.numpy()) * len(labels)
-        correct += int((logits.numpy().argmax(axis=1) == labels).sum())
-        count += len(labels)
-        bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.3f}")
-    return total_loss / count, correct / count
+    tally = run_steps(loader, step, total=len(loader), desc=desc, postfix=_postfix)
+    return tally.mean_loss, tally.accuracy
 
 
 def time_steps(

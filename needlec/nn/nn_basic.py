@@ -89,9 +89,11 @@ class Module:
         return self
 
     def forward(self, *args, **kwargs):
+        """The module's computation; every subclass defines it."""
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
     def __call__(self, *args, **kwargs):
+        """`module(*args)` is `module.forward(*args)`."""
         return self.forward(*args, **kwargs)
 
 
@@ -101,7 +103,10 @@ def _row(t: Tensor, shape: tuple) -> Tensor:
 
 
 class Identity(Module):
+    """Returns its input unchanged (a placeholder where a module is expected)."""
+
     def forward(self, x: Tensor) -> Tensor:
+        """x, as is."""
         return x
 
 
@@ -133,6 +138,12 @@ class Linear(Module):
             self.bias = Parameter(b)
 
     def forward(self, X: Tensor) -> Tensor:
+        """X (..., in_features) -> (..., out_features)."""
+        if X.ndim < 1 or X.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear({self.in_features}, {self.out_features}): the input's last dim must be "
+                f"in_features = {self.in_features}, got an input of shape {X.shape}"
+            )
         y = X @ self.weight
         if self.bias is not None:
             y = y + self.bias.broadcast_to(y.shape)
@@ -143,16 +154,23 @@ class Flatten(Module):
     """(B, d1, d2, ...) -> (B, d1 * d2 * ...)."""
 
     def forward(self, X: Tensor) -> Tensor:
+        """X (B, ...) -> (B, prod of the other dims)."""
         return X.reshape((X.shape[0], math.prod(X.shape[1:])))
 
 
 class ReLU(Module):
+    """max(x, 0), elementwise."""
+
     def forward(self, x: Tensor) -> Tensor:
+        """relu(x), the same shape as x."""
         return ops.relu(x)
 
 
 class Tanh(Module):
+    """tanh(x), elementwise."""
+
     def forward(self, x: Tensor) -> Tensor:
+        """tanh(x), the same shape as x."""
         return ops.tanh(x)
 
 
@@ -160,6 +178,7 @@ class Sigmoid(Module):
     """1 / (1 + exp(-x))."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """sigmoid(x), the same shape as x."""
         return ops.sigmoid(x)
 
 
@@ -171,6 +190,7 @@ class Sequential(Module):
         self.modules = modules
 
     def forward(self, x: Tensor) -> Tensor:
+        """x through each module in turn."""
         for m in self.modules:
             x = m(x)
         return x
@@ -184,6 +204,7 @@ class Residual(Module):
         self.fn = fn
 
     def forward(self, x: Tensor) -> Tensor:
+        """fn(x) + x (fn must keep x's shape)."""
         return self.fn(x) + x
 
 
@@ -194,7 +215,18 @@ class SoftmaxLoss(Module):
     """
 
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The 0-d mean loss of logits (B, classes) against class ids y (B,)."""
+        if logits.ndim != 2:
+            raise ValueError(
+                f"SoftmaxLoss: logits must be 2-D (batch, classes), got shape {logits.shape}"
+            )
         n, k = logits.shape
+        y_shape = tuple(y.shape) if hasattr(y, "shape") else (len(y),)
+        if y_shape != (n,):
+            raise ValueError(
+                f"SoftmaxLoss: labels must be ({n},), one class id per row of the logits "
+                f"{logits.shape}, got labels of shape {y_shape}"
+            )
         y_one_hot = init.one_hot(k, y, device=logits.device, dtype=logits.dtype)
         z_y = (logits * y_one_hot).sum((1,))
         return (logits.logsumexp((1,)) - z_y).sum() / n
@@ -222,6 +254,8 @@ class BatchNorm1d(Module):
         self.running_var = init.ones(dim, **kw)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, dim) normalized per feature (batch statistics in training, running ones in
+        evaluation), then scaled by `weight` and shifted by `bias`."""
         n = x.shape[0]
         if self.training:
             mean = x.sum((0,)) / n
@@ -245,6 +279,7 @@ class BatchNorm2d(BatchNorm1d):
     """BatchNorm over the channels of an NCHW input (statistics over N, H and W)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (N, C, H, W) normalized per channel, as BatchNorm1d on the (N*H*W, C) rows."""
         n, c, h, w = x.shape
         rows = x.transpose((1, 2)).transpose((2, 3)).reshape((n * h * w, c))
         y = super().forward(rows).reshape((n, h, w, c))
@@ -262,6 +297,7 @@ class LayerNorm1d(Module):
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (..., dim) normalized over its last axis, then scaled and shifted."""
         last = x.ndim - 1
         kept = (*x.shape[:-1], 1)
         mean = (x.sum((last,)) / self.dim).reshape(kept).broadcast_to(x.shape)
@@ -283,6 +319,7 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
+        """x with a fresh dropout mask applied in training; x itself in evaluation."""
         if not self.training:
             return x
         mask = init.randb(*x.shape, p=1 - self.p, dtype=x.dtype, device=x.device)

@@ -48,6 +48,8 @@ class Conv(Module):
             self.bias = Parameter(init.rand(out_channels, low=-bound, high=bound, **kw))
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (N, in_channels, H, W) -> (N, out_channels, H', W'), where
+        H' = (H + 2 * padding - k) // stride + 1 (ceil(H / stride) for an odd k), W' alike."""
         nhwc = x.transpose((1, 2)).transpose((2, 3))
         y = ops.conv(nhwc, self.weight, stride=self.stride, padding=self.padding)
         if self.bias is not None:

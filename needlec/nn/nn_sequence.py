@@ -16,6 +16,36 @@ def _uniform(*shape: int, bound: float, device, dtype) -> Parameter:
     )
 
 
+def _check_step_input(cell, X: Tensor) -> None:
+    """A cell's input must be (B, input_size)."""
+    if X.ndim != 2 or X.shape[1] != cell.input_size:
+        raise ValueError(
+            f"{type(cell).__name__}({cell.input_size}, {cell.hidden_size}): the input must be "
+            f"2-D (batch, input_size) = (B, {cell.input_size}), got shape {X.shape}"
+        )
+
+
+def _check_sequence_input(module, X: Tensor) -> None:
+    """A stack's input must be (T, B, input_size)."""
+    if X.ndim != 3 or X.shape[2] != module.input_size:
+        raise ValueError(
+            f"{type(module).__name__}({module.input_size}, {module.hidden_size}, "
+            f"num_layers={module.num_layers}): the input must be 3-D (seq_len, batch, "
+            f"input_size) = (T, B, {module.input_size}), got shape {X.shape}"
+        )
+
+
+def _check_state(module, name: str, state: Tensor, batch: int) -> None:
+    """An initial state (h0 or c0) must be (num_layers, B, hidden_size)."""
+    expected = (module.num_layers, batch, module.hidden_size)
+    if tuple(state.shape) != expected:
+        raise ValueError(
+            f"{type(module).__name__}({module.input_size}, {module.hidden_size}, "
+            f"num_layers={module.num_layers}): {name} must be (num_layers, batch, hidden_size) "
+            f"= {expected}, got shape {state.shape}"
+        )
+
+
 def _affine(cell, x: Tensor, h: Tensor) -> Tensor:
     """x @ W_ih + b_ih + h @ W_hh + b_hh for a cell with those attributes (biases optional)."""
     out = x @ cell.W_ih + h @ cell.W_hh
@@ -58,6 +88,7 @@ class RNNCell(Module):
 
     def forward(self, X: Tensor, h: Tensor | None = None) -> Tensor:
         """X (B, in), h (B, H) (zeros when None) -> h' (B, H)."""
+        _check_step_input(self, X)
         if h is None:
             h = init.zeros(X.shape[0], self.hidden_size, device=X.device, dtype=self.dtype)
         out = _affine(self, X, h)
@@ -97,6 +128,11 @@ class RNN(Module):
         ]
 
     def forward(self, X: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """X (T, B, in), h0 (L, B, H) (zeros when None) -> (output (T, B, H), h_n (L, B, H)):
+        the last layer's state at every step and every layer's state at the last step."""
+        _check_sequence_input(self, X)
+        if h0 is not None:
+            _check_state(self, "h0", h0, X.shape[1])
         xs = list(ops.split(X, 0))
         hs = list(ops.split(h0, 0)) if h0 is not None else [None] * self.num_layers
         h_n = []
@@ -135,6 +171,7 @@ class LSTMCell(Module):
 
     def forward(self, X: Tensor, h: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """X (B, in), h = (h0, c0) each (B, H) (zeros when None) -> (h', c')."""
+        _check_step_input(self, X)
         bs, hidden = X.shape[0], self.hidden_size
         if h is None:
             zeros = init.zeros(bs, hidden, device=X.device, dtype=self.dtype)
@@ -180,6 +217,13 @@ class LSTM(Module):
     def forward(
         self, X: Tensor, h: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """X (T, B, in), h = (h0, c0) each (L, B, H) (zeros when None) -> (output (T, B, H),
+        (h_n, c_n) each (L, B, H)): the last layer's h at every step and every layer's state
+        at the last step."""
+        _check_sequence_input(self, X)
+        if h is not None:
+            _check_state(self, "h0", h[0], X.shape[1])
+            _check_state(self, "c0", h[1], X.shape[1])
         xs = list(ops.split(X, 0))
         if h is None:
             states = [None] * self.num_layers
@@ -213,6 +257,16 @@ class Embedding(Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Ids x (T, B) -> their embeddings (T, B, embedding_dim).
+
+        Eagerly an id outside [-num_embeddings, num_embeddings) raises IndexError (a negative
+        id counts from the end, as in numpy); under jit it gives a zero embedding (see
+        `init.one_hot`)."""
+        if x.ndim != 2:
+            raise ValueError(
+                f"Embedding({self.num_embeddings}, {self.embedding_dim}): ids must be 2-D "
+                f"(seq_len, batch) = (T, B), got shape {x.shape}"
+            )
         seq_len, bs = x.shape
         hot = init.one_hot(self.num_embeddings, x, device=x.device, dtype=self.dtype)
         rows = hot.reshape((seq_len * bs, self.num_embeddings)) @ self.weight

@@ -47,6 +47,8 @@ class MultiHeadAttention(Module):
         return probs / probs.sum((last,)).reshape(kept).broadcast_to(logit.shape)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """q (B, H, Tq, D), k and v (B, H, Tk, D) -> (result (B, H, Tq, D), probs (B, H, Tq,
+        Tk)); with `causal`, query i attends to keys up to i + Tk - Tq only."""
         _, _, queries_len, q_dim = q.shape
         _, _, keys_values_len, k_dim = k.shape
         if q_dim != k_dim or k_dim != v.shape[-1]:
@@ -107,6 +109,8 @@ class AttentionLayer(Module):
         return x.reshape((b, t, self.num_head, self.dim_head)).transpose((1, 2))
 
     def forward(self, q: Tensor, k: Tensor | None = None, v: Tensor | None = None) -> Tensor:
+        """q (B, Tq, q_features), k and v (B, Tk, k/v_features) (q when None) ->
+        (B, Tq, out_features)."""
         k = q if k is None else k
         v = q if v is None else v
         batch_size, queries_len, _ = q.shape
@@ -156,6 +160,7 @@ class TransformerLayer(Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, q_features) -> the same shape, through attention then the feed-forward."""
         x = x + self.dropout(self.attn(x))
         return x + self.ff(self.layernorm(x))
 
@@ -214,6 +219,8 @@ class Transformer(Module):
         )
 
     def forward(self, x: Tensor, h=None) -> tuple[Tensor, Tensor]:
+        """x (T, B, embedding_size) ((B, T, ...) with batch_first) -> (y, zeros like y); `h` is
+        accepted for the RNN/LSTM interface and ignored."""
         if not self.batch_first:
             x = x.transpose((0, 1))
         batch_size, seq_len, dim = x.shape

@@ -26,3 +26,20 @@ def mnist_dir(tmp_path):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", 2051, images)
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", 2049, rng.integers(0, 10, size=n))
     return tmp_path
+
+
+@pytest.fixture
+def learnable_mnist_dir(tmp_path):
+    """Fake MNIST files whose labels can be learned: an image of class k is dim noise with a
+    bright 5x5 patch at the k-th of ten places. 200 training, 100 t10k."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 200), ("t10k", 100)):
+        labels = rng.integers(0, 10, size=n)
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for image, k in zip(images, labels, strict=True):
+            row, col = 3 + 14 * (k // 5), 1 + 5 * (k % 5)
+            image[row : row + 5, col : col + 5] = rng.integers(200, 256, size=(5, 5))
+        images[0, 0, 0], images[0, 0, 1] = 0, 255  # the full range, so x / 255 is exact
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", 2051, images)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", 2049, labels)
+    return tmp_path

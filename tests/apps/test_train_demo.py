@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 
+import needlec as nc
+from needlec.apps.mlp_resnet import MLPResNet
 from needlec.examples import train
 
 needs_sklearn = pytest.mark.skipif(
@@ -68,3 +70,21 @@ def test_demo_without_sklearn_says_how_to_install(monkeypatch):
 def test_demo_reports_missing_mnist_files(tmp_path):
     with pytest.raises(SystemExit, match="train-images-idx3-ubyte"):
         train.main(["--data", str(tmp_path)])
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_run_epoch_reports_mean_loss_per_example_and_accuracy(jit):
+    """`run_epoch` (the shared `_loop` tally and step) against numpy, batches of 4, 4 and 2."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 6)).astype("float32")
+    y = rng.integers(0, 3, 10)
+    np.random.seed(0)
+    model = MLPResNet(6, 8, num_blocks=1, num_classes=3, drop_prob=0.0).eval()
+    opt = nc.optim.SGD(model.parameters(), lr=0.1)
+    _, eval_step = train.make_steps(model, opt, jit=jit)
+    loader = nc.data.DataLoader(nc.data.NDArrayDataset(X, y), 4)
+    loss, acc = train.run_epoch(loader, eval_step, "held-out")
+    logits = model(nc.Tensor(X, requires_grad=False)).numpy().astype("float64")
+    lse = np.log(np.exp(logits).sum(axis=1))
+    assert loss == pytest.approx(np.mean(lse - logits[np.arange(10), y]), rel=1e-5)
+    assert acc == pytest.approx(np.mean(logits.argmax(axis=1) == y))

@@ -243,9 +243,11 @@ def test_an_unused_parameter_is_skipped_eagerly_and_under_jit():
         assert model.used.weight.grad is not None
 
 
-def test_reading_the_loss_inside_the_step_names_the_line():
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_reading_the_loss_inside_the_step_names_the_line(opt_name):
     model = build_mlp_resnet()
-    opt = optim.SGD(model.parameters(), lr=0.1)
+    opt_cls, kw = OPTIMIZERS[opt_name]
+    opt = opt_cls(model.parameters(), **kw)
     loss_fn = nn.SoftmaxLoss()
 
     def step(x, y):
@@ -257,10 +259,25 @@ def test_reading_the_loss_inside_the_step_names_the_line():
         return loss
 
     x, y = digits_batches(1)[0]
+    params = model.parameters()
+    # everything the step would write, copied BEFORE the failing call: parameters, BatchNorm's
+    # running statistics, the optimizer's state tensors (and Adam's step count)
+    before = [a.copy() for a in state_of(model, opt)]
+    t_before = getattr(opt, "t", None)
+    assert all(p.grad is None for p in params)
     with pytest.raises(TracerError, match=r"numpy\(\).*test_train_steps\.py:\d+"):
         nc.jit(step)(x, y)
-    before = [p.numpy().copy() for p in model.parameters()]
-    model(nc.Tensor(x))  # the failed trace left the model usable and unchanged
-    for p, b in zip(model.parameters(), before, strict=True):
-        np.testing.assert_array_equal(p.numpy(), b)
-        assert p.grad is None or p.grad._node is None
+    # the failed trace left every parameter, gradient and optimizer state as it was
+    assert all(p is q for p, q in zip(params, model.parameters(), strict=True))
+    after = state_of(model, opt)
+    assert len(after) == len(before)
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(p.grad is None for p in params)
+    assert getattr(opt, "t", None) == t_before
+    # and the model is still usable eagerly: the same step runs and does change it
+    loss = loss_fn(model(nc.Tensor(x)), nc.Tensor(y))
+    loss.backward()
+    opt.step()
+    assert all(p.grad is not None and p.grad._node is None for p in params)
+    assert any(not np.array_equal(p.numpy(), b) for p, b in zip(params, before, strict=True))

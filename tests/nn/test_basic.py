@@ -1,6 +1,8 @@
 """Linear, SoftmaxLoss, BatchNorm1d/2d, LayerNorm1d, Dropout and init.one_hot against
 PyTorch and numpy references, including init draws and train/eval behaviour."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,85 @@ def test_one_hot_under_jit(rng):
     ids = rng.integers(0, 5, size=(6,))
     out = nc.jit(lambda i: nc.init.one_hot(5, i))(nc.Tensor(ids))
     np.testing.assert_array_equal(out.numpy(), np.eye(5)[ids])
+
+
+@pytest.mark.parametrize("id_dtype", ["int64", "int32", "float32"])
+def test_one_hot_of_eager_tensors_is_numpy_indexing_negative_ids_included(id_dtype):
+    """Outside a trace a concrete Tensor of ids is exactly `np.eye(n)[ids]`: -1 is the last row."""
+    ids = np.array([[0, -1, 3], [-4, 2, -2]])
+    hot = nc.init.one_hot(4, nc.Tensor(ids.astype(id_dtype), requires_grad=False))
+    assert hot.shape == (2, 3, 4) and hot.dtype == "float32"
+    np.testing.assert_array_equal(hot.numpy(), np.eye(4)[ids])
+    np.testing.assert_array_equal(hot.numpy()[0, 1], [0, 0, 0, 1])
+    # the same as the array path
+    np.testing.assert_array_equal(nc.init.one_hot(4, ids).numpy(), np.eye(4)[ids])
+
+
+@pytest.mark.parametrize("bad", [4, 7, -5])
+@pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "array"])
+def test_one_hot_eager_out_of_range_id_raises_index_error(bad, as_tensor):
+    ids = np.array([0, bad, 1])
+    with pytest.raises(IndexError, match=rf"class id {bad} .*n=4"):
+        nc.init.one_hot(4, nc.Tensor(ids) if as_tensor else ids)
+
+
+def test_one_hot_inside_a_trace_gives_zero_rows_for_out_of_range_ids():
+    """Values are unknown while tracing, so ids outside [0, n) give rows of zeros there, -1
+    included (documented in init.one_hot); valid ids agree with the eager result."""
+    ids = np.array([0, 4, -1, 2, 3])
+    out = nc.jit(lambda i: nc.init.one_hot(4, i))(nc.Tensor(ids)).numpy()
+    np.testing.assert_array_equal(out[[0, 3, 4]], np.eye(4)[[0, 2, 3]])
+    np.testing.assert_array_equal(out[[1, 2]], np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("label_dtype", ["int64", "float32"])
+def test_jitted_softmax_loss_and_gradient_equal_eager_for_valid_labels(label_dtype, rng):
+    """Eager labels go through numpy indexing, jitted ones through the traced comparison: the
+    loss and the weight gradient agree for every valid label."""
+    loss_fn = nn.SoftmaxLoss()
+    W = nc.Tensor(randn(rng, 5, 4))
+    x = nc.Tensor(randn(rng, 12, 5), requires_grad=False)
+    y = nc.Tensor(np.arange(12).astype(label_dtype) % 4, requires_grad=False)  # every class
+
+    def f(x, y):
+        W.grad = None
+        loss = loss_fn(x @ W, y)
+        loss.backward()
+        return loss, W.grad
+
+    jitted_loss, jitted_grad = nc.jit(f)(x, y)
+    eager_loss, eager_grad = f(x, y)
+    close(jitted_loss, eager_loss, rtol=1e-6, atol=1e-7)
+    close(jitted_grad, eager_grad, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- shape errors
+
+
+def test_linear_rejects_wrong_input_width():
+    lin = nn.Linear(5, 3)
+    with pytest.raises(ValueError, match=r"Linear\(5, 3\).*in_features = 5.*\(4, 6\)"):
+        lin(nc.Tensor(np.ones((4, 6), "float32")))
+    with pytest.raises(ValueError, match=r"Linear\(5, 3\).*\(2, 3, 4\)"):
+        nc.jit(lambda x: lin(x))(np.ones((2, 3, 4), "float32"))
+
+
+def test_softmax_loss_rejects_logits_that_are_not_2d():
+    with pytest.raises(ValueError, match=r"SoftmaxLoss: logits must be 2-D.*\(2, 3, 4\)"):
+        nn.SoftmaxLoss()(nc.Tensor(np.zeros((2, 3, 4), "float32")), nc.Tensor(np.zeros(2)))
+    with pytest.raises(ValueError, match=r"SoftmaxLoss: logits must be 2-D.*\(4,\)"):
+        nn.SoftmaxLoss()(nc.Tensor(np.zeros(4, "float32")), nc.Tensor(np.zeros(4)))
+
+
+@pytest.mark.parametrize("label_shape", [(5,), (4, 1), (3,)])
+def test_softmax_loss_rejects_labels_that_do_not_match_the_batch(label_shape):
+    logits = nc.Tensor(np.zeros((4, 3), "float32"))
+    labels = nc.Tensor(np.zeros(label_shape), requires_grad=False)
+    shape = re.escape(str(label_shape))
+    with pytest.raises(ValueError, match=rf"SoftmaxLoss: labels must be \(4,\).*\(4, 3\).*{shape}"):
+        nn.SoftmaxLoss()(logits, labels)
+    with pytest.raises(ValueError, match=rf"labels must be \(4,\).*{shape}"):
+        nc.jit(lambda a, b: nn.SoftmaxLoss()(a, b))(logits, labels)
 
 
 # ---------------------------------------------------------------- BatchNorm

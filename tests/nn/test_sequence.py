@@ -1,6 +1,8 @@
 """RNNCell, RNN, LSTMCell, LSTM and Embedding: init draws, parameter counts, forward and
 gradients against PyTorch, finite differences in float64, jit."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -219,6 +221,68 @@ def test_embedding_looks_up_rows(id_dtype, rng):
     expected = np.zeros((7, 4), "float32")
     np.add.at(expected, ids, seed)
     close(emb.weight.grad, expected, atol=1e-6)
+
+
+def test_embedding_eager_negative_ids_count_from_the_end_and_too_large_ids_raise():
+    emb = nn.Embedding(5, 3)
+    out = emb(nc.Tensor(np.array([[-1, 0], [4, -5]]), requires_grad=False))
+    close(out, emb.weight.numpy()[[[4, 0], [4, 0]]], rtol=0, atol=0)
+    with pytest.raises(IndexError, match=r"class id 5 .*n=5"):
+        emb(nc.Tensor(np.array([[0, 5]]), requires_grad=False))
+
+
+# ---------------------------------------------------------------- shape errors
+
+
+def _t(*shape):
+    return nc.Tensor(np.zeros(shape, "float32"), requires_grad=False)
+
+
+@pytest.mark.parametrize("shape", [(6, 2), (6, 2, 3, 1), (6, 2, 5)])
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM])
+def test_stacks_reject_inputs_that_are_not_t_b_input_size(cls, shape):
+    model = cls(3, 4, num_layers=2)
+    pattern = rf"{cls.__name__}\(3, 4, num_layers=2\): the input must be 3-D .*\(T, B, 3\)"
+    with pytest.raises(ValueError, match=pattern + r".*" + re.escape(str(shape))):
+        model(_t(*shape))
+
+
+@pytest.mark.parametrize("h_shape", [(3, 2, 4), (1, 2, 4), (2, 5, 4), (2, 2, 6)])
+def test_rnn_rejects_an_h0_of_the_wrong_shape(h_shape):
+    model = nn.RNN(3, 4, num_layers=2)
+    shape = re.escape(str(h_shape))
+    with pytest.raises(ValueError, match=rf"RNN\(3, 4, num_layers=2\): h0 .*\(2, 2, 4\).*{shape}"):
+        model(_t(6, 2, 3), _t(*h_shape))
+
+
+@pytest.mark.parametrize("which", ["h0", "c0"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_lstm_rejects_a_state_with_another_layer_count(which, layers):
+    model = nn.LSTM(3, 4, num_layers=2)
+    good, bad = _t(2, 2, 4), _t(layers, 2, 4)
+    state = (bad, good) if which == "h0" else (good, bad)
+    pattern = rf"LSTM\(3, 4, num_layers=2\): {which} .*\(2, 2, 4\).*\({layers}, 2, 4\)"
+    with pytest.raises(ValueError, match=pattern):
+        model(_t(6, 2, 3), state)
+    with pytest.raises(ValueError, match=pattern):  # the shapes are known while tracing too
+        nc.jit(lambda x, h, c: model(x, (h, c)))(_t(6, 2, 3), *state)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 2, 3)])
+@pytest.mark.parametrize("cls", [nn.RNNCell, nn.LSTMCell])
+def test_cells_reject_inputs_that_are_not_2d(cls, shape):
+    cell = cls(3, 4)
+    pattern = rf"{cls.__name__}\(3, 4\): the input must be 2-D .*\(B, 3\).*"
+    with pytest.raises(ValueError, match=pattern + re.escape(str(shape))):
+        cell(_t(*shape))
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 2, 1)])
+def test_embedding_rejects_ids_that_are_not_t_b(shape):
+    emb = nn.Embedding(9, 4)
+    pattern = r"Embedding\(9, 4\): ids must be 2-D \(seq_len, batch\).*" + re.escape(str(shape))
+    with pytest.raises(ValueError, match=pattern):
+        emb(_t(*shape))
 
 
 # ---------------------------------------------------------------- jit

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ...autograd import Tensor
+from ...backend_ndarray import BackendDevice
 
 EOS = "<eos>"
 
@@ -59,7 +62,12 @@ class Corpus:
         return ids
 
 
-def batchify(data, batch_size: int, device=None, dtype=None) -> np.ndarray:
+def batchify(
+    data: Sequence[int] | np.ndarray,
+    batch_size: int,
+    device: BackendDevice | None = None,
+    dtype: DTypeLike | None = None,
+) -> np.ndarray:
     """Arrange a token sequence into `batch_size` columns, dropping the remainder.
 
     Returns a numpy array of shape (len(data) // batch_size, batch_size) whose column j is the
@@ -75,7 +83,11 @@ def batchify(data, batch_size: int, device=None, dtype=None) -> np.ndarray:
 
 
 def get_batch(
-    batches: np.ndarray, i: int, bptt: int, device=None, dtype=None
+    batches: np.ndarray,
+    i: int,
+    bptt: int,
+    device: BackendDevice | None = None,
+    dtype: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The chunk of rows starting at `i` and its next-token targets.
 
