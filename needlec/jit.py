@@ -16,13 +16,17 @@ from . import autograd
 from . import backend_ndarray as nd
 from .autograd import Tensor, TensorOp
 from .codegen import reference
+from .codegen.kernels import run_kernels
 from .frontend import guards
 from .frontend.cache import signature
 from .frontend.pytree import flatten, unflatten
 from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
+from .ir.graph import FusedGraph
+from .ir.kernel import CostAnalysis
 from .ir.ops import FLOATS, fmt_type
-from .passes import differentiate, optimize
+from .passes import compile_program, differentiate, optimize
+from .passes.memory import MemoryAnalysis
 
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
 
@@ -131,6 +135,21 @@ def _state_outputs(trace: Trace, arg_tracers: list) -> tuple[list, list]:
             nodes.append(trace.node_of(tracer._grad))
             writes.append(("arg_grad", k))
     return nodes, writes
+
+
+def _donations(traced: Traced, n_results: int) -> dict[int, int]:
+    """Output index -> input index: each new `.data` of a captured tensor may take over the
+    buffer of that tensor's capture input (a parameter or optimizer state updated in place)."""
+    n_args = len(traced.trace.inputs)
+    capture = {id(t): n_args + k for k, t in enumerate(traced.captured)}
+    out, k = {}, n_results
+    for kind, target in traced.writes:
+        if kind == "no_grad":
+            continue
+        if kind == "data" and id(target) in capture:
+            out[k] = capture[id(target)]
+        k += 1
+    return out
 
 
 def _check_unaliased(traced: Traced, tensors: list, n_args: int) -> None:
@@ -249,9 +268,12 @@ class GraphCall(TensorOp):
         return f"GraphCall(output {self.index} of {len(self.graph.nodes)} nodes)"
 
 
-def call_graph(graph: Graph, tensors: Sequence[Tensor], grads: dict | None = None) -> list:
-    """Run `graph` on tensors. Outputs stay differentiable (eager backward, grad) when an input
-    requires grad; inside a trace the graph is inlined instead."""
+def call_graph(
+    graph: Graph, tensors: Sequence[Tensor], grads: dict | None = None, run=None
+) -> list:
+    """Run `graph` on tensors (with `run(arrays)`, a compiled form of it, when given). Outputs
+    stay differentiable (eager backward, grad) when an input requires grad; inside a trace the
+    graph is inlined instead."""
     if current() is not None:
         return inline(graph, tensors)
     arrays = [np.asarray(t.realize_cached_data()) for t in tensors]
@@ -264,7 +286,8 @@ def call_graph(graph: Graph, tensors: Sequence[Tensor], grads: dict | None = Non
     requires_grad = any(t.requires_grad for t in tensors)
     grads = {} if grads is None else grads
     out = []
-    for i, a in enumerate(reference.run_graph(graph, arrays)):
+    outputs = run(arrays) if run is not None else reference.run_graph(graph, arrays)
+    for i, a in enumerate(outputs):
         a = np.asarray(a, order="C")
         if any(np.may_share_memory(a, x) for x in arrays):  # an input passed through: a copy,
             a = a.copy()  # so writing one tensor in place never changes another
@@ -309,11 +332,27 @@ class Lowered:
 
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
-        self.graph = optimize(traced.graph)
+        n_state = sum(kind != "no_grad" for kind, _ in traced.writes)
+        n_results = len(traced.graph.outputs) - n_state
+        self.program = compile_program(traced.graph, n_results, _donations(traced, n_results))
+        self.graph = FusedGraph(self.program.graph, self.program.kernels)  # before fusion
+        self.kernels = self.program.kernels  # what runs
         self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
 
+    def cost_analysis(self) -> CostAnalysis:
+        """Flops and bytes moved per kernel and in total (`.as_text()` prints the table)."""
+        return self.kernels.cost_analysis()
+
+    def memory_analysis(self) -> MemoryAnalysis:
+        """Arena size, peak live bytes, the sum of all intermediates, bytes of inputs and
+        outputs, and bytes of parameters and state updated in place (`.as_text()`)."""
+        return self.program.memory.analysis()
+
+    def _run_kernels(self, arrays: list) -> list:
+        return run_kernels(self.kernels, arrays)
+
     def as_text(self) -> str:
-        """The optimized graph, printed."""
+        """The optimized graph, printed (`.kernels.as_text()`: the fused kernels)."""
         return self.graph.as_text()
 
     def source(self, target: str = "python") -> str:
@@ -338,7 +377,7 @@ class Lowered:
             tensors.append(Tensor(seed, requires_grad=False))
         if traced.arg_writes or traced.written:
             _check_unaliased(traced, tensors, len(leaves))
-        results = call_graph(self.graph, tensors, self._grads)
+        results = call_graph(self.graph, tensors, self._grads, self._run_kernels)
         n_user = len(results) - sum(kind != "no_grad" for kind, _ in traced.writes)
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from .node import Node
@@ -167,6 +168,33 @@ class Graph:
             lines.extend(f"  n{names[s]} -> n{i};" for s in n.src)
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+    def render(self, path: str) -> str:
+        """Draw `to_dot()` into `path` (the format from its suffix: .svg, .png, .pdf) with
+        Graphviz's `dot`, which must be installed. Returns `path`."""
+        import shutil
+        import subprocess
+
+        exe = shutil.which("dot")
+        if exe is None:
+            raise RuntimeError(
+                "render: Graphviz's `dot` is not installed; write `to_dot()` to a file instead"
+            )
+        fmt = os.path.splitext(path)[1].lstrip(".") or "svg"
+        subprocess.run([exe, f"-T{fmt}", "-o", path], input=self.to_dot(), text=True, check=True)
+        return path
+
+
+class FusedGraph(Graph):
+    """An optimized graph that knows the kernels it was fused into: `to_dot()` draws each
+    kernel as a cluster of the nodes it computes."""
+
+    def __init__(self, graph: Graph, kernels) -> None:
+        super().__init__(graph.inputs, graph.outputs)
+        self.kernels = kernels
+
+    def to_dot(self, name: str = "needlec") -> str:
+        return self.kernels.to_dot(name)
 
 
 def _from_records(records, inputs, outputs) -> Graph:

@@ -1,34 +1,140 @@
-"""Graph-to-graph passes, and the pipeline that runs them (one named step a line)."""
+"""Graph-to-graph passes, and the pipeline that runs them (one named step a line).
+
+A jitted function's traced graph goes through `PIPELINE` in order. The first steps rewrite the
+graph; `rematerialize` decides what a training step saves for its backward; `fuse` turns the graph
+into loop-nest kernels (the contract the backends render); `plan_memory` places every intermediate
+in one arena. Each step is a pure function of the `Program` it is given.
+
+`NEEDLEC_DEBUG=passes` prints what each step made; `NEEDLEC_DEBUG=fusion` prints the kernels and
+the fusions that were refused, with their reasons.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..ir import Graph
+from ..ir.kernel import KernelGraph
 from .autodiff import differentiate
+from .fusion import fuse
 from .layout import assign_layouts
+from .memory import MemoryPlan, plan_memory, verify_plan
+from .remat import RematPlan, rematerialize
 from .simplify import simplify
 
+
+@dataclass(frozen=True)
+class Program:
+    """What the pipeline carries: the graph, and what the later steps decided about it.
+
+    `n_results`: how many leading outputs the function returns (the rest are values written
+    back, such as new parameters); `donate`: output index -> input index whose buffer that
+    output may take over (a parameter updated in place).
+    """
+
+    graph: Graph
+    n_results: int | None = None
+    donate: dict[int, int] = field(default_factory=dict)
+    remat: RematPlan | None = None
+    kernels: KernelGraph | None = None
+    memory: MemoryPlan | None = None
+
+
+def _on_graph(step: Callable[[Graph], Graph]) -> Callable[[Program], Program]:
+    return lambda p: dataclasses.replace(p, graph=step(p.graph))
+
+
+def _rematerialize(p: Program) -> Program:
+    results = p.graph.outputs[: p.n_results] if p.n_results is not None else p.graph.outputs
+    return dataclasses.replace(p, remat=rematerialize(p.graph, results))
+
+
+def _fuse(p: Program) -> Program:
+    recompute = p.remat.recompute if p.remat is not None else frozenset()
+    return dataclasses.replace(p, kernels=fuse(p.graph, recompute))
+
+
+def _plan_memory(p: Program) -> Program:
+    kg = p.kernels
+    donations = {
+        kg.outputs[o]: kg.inputs[i]
+        for o, i in p.donate.items()
+        if kg.outputs[o].kind == "output" and kg.outputs[o] not in kg.inputs
+    }
+    steps = kg.schedule()
+    keep = {b for b in kg.outputs if b.kind == "input"}  # returned as is: never overwritten
+    return dataclasses.replace(
+        p, memory=verify_plan(steps, plan_memory(steps, donations, keep=keep))
+    )
+
+
 # the optimization pipeline a jitted function's graph goes through, in order
-PIPELINE = [
-    ("verify", Graph.verify),  # the traced graph is well typed
-    ("simplify", simplify),  # fold constants, drop exact identities, collapse movement chains
-    ("assign_layouts", assign_layouts),  # move transposes until NCHW<->NHWC pairs cancel
-    ("verify", Graph.verify),  # the passes kept it well typed
+PIPELINE: list[tuple[str, Callable[[Program], Program]]] = [
+    ("verify", _on_graph(Graph.verify)),  # the traced graph is well typed
+    ("simplify", _on_graph(simplify)),  # fold constants, drop exact identities, collapse chains
+    ("assign_layouts", _on_graph(assign_layouts)),  # move transposes until NCHW/NHWC pairs cancel
+    ("verify", _on_graph(Graph.verify)),  # the rewrites kept it well typed
+    ("rematerialize", _rematerialize),  # what the backward saves, what it recomputes (min cut)
+    ("fuse", _fuse),  # loop-nest kernels: elementwise chains, reductions, GEMM/conv epilogues
+    ("plan_memory", _plan_memory),  # every intermediate at an offset in one arena, verified
 ]
+GRAPH_STEPS = 4  # the steps that map a graph to a graph (what `optimize` runs)
+
+
+def _debug(topic: str) -> bool:
+    return topic in os.environ.get("NEEDLEC_DEBUG", "").split(",")
+
+
+def _show(name: str, before: Program, after: Program) -> str:
+    if after.memory is not before.memory:
+        return after.memory.as_text()
+    if after.kernels is not before.kernels:
+        return after.kernels.as_text()
+    if after.remat is not before.remat:
+        return after.remat.as_text()
+    return f"({len(after.graph.nodes)} nodes)\n{after.graph.as_text()}"
+
+
+def compile_program(graph: Graph, n_results: int | None = None, donate=None) -> Program:
+    """Run the whole pipeline on a traced graph."""
+    program = Program(graph, n_results, dict(donate or {}))
+    for name, step in PIPELINE:
+        before, program = program, step(program)
+        if _debug("passes"):
+            print(f"--- after {name} {_show(name, before, program)}", file=sys.stderr)
+    if _debug("fusion"):
+        print(
+            f"--- fusion\n{program.kernels.as_text()}\n{program.kernels.report.as_text()}",
+            file=sys.stderr,
+        )
+    return program
 
 
 def optimize(graph: Graph) -> Graph:
-    """Run the pipeline; `NEEDLEC_DEBUG=passes` prints each step's graph to stderr."""
-    debug = "passes" in os.environ.get("NEEDLEC_DEBUG", "").split(",")
-    for name, step in PIPELINE:
-        graph = step(graph)
-        if debug:
-            print(
-                f"--- after {name} ({len(graph.nodes)} nodes)\n{graph.as_text()}", file=sys.stderr
-            )
-    return graph
+    """The graph-to-graph steps of the pipeline (for graphs that are not compiled to kernels
+    themselves, such as the gradient graph of a jitted function's output)."""
+    program = Program(graph)
+    for name, step in PIPELINE[:GRAPH_STEPS]:
+        before, program = program, step(program)
+        if _debug("passes"):
+            print(f"--- after {name} {_show(name, before, program)}", file=sys.stderr)
+    return program.graph
 
 
-__all__ = ["PIPELINE", "assign_layouts", "differentiate", "optimize", "simplify"]
+__all__ = [
+    "GRAPH_STEPS",
+    "PIPELINE",
+    "Program",
+    "assign_layouts",
+    "compile_program",
+    "differentiate",
+    "fuse",
+    "optimize",
+    "plan_memory",
+    "rematerialize",
+    "simplify",
+]
