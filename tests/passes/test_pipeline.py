@@ -1,0 +1,184 @@
+"""The whole pipeline on real training steps: what it decides, and that the numbers hold.
+
+The MLP step (784-256-10, SGD with momentum) and ResNet9's step go through `jit(...).lower()`;
+the tests pin down the kernel counts, bytes moved and memory plan with bounds explained inline,
+and compare the fused program's outputs with the reference interpreter on the traced graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import needlec as nc
+from needlec import nn, optim
+from needlec.codegen.kernels import run_kernels
+from needlec.codegen.reference import run_graph
+from needlec.ir import ELEMENTWISE, Op
+from needlec.passes import GRAPH_STEPS, PIPELINE
+
+
+def training_step(model, x, y):
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.SoftmaxLoss()
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    lowered = nc.jit(step).lower(x, y)
+    traced = lowered.traced
+    values = [x, y] + [t.numpy() for t in traced.captured]
+    values += [np.array(getattr(o, k), dtype="float64") for o, k in traced.scalars]
+    return lowered, values
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    np.random.seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 784), dtype="float32")
+    return training_step(model, x, rng.integers(0, 10, 128).astype("float32"))
+
+
+@pytest.fixture(scope="module")
+def resnet9():
+    from needlec.apps.models import ResNet9
+
+    np.random.seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 32, 32), dtype="float32")
+    return training_step(ResNet9(), x, rng.integers(0, 10, 2).astype("float32"))
+
+
+def test_the_pipeline_is_one_list_of_named_steps():
+    names = [name for name, _ in PIPELINE]
+    assert names == [
+        "verify",
+        "simplify",
+        "assign_layouts",
+        "verify",
+        "rematerialize",
+        "fuse",
+        "plan_memory",
+    ]
+    assert GRAPH_STEPS == names.index("rematerialize")
+
+
+@pytest.mark.parametrize("case", ["mlp", "resnet9"])
+def test_the_fused_program_computes_what_the_traced_graph_does(case, request):
+    lowered, values = request.getfixturevalue(case)
+    want = run_graph(lowered.traced.graph, values)
+    got = run_kernels(lowered.kernels, values)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def report(name, lowered) -> str:
+    cost, mem = lowered.cost_analysis(), lowered.memory_analysis()
+    remat = lowered.program.remat
+    return (
+        f"\n  {name}: {len(lowered.traced.graph.nodes)} -> {len(lowered.graph.nodes)} nodes, "
+        f"{len(lowered.kernels.kernels)} kernels, {cost.flops:,} flops, {cost.bytes:,} B moved; "
+        f"arena {mem.arena_bytes:,} B vs {mem.sum_temp_bytes:,} B of intermediates, "
+        f"{mem.donated_bytes:,} B updated in place; remat saves {remat.saved_bytes:,} B "
+        f"({len(remat.saved)} values) instead of {remat.naive_bytes:,} B, "
+        f"recomputes {len(remat.recompute)}"
+    )
+
+
+def test_mlp_step_kernels_bytes_and_memory(mlp, capsys):
+    lowered, _ = mlp
+    kg = lowered.kernels
+    with capsys.disabled():
+        print(report("mlp", lowered))
+    kinds = [k.kind for k in kg.kernels]
+    # six matmuls (2 forward, 2 for dX/dW of the last layer, dW of the first; dX of the first
+    # layer's input is dead and removed): each is one GEMM kernel with its epilogue; what is left
+    # is the loss row reductions and the bias-gradient column sums: at most 2 more kernels
+    assert kinds.count("gemm") == 5
+    assert len(kinds) <= 7 and "elementwise" not in kinds
+    # every elementwise node runs inside a kernel that does more than it: no elementwise op of
+    # the backward runs alone
+    for k in kg.kernels:
+        assert k.kind != "elementwise" or any(n.op not in ELEMENTWISE for n in k.nodes)
+    cost = lowered.cost_analysis()
+    matmul_flops = sum(
+        2 * np.prod(n.shape) * n.src[0].shape[-1] for n in lowered.graph.nodes if n.op is Op.MATMUL
+    )
+    assert cost.flops >= matmul_flops
+    # bytes moved: the parameters and the batch are read a few times, never once per node
+    params = sum(v.nbytes for v in _captured(lowered))
+    assert cost.bytes < 6 * params
+    mem = lowered.memory_analysis()
+    assert mem.arena_bytes < mem.sum_temp_bytes
+    # the first layer's weight and its momentum (98% of the state) are updated in place; the
+    # small ones written by reduction kernels, or before their last reader, are refused (the
+    # plan says why) and go to the output block
+    w1 = 784 * 256 * 4
+    assert mem.donated_bytes >= 2 * w1
+    refused = lowered.program.memory.refused
+    assert all(d.reason for d in refused) and sum(d.output.nbytes for d in refused) < params / 50
+
+
+def _captured(lowered):
+    return [t.numpy() for t in lowered.traced.captured]
+
+
+def test_resnet9_step_kernels_bytes_and_memory(resnet9, capsys):
+    lowered, _ = resnet9
+    kg = lowered.kernels
+    with capsys.disabled():
+        print(report("resnet9", lowered))
+    kinds = [k.kind for k in kg.kernels]
+    convs = sum(1 for n in lowered.graph.nodes if n.op is Op.CONV)
+    assert kinds.count("conv") == convs  # one kernel per convolution, epilogues inside
+    assert "elementwise" not in kinds  # BatchNorm, ReLU, residual adds fuse into their neighbours
+    # the rest: BatchNorm statistics (a reduction each, forward and backward), bias/weight
+    # gradient sums and the loss: at most two more kernels per convolution, plus a few
+    assert len(kinds) <= 3 * convs + 8
+    mem = lowered.memory_analysis()
+    assert mem.arena_bytes < mem.sum_temp_bytes / 2
+
+
+def test_rematerialization_saves_less_than_every_forward_value(mlp, resnet9):
+    for lowered, _ in (mlp, resnet9):
+        remat = lowered.program.remat
+        assert remat.saved_bytes < remat.naive_bytes
+        assert not any(n.op in (Op.MATMUL, Op.CONV, Op.RAND) for n in remat.recompute)
+
+
+def test_to_dot_draws_kernels_as_clusters(mlp):
+    lowered, _ = mlp
+    dot = lowered.graph.to_dot()
+    assert dot.startswith("digraph")
+    for k in lowered.kernels.kernels:
+        assert f"subgraph cluster_{k.name} {{" in dot
+
+
+def test_render_needs_graphviz_or_says_so(mlp, tmp_path):
+    import shutil
+
+    lowered, _ = mlp
+    if shutil.which("dot") is None:
+        with pytest.raises(RuntimeError, match="Graphviz"):
+            lowered.graph.render(str(tmp_path / "step.svg"))
+    else:
+        path = lowered.graph.render(str(tmp_path / "step.svg"))
+        assert (tmp_path / "step.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+        assert path.endswith("step.svg")
+
+
+def test_debug_passes_prints_every_step(monkeypatch, capsys):
+    monkeypatch.setenv("NEEDLEC_DEBUG", "passes,fusion")
+    f = nc.jit(lambda x: (nc.ops.relu(x) * 1.0).sum())
+    f(np.ones((2, 3), dtype="float32"))
+    err = capsys.readouterr().err
+    for name, _ in PIPELINE:
+        assert f"--- after {name}" in err
+    assert "--- fusion" in err and "k0 = " in err
+    assert "memory plan:" in err
