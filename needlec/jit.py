@@ -23,9 +23,9 @@ from .frontend.pytree import flatten, unflatten
 from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
 from .ir.graph import FusedGraph
-from .ir.kernel import CostAnalysis
+from .ir.kernel import CostAnalysis, KernelGraph
 from .ir.ops import FLOATS, fmt_type
-from .passes import compile_program, differentiate, optimize
+from .passes import Program, compile_program, differentiate, optimize
 from .passes.memory import MemoryAnalysis
 
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
@@ -334,10 +334,28 @@ class Lowered:
         self.traced = traced
         n_state = sum(kind != "no_grad" for kind, _ in traced.writes)
         n_results = len(traced.graph.outputs) - n_state
-        self.program = compile_program(traced.graph, n_results, _donations(traced, n_results))
-        self.graph = FusedGraph(self.program.graph, self.program.kernels)  # before fusion
-        self.kernels = self.program.kernels  # what runs
+        graph = optimize(traced.graph)  # the graph-to-graph steps; the rest on first use
+        self._start = Program(graph, n_results, _donations(traced, n_results))
+        self._program: Program | None = None
+        self.graph = FusedGraph(graph, lambda: self.kernels)
         self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
+        self.execute = os.environ.get("NEEDLEC_EXECUTE", "graph")
+        if self.execute not in ("graph", "kernels"):
+            raise ValueError(f"NEEDLEC_EXECUTE={self.execute!r}: use 'graph' or 'kernels'")
+        if self.execute == "kernels" or any(_debug(t) for t in ("passes", "fusion")):
+            self.program  # noqa: B018  (compile now: its debug output belongs to this trace)
+
+    @property
+    def program(self) -> Program:
+        """The whole pipeline's result: remat plan, kernels, memory plan (made on first use)."""
+        if self._program is None:
+            self._program = compile_program(self._start.graph, start=self._start)
+        return self._program
+
+    @property
+    def kernels(self) -> KernelGraph:
+        """The fused loop-nest kernels (`.as_text()` prints them)."""
+        return self.program.kernels
 
     def cost_analysis(self) -> CostAnalysis:
         """Flops and bytes moved per kernel and in total (`.as_text()` prints the table)."""
@@ -377,7 +395,8 @@ class Lowered:
             tensors.append(Tensor(seed, requires_grad=False))
         if traced.arg_writes or traced.written:
             _check_unaliased(traced, tensors, len(leaves))
-        results = call_graph(self.graph, tensors, self._grads, self._run_kernels)
+        run = self._run_kernels if self.execute == "kernels" else None
+        results = call_graph(self.graph, tensors, self._grads, run)
         n_user = len(results) - sum(kind != "no_grad" for kind, _ in traced.writes)
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])

@@ -186,15 +186,15 @@ class Graph:
 
 
 class FusedGraph(Graph):
-    """An optimized graph that knows the kernels it was fused into: `to_dot()` draws each
-    kernel as a cluster of the nodes it computes."""
+    """An optimized graph that knows the kernels it is fused into (`kernels()` gives them,
+    fusing on first use): `to_dot()` draws each kernel as a cluster of the nodes it computes."""
 
-    def __init__(self, graph: Graph, kernels) -> None:
+    def __init__(self, graph: Graph, kernels: Callable) -> None:
         super().__init__(graph.inputs, graph.outputs)
         self.kernels = kernels
 
     def to_dot(self, name: str = "needlec") -> str:
-        return self.kernels.to_dot(name)
+        return self.kernels().to_dot(name)
 
 
 def _from_records(records, inputs, outputs) -> Graph:

@@ -99,10 +99,14 @@ def _show(name: str, before: Program, after: Program) -> str:
     return f"({len(after.graph.nodes)} nodes)\n{after.graph.as_text()}"
 
 
-def compile_program(graph: Graph, n_results: int | None = None, donate=None) -> Program:
-    """Run the whole pipeline on a traced graph."""
-    program = Program(graph, n_results, dict(donate or {}))
-    for name, step in PIPELINE:
+def compile_program(
+    graph: Graph, n_results: int | None = None, donate=None, start: Program | None = None
+) -> Program:
+    """Run the pipeline on a traced graph (or the steps after the graph-to-graph ones, from
+    `start`, a program those already produced)."""
+    program = start if start is not None else Program(graph, n_results, dict(donate or {}))
+    steps = PIPELINE[GRAPH_STEPS:] if start is not None else PIPELINE
+    for name, step in steps:
         before, program = program, step(program)
         if _debug("passes"):
             print(f"--- after {name} {_show(name, before, program)}", file=sys.stderr)
