@@ -22,7 +22,7 @@ from ..ir.kernel import KernelGraph
 from .autodiff import differentiate
 from .fusion import fuse
 from .layout import assign_layouts
-from .memory import MemoryPlan, plan_memory, verify_plan
+from .memory import MemoryPlan, order_for_donations, plan_memory, verify_plan
 from .remat import RematPlan, rematerialize
 from .simplify import simplify
 
@@ -65,6 +65,7 @@ def _plan_memory(p: Program) -> Program:
         for o, i in p.donate.items()
         if kg.outputs[o].kind == "output" and kg.outputs[o] not in kg.inputs
     }
+    kg = dataclasses.replace(kg, kernels=tuple(order_for_donations(kg.kernels, donations)))
     steps = kg.schedule()
     keep = {b for b in kg.outputs if b.kind == "input"}  # returned as is: never overwritten
     return dataclasses.replace(

@@ -484,3 +484,66 @@ __all__ = [
     "run_planned",
     "verify_plan",
 ]
+
+
+def order_for_donations(kernels: Sequence, donations: dict[Buffer, Buffer]) -> list:
+    """Reorder kernels (anything with `.inputs`/`.outputs` buffers) so that the one writing a
+    donated output runs after every other reader of the input it replaces, when the data flow
+    allows: a parameter's update after the last kernel reading its old value. Otherwise the
+    original order; stable, so kernels move only as far as they must."""
+    writer = {b: k for k, kern in enumerate(kernels) for b in kern.outputs}
+    after: dict[int, set[int]] = {k: set() for k in range(len(kernels))}  # k runs after these
+    for k, kern in enumerate(kernels):
+        after[k].update(writer[b] for b in kern.inputs if b in writer and writer[b] != k)
+    extra: dict[int, set[int]] = {k: set() for k in range(len(kernels))}
+    for out, inp in donations.items():
+        w = writer.get(out)
+        if w is None:
+            continue
+        for k, kern in enumerate(kernels):
+            if k != w and inp in kern.inputs:
+                extra[w].add(k)
+    order = _stable_toposort(len(kernels), after, extra)
+    return [kernels[k] for k in order]
+
+
+def _stable_toposort(n: int, after: dict[int, set[int]], extra: dict[int, set[int]]) -> list[int]:
+    """Kahn's algorithm taking the lowest index ready; the `extra` edges are kept only where they
+    close no cycle with the rest (checked one by one)."""
+    import heapq
+
+    deps = {k: set(v) for k, v in after.items()}
+    users: dict[int, set[int]] = {k: set() for k in range(n)}
+    for k, v in deps.items():
+        for d in v:
+            users[d].add(k)
+
+    def reaches(a: int, b: int) -> bool:  # is there a path a -> ... -> b along users
+        todo, seen = [a], {a}
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            for y in users[x]:
+                if y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+        return False
+
+    for k, before in extra.items():
+        for d in sorted(before):
+            if d not in deps[k] and not reaches(k, d):
+                deps[k].add(d)
+                users[d].add(k)
+    indeg = {k: len(v) for k, v in deps.items()}
+    ready = [k for k in range(n) if indeg[k] == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        k = heapq.heappop(ready)
+        out.append(k)
+        for u in users[k]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    return out

@@ -119,8 +119,8 @@ def test_mlp_step_kernels_bytes_and_memory(mlp, capsys):
     # the first layer's weight and its momentum (98% of the state) are updated in place; the
     # small ones written by reduction kernels, or before their last reader, are refused (the
     # plan says why) and go to the output block
-    w1 = 784 * 256 * 4
-    assert mem.donated_bytes >= 2 * w1
+    w1, w2 = 784 * 256 * 4, 256 * 10 * 4  # W2's update waits for the dX GEMM that reads it
+    assert mem.donated_bytes >= 2 * (w1 + w2)
     refused = lowered.program.memory.refused
     assert all(d.reason for d in refused) and sum(d.output.nbytes for d in refused) < params / 50
 
@@ -182,3 +182,19 @@ def test_debug_passes_prints_every_step(monkeypatch, capsys):
         assert f"--- after {name}" in err
     assert "--- fusion" in err and "k0 = " in err
     assert "memory plan:" in err
+
+
+def test_kernels_are_reordered_so_an_update_follows_the_last_reader():
+    from types import SimpleNamespace as K
+
+    from needlec.ir.schedule import Buffer
+    from needlec.passes.memory import order_for_donations
+
+    w, g, w_new, dx, x = (Buffer(n, 64) for n in ("w", "g", "w_new", "dx", "x"))
+    update = K(name="update", inputs=(w, g), outputs=(w_new,))  # w - lr * g
+    reader = K(name="dx", inputs=(x, w), outputs=(dx,))  # reads the old w, independent of update
+    order = order_for_donations([update, reader], {w_new: w})
+    assert [k.name for k in order] == ["dx", "update"]
+    # a reader that needs the update's result cannot move before it: the order stays
+    late = K(name="late", inputs=(w, w_new), outputs=(dx,))
+    assert [k.name for k in order_for_donations([update, late], {w_new: w})] == ["update", "late"]
