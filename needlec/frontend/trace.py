@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..ir import Node, Op
-from ..ir.ops import user_frame
+from ..ir.ops import uniform, user_frame
 
 _ids = itertools.count()
 
@@ -111,7 +111,7 @@ class Trace:
         if x._serial > self.creation_mark:
             arr = np.asarray(x.cached_data)
             flat = arr.reshape(-1)
-            if arr.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
+            if arr.size and uniform(flat):
                 return Node.const(flat[0].item(), arr.shape, str(arr.dtype))
             return Node.const(arr.copy())
         written = self.data_writes.get(id(x))

@@ -340,8 +340,14 @@ def inplace_pairs(k: Kernel) -> tuple[tuple[Buffer, Buffer], ...]:
         if e.op == "load":
             loads.setdefault(e.arg.buffer, set()).add(e.arg.view)
     out = []
+    loop = {d for d, n in enumerate(k.space) if n != 1}
     for st in k.stores:
         o = st.buffer
+        covered = set()
+        for d in st.dims:
+            covered.update(d if isinstance(d, tuple) else (() if d is None else (d,)))
+        if not loop <= covered:  # an inner loop would read the overwritten element again
+            continue
         where = View.contiguous(o.shape).embed(st.dims, k.space)[0]
         for i, views in loads.items():
             if i not in core and (i.shape, i.dtype) == (o.shape, o.dtype) and views == {where}:

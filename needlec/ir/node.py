@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 
 from .mixin import OpMixin
-from .ops import DTYPES, LEAF, ConstArray, Op, Shape, ShapeError, infer
+from .ops import DTYPES, LEAF, ConstArray, Op, Shape, ShapeError, arg_key, infer
 
 
 class Node(OpMixin):
@@ -29,7 +29,7 @@ class Node(OpMixin):
     src: tuple[Node, ...]
 
     def __new__(cls, op: Op, dtype: str, shape: Shape, src: tuple = (), arg=None) -> Node:
-        key = (op, dtype, shape, src, type(arg), arg)
+        key = (op, dtype, shape, src, type(arg), arg_key(arg))
         node = cls._interned.get(key)
         if node is None:
             node = object.__new__(cls)

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from enum import Enum, auto
 
+import numpy as np
+
 Shape = tuple[int, ...]
 
 DTYPES = ("bool", "int32", "int64", "float32", "float64")
@@ -149,6 +151,22 @@ class ConstArray:
         if self.array.size <= 8:
             return repr(self.array.tolist())
         return f"<array {self.array.dtype}{list(self.array.shape)}>"
+
+
+def uniform(flat: np.ndarray) -> bool:
+    """Whether a 1-d array holds one value: equal, no NaN, and zeros of one sign (-0.0 is not
+    0.0: 1/x tells them apart)."""
+    first = flat[0]
+    if not (flat == first).all() or np.isnan(first):
+        return False
+    return first != 0 or bool((np.signbit(flat) == np.signbit(first)).all())
+
+
+def arg_key(arg):
+    """What tells two op args apart for interning: -0.0 and 0.0 are different args."""
+    if isinstance(arg, float) and arg == 0.0:
+        return (arg, math.copysign(1.0, arg))
+    return arg
 
 
 def fmt_type(dtype: str, shape: Shape) -> str:

@@ -60,17 +60,20 @@ def _fuse(p: Program) -> Program:
 
 def _plan_memory(p: Program) -> Program:
     kg = p.kernels
+    n = len(kg.outputs) if p.n_results is None else p.n_results
+    returned = set(kg.outputs[:n])  # the caller keeps these: never written over an input
     donations = {
         kg.outputs[o]: kg.inputs[i]
         for o, i in p.donate.items()
-        if kg.outputs[o].kind == "output" and kg.outputs[o] not in kg.inputs
+        if kg.outputs[o].kind == "output"
+        and kg.outputs[o] not in kg.inputs
+        and kg.outputs[o] not in returned
     }
     kg = dataclasses.replace(kg, kernels=tuple(order_for_donations(kg.kernels, donations)))
     steps = kg.schedule()
     keep = {b for b in kg.outputs if b.kind == "input"}  # returned as is: never overwritten
-    return dataclasses.replace(
-        p, memory=verify_plan(steps, plan_memory(steps, donations, keep=keep))
-    )
+    plan = verify_plan(steps, plan_memory(steps, donations, keep=keep))
+    return dataclasses.replace(p, kernels=kg, memory=plan)  # the kernels in the planned order
 
 
 # the optimization pipeline a jitted function's graph goes through, in order

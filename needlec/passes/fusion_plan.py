@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from ..ir import ELEMENTWISE, MOVEMENT, REDUCE, Graph, Node, Op
+from ..ir.ops import uniform
 from ..ir.view import Dims, View
 
 CORES = frozenset({Op.MATMUL, Op.CONV})
@@ -467,7 +468,7 @@ def _uniform_values(order: list[Node]) -> dict[Node, object]:
             arr = getattr(n.arg, "array", None)
             if arr is None:
                 out[n] = n.arg
-            elif arr.size and (arr == arr.flat[0]).all():
+            elif arr.size and uniform(arr.reshape(-1)):
                 out[n] = arr.flat[0].item()
         elif n.op in MOVEMENT and n.op is not Op.PAD and n.src and n.src[0] in out:
             out[n] = out[n.src[0]]

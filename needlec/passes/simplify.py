@@ -1,18 +1,20 @@
 """Simplification: constant folding, exact algebraic identities, movement chains collapsed.
 
-Every rule keeps the numbers bit for bit: `x*1`, `x+0`, `--x`, `exp(log x)` is not among them
-(it is not exact), `(x*a)*b` is not folded to `x*(a*b)` (rounding differs). Dead code goes with
+Every rule keeps the numbers bit for bit: `x*1`, `x+(-0.0)`, `--x`; `x+0` is not among them
+(-0.0 + 0.0 is +0.0), nor `exp(log x)` (not exact), `(x*a)*b` is not folded to `x*(a*b)` (rounding differs). Dead code goes with
 the rewrite (a graph holds only what its outputs need) and common subexpressions are shared by
 interning. Random ops are leaves keyed by their stream, so no rule merges or removes one.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..codegen.reference import evaluate
 from ..ir import Graph, Node, Op
-from ..ir.ops import ELEMENTWISE, ConstArray
+from ..ir.ops import ELEMENTWISE, ConstArray, uniform
 from .rewrite import P, Rule, rewrite
 
 _FOLD_LIMIT = 4096  # elements: larger non-uniform constants stay computed, not stored in the graph
@@ -27,7 +29,7 @@ def _value(n: Node) -> np.ndarray:
 
 def _const_of(array: np.ndarray, like: Node) -> Node | None:
     flat = array.reshape(-1)
-    if flat.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
+    if flat.size and uniform(flat):
         return Node.const(flat[0].item(), like.shape, like.dtype)
     if flat.size == 0 or flat.size > _FOLD_LIMIT:
         return None
@@ -45,6 +47,14 @@ def fold(n: Node) -> Node | None:
 def _scalar(c: float):
     """A predicate on a CONST node: a fill with value c (any shape)."""
     return lambda n: not isinstance(n.arg, ConstArray) and n.arg == c
+
+
+def _minus_zero(c) -> bool:
+    return isinstance(c, float) and c == 0.0 and math.copysign(1.0, c) < 0
+
+
+def _fill_minus_zero(n: Node) -> bool:
+    return not isinstance(n.arg, ConstArray) and _minus_zero(n.arg)
 
 
 def _is_fill(n: Node) -> bool:
@@ -94,14 +104,14 @@ RULES: list[Rule] = [
     (P(Op.MUL_SCALAR, _x, arg=1.0, name="n"), _keep),  # x*1 -> x
     (P(Op.DIV_SCALAR, _x, arg=1.0, name="n"), _keep),  # x/1 -> x
     (P(Op.POW_SCALAR, _x, arg=1.0, name="n"), _keep),  # x**1 -> x
-    (P(Op.ADD_SCALAR, _x, arg=0.0, name="n"), _keep),  # x+0 -> x
+    (P(Op.ADD_SCALAR, _x, arg=_minus_zero, name="n"), _keep),  # x+(-0) -> x (x+0 is not: -0+0=0)
     (P(Op.NEG, P(Op.NEG, _x)), lambda x: x),  # --x -> x
     (P(Op.MUL_SCALAR, _x, arg=-1.0, name="n"), lambda x, n: _keep(x.neg(), n)),  # x*-1 -> -x
     # ---- exact identities with constant tensors (broadcast fills)
     (P(Op.MUL, _x, P(Op.CONST, where=_scalar(1.0)), name="n"), _keep),  # x*1 -> x
     (P(Op.MUL, P(Op.CONST, where=_scalar(1.0)), _x, name="n"), _keep),  # 1*x -> x
-    (P(Op.ADD, _x, P(Op.CONST, where=_scalar(0.0)), name="n"), _keep),  # x+0 -> x
-    (P(Op.ADD, P(Op.CONST, where=_scalar(0.0)), _x, name="n"), _keep),  # 0+x -> x
+    (P(Op.ADD, _x, P(Op.CONST, where=_fill_minus_zero), name="n"), _keep),  # x+(-0) -> x
+    (P(Op.ADD, P(Op.CONST, where=_fill_minus_zero), _x, name="n"), _keep),  # (-0)+x -> x
     (P(Op.DIV, _x, P(Op.CONST, where=_scalar(1.0)), name="n"), _keep),  # x/1 -> x
     (P(Op.WHERE, P.var("c"), _x, _x, name="n"), lambda c, x, n: _keep(x, n)),  # where(c, x, x) -> x
     (P(Op.CAST, _x, name="n"), _keep),  # cast to own dtype
@@ -131,8 +141,8 @@ RULES: list[Rule] = [
     ),  # flip(flip(x, a), a) -> x
     (
         P(Op.SUM, _x, name="n", arg=lambda axes: len(axes) == 0),
-        lambda x, n: x,
-    ),  # a sum over no axes
+        _keep,
+    ),  # a sum over no axes (of the same dtype: a bool sum counts)
 ]
 
 

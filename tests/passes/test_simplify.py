@@ -99,8 +99,25 @@ def test_a_rule_cycle_is_reported():
 
 def test_golden_scalar_identities():
     x = inp((2, 3))
-    g = simplify(Graph([x], [((x * 1.0) + 0.0).neg().neg().exp() / 1.0]))
+    g = simplify(Graph([x], [((x * 1.0) - 0.0).neg().neg().exp() / 1.0]))
     assert body(g) == ["%1:f32[2,3] = exp %0"]
+
+
+def test_adding_plus_zero_is_kept_since_it_turns_minus_zero_positive():
+    x = inp((2,))
+    g = simplify(Graph([x], [x + 0.0]))
+    assert body(g) == ["%1:f32[2] = add_scalar %0 c=0.0"]
+    out = run_graph(g, [np.array([-0.0, 1.0], dtype="float32")])[0]
+    assert not np.signbit(out[0])  # -0.0 + 0.0 is +0.0, as numpy computes it
+
+
+def test_minus_zero_and_zero_args_are_different_nodes():
+    x = inp((2,))
+    assert (x * -0.0) is not (x * 0.0)
+    c = Node.const(np.array([-0.0, 0.0], dtype="float32"))
+    g = simplify(Graph([x], [x * c]))  # not folded into one fill of 0.0
+    out = run_graph(g, [np.ones(2, dtype="float32")])[0]
+    assert list(np.signbit(out)) == [True, False]
 
 
 def test_golden_constant_folding_keeps_fills_small():
@@ -216,12 +233,19 @@ OPS = sorted(BUILD)
 def test_random_graphs_give_the_same_numbers_after_each_pass(ops, seed):
     g = _random_graph(ops)
     rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((3, 4)).astype("float32") for _ in range(2)]
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0], dtype="float32")
+    xs = []
+    for _ in range(2):
+        x = rng.standard_normal((3, 4)).astype("float32")
+        mask = rng.random((3, 4)) < 0.3  # some zeros of both signs, infinities and NaNs
+        x[mask] = rng.choice(special, mask.sum())
+        xs.append(x)
     want = run_graph(g, xs)
     for step in (simplify, assign_layouts, optimize):
         got = run_graph(step(g), xs)
         for a, b in zip(got, want, strict=True):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, b)  # NaN where NaN
+            np.testing.assert_array_equal(np.signbit(a), np.signbit(b))  # and -0.0 where -0.0
 
 
 def _step_graph(model, x, y):
