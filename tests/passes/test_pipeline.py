@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import needlec as nc
 from needlec import nn, optim
 from needlec.codegen.kernels import run_kernels
 from needlec.codegen.reference import run_graph
-from needlec.ir import ELEMENTWISE, Op
-from needlec.passes import GRAPH_STEPS, PIPELINE
+from needlec.ir import ELEMENTWISE, Graph, Node, Op
+from needlec.passes import GRAPH_STEPS, PIPELINE, compile_program
 
 
 def training_step(model, x, y):
@@ -199,3 +201,46 @@ def test_kernels_are_reordered_so_an_update_follows_the_last_reader():
     # a reader that needs the update's result cannot move before it: the order stays
     late = K(name="late", inputs=(w, w_new), outputs=(dx,))
     assert [k.name for k in order_for_donations([update, late], {w_new: w})] == ["update", "late"]
+
+
+# ---------------------------------------------------------------- random graphs, every step
+
+SHAPE = (4, 6)
+BUILD = {
+    "tanh": lambda a, b: a.tanh(),
+    "relu": lambda a, b: a.relu(),
+    "add": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "scale": lambda a, b: a * 1.0 - 0.0,
+    "rowsum": lambda a, b: a.sum((1,)).reshape((4, 1)).broadcast_to(SHAPE),
+    "colmax": lambda a, b: a.max((0,)).reshape((1, 6)).broadcast_to(SHAPE),
+    "mm": lambda a, b: (a @ b.permute((1, 0))) @ Node.const(np.eye(4, 6, dtype="float32")),
+    "flip": lambda a, b: a.flip((0,)),
+    "tt": lambda a, b: a.permute((1, 0)).reshape((24,)).reshape((6, 4)).permute((1, 0)),
+    "pad": lambda a, b: a.pad(((1, 0), (0, 2))).slice(((0, 4, 1), (1, 7, 1))),
+    "where": lambda a, b: (a < b).where(a, b.exp()),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(BUILD)), st.integers(0, 30), st.integers(0, 30)),
+        min_size=1,
+        max_size=10,
+    ),
+    st.integers(1, 3),
+    st.integers(0, 2**31 - 1),
+)
+def test_random_graphs_keep_their_numbers_through_the_whole_pipeline(ops, n_out, seed):
+    x, y = (Node.leaf(Op.INPUT, "float32", SHAPE, ("arg", k)) for k in range(2))
+    vals = [x, y]
+    for op, i, j in ops:
+        vals.append(BUILD[op](vals[i % len(vals)], vals[j % len(vals)]))
+    g = Graph([x, y], vals[-n_out:])
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(SHAPE).astype("float32") for _ in range(2)]
+    program = compile_program(g, n_results=1)
+    want = run_graph(g, xs)
+    for a, b in zip(run_kernels(program.kernels, xs), want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
