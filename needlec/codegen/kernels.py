@@ -85,7 +85,10 @@ def run_kernel(k: Kernel, env: dict[Buffer, np.ndarray]) -> None:
         elif e.op == "reduce":
             x = vals[e.src[0]]
             x = np.broadcast_to(x, _zero_dims(x.shape, e.arg.dims, k.space))
-            v = reference.evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
+            if x.size == 0:  # an empty reduction is its identity (sum: 0, max: -inf)
+                v = np.full(e.shape, e.arg.identity(e.dtype), dtype=e.dtype)
+            else:
+                v = reference.evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
         elif e.op == "rand":
             d = e.arg
             seed = vals[e.src[0]].reshape(())

@@ -244,3 +244,12 @@ def test_random_graphs_keep_their_numbers_through_the_whole_pipeline(ops, n_out,
     want = run_graph(g, xs)
     for a, b in zip(run_kernels(program.kernels, xs), want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_reduction_gives_its_identity_in_kernels():
+    x = Node.leaf(Op.INPUT, "float32", (0, 3), ("arg", 0))
+    g = Graph([x], [x.logsumexp((0,)), x.sum((0,))])
+    xs = [np.zeros((0, 3), dtype="float32")]
+    got = run_kernels(compile_program(g).kernels, xs)
+    np.testing.assert_array_equal(got[0], np.full(3, -np.inf, dtype="float32"))
+    np.testing.assert_array_equal(got[1], np.zeros(3, dtype="float32"))
