@@ -84,7 +84,7 @@ class Dag:
 def merge_groups(plan: Plan) -> Dag:
     """Phase 3: producer-consumer then horizontal merges, until nothing changes."""
     dag = Dag(plan)
-    for _ in range(8):
+    for _ in range(len(plan.groups) + 1):  # each round merges at least once, or it stops
         changed = _producer_consumer(plan, dag)
         changed = _horizontal(plan, dag) or changed
         if not changed:
