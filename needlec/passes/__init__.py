@@ -69,11 +69,18 @@ def _plan_memory(p: Program) -> Program:
         and kg.outputs[o] not in kg.inputs
         and kg.outputs[o] not in returned
     }
-    kg = dataclasses.replace(kg, kernels=tuple(order_for_donations(kg.kernels, donations)))
-    steps = kg.schedule()
     keep = {b for b in kg.outputs if b.kind == "input"}  # returned as is: never overwritten
-    plan = verify_plan(steps, plan_memory(steps, donations, keep=keep))
-    return dataclasses.replace(p, kernels=kg, memory=plan)  # the kernels in the planned order
+    best = None
+    # as fused, or with updates moved after the last reader of the old value (more donations,
+    # longer lives): whichever needs less memory
+    for kernels in (kg.kernels, tuple(order_for_donations(kg.kernels, donations))):
+        candidate = dataclasses.replace(kg, kernels=kernels)
+        steps = candidate.schedule()
+        plan = plan_memory(steps, donations, keep=keep)
+        size = plan.arena_bytes + plan.output_block_bytes
+        if best is None or size < best[0]:
+            best = (size, candidate, verify_plan(steps, plan))
+    return dataclasses.replace(p, kernels=best[1], memory=best[2])  # the planned order runs
 
 
 # the optimization pipeline a jitted function's graph goes through, in order

@@ -122,8 +122,11 @@ def test_mlp_step_kernels_bytes_and_memory(mlp, capsys):
     # the first layer's weight and its momentum (98% of the state) are updated in place; the
     # small ones written by reduction kernels, or before their last reader, are refused (the
     # plan says why) and go to the output block
-    w1, w2 = 784 * 256 * 4, 256 * 10 * 4  # W2's update waits for the dX GEMM that reads it
-    assert mem.donated_bytes >= 2 * (w1 + w2)
+    # (W2's update could also wait for the dX GEMM that reads the old W2, but that keeps the
+    # 128 KiB hidden activation alive longer than the 20 KiB it saves: the planner keeps the
+    # order that needs less memory)
+    w1 = 784 * 256 * 4
+    assert mem.donated_bytes >= 2 * w1
     refused = lowered.program.memory.refused
     assert all(d.reason for d in refused) and sum(d.output.nbytes for d in refused) < params / 50
 
