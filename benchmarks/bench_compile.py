@@ -39,8 +39,7 @@ def time_once(step: Callable, x, y) -> tuple[dict[str, float], Program]:
     t0 = time.perf_counter()
     traced = trace_function(step, (x, y))
     times["trace"] = time.perf_counter() - t0
-    n_state = sum(kind != "no_grad" for kind, _ in traced.writes)
-    program = Program(traced.graph, len(traced.graph.outputs) - n_state)
+    program = Program(traced.graph, traced.n_results)
     for k, (name, run) in enumerate(PIPELINE):
         t0 = time.perf_counter()
         program = run(program)

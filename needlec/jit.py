@@ -80,6 +80,9 @@ class Traced:
         self.out_tree = out_tree
         self.out_static = out_static  # output leaf index -> a Python value returned as is
         self.writes = writes  # [(kind, target)] for the trailing outputs; see write_back
+        # the leading outputs are the function's results; one trailing output per write but
+        # "no_grad" (a .grad set to None needs no value)
+        self.n_results = len(graph.outputs) - sum(kind != "no_grad" for kind, _ in writes)
         self.trace = trace
 
     def stale_capture(self) -> str | None:
@@ -332,8 +335,7 @@ class Lowered:
 
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
-        n_state = sum(kind != "no_grad" for kind, _ in traced.writes)
-        n_results = len(traced.graph.outputs) - n_state
+        n_results = traced.n_results
         graph = optimize(traced.graph)  # the graph-to-graph steps; the rest on first use
         self._start = Program(graph, n_results, _donations(traced, n_results))
         self._program: Program | None = None
@@ -397,7 +399,7 @@ class Lowered:
             _check_unaliased(traced, tensors, len(leaves))
         run = self._run_kernels if self.execute == "kernels" else None
         results = call_graph(self.graph, tensors, self._grads, run)
-        n_user = len(results) - sum(kind != "no_grad" for kind, _ in traced.writes)
+        n_user = traced.n_results
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])
         n_out = n_user + len(traced.out_static)

@@ -44,6 +44,12 @@ class Dataset:
                 x = transform(x)
         return x
 
+    def transform_items(self, X: np.ndarray, item_ndim: int, transform) -> np.ndarray:
+        """`transform` on one item (`X.ndim == item_ndim`) or on each item of a batch."""
+        if X.ndim == item_ndim:
+            return transform(X)
+        return np.stack([transform(x) for x in X]) if len(X) else X
+
 
 class DataLoader:
     """Iterates over `dataset` in batches of `batch_size`; each batch is a tuple of Tensors.

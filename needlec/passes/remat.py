@@ -40,8 +40,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from ..ir import ELEMENTWISE, LEAF, MOVEMENT, REDUCE, Graph, Node, toposort
 from ..ir.printer import format_node
 from ..ir.schedule import nbytes
@@ -180,6 +178,8 @@ def rematerialize(
         return RematPlan(frozenset(), frozenset(), needed, 0, 0, graph)
     banned = banned_nodes(forward, max_depth, reduce_ratio)
     index = {n: i for i, n in enumerate(forward)}
+    import networkx as nx  # here, not at import time: it costs a fifth of a second
+
     flow = nx.DiGraph()
     for i, n in enumerate(forward):  # vertices: ("in", i), ("out", i), "source", "sink"
         free = n.op in LEAF

@@ -19,6 +19,8 @@ from needlec.ir import COMPUTE, ELEMENTWISE, Graph, Node, Op, stack
 from needlec.ir.schedule import schedule_of_graph
 from needlec.passes.fusion import fuse
 
+from .steps import sgd_step_graph
+
 
 def _x(shape, k=0, dtype="float32"):
     return Node.leaf(Op.INPUT, dtype, shape, ("arg", k))
@@ -357,20 +359,6 @@ def test_deep_graphs_do_not_recurse():
 # ---------------------------------------------------------------- real training steps
 
 
-def _step_graph(model, x, y):
-    opt = nc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return nc.jit(step).lower(x, y).traced.graph
-
-
 def _step_inputs(graph: Graph, labels: np.ndarray) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     xs = [np.asarray(rng.standard_normal(n.shape) * 0.5).astype(n.dtype) for n in graph.inputs]
@@ -410,7 +398,7 @@ def test_mlp_training_step_kernels():
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     x = nc.Tensor(np.random.randn(8, 784).astype("float32"))
     y = nc.Tensor(np.random.randint(0, 10, 8).astype("float32"))
-    graph = _step_graph(model, x, y)
+    graph = sgd_step_graph(model, x, y)
     kg = fuse(graph)
     cost = kg.cost_analysis()
     steps, _ = schedule_of_graph(graph)
@@ -441,7 +429,7 @@ def test_resnet9_training_step_kernels():
     model = ResNet9()
     x = nc.Tensor(np.random.randn(2, 3, 32, 32).astype("float32"))
     y = nc.Tensor(np.random.randint(0, 10, 2).astype("float32"))
-    graph = _step_graph(model, x, y)
+    graph = sgd_step_graph(model, x, y)
     kg = fuse(graph)
     cost = kg.cost_analysis()
     steps, _ = schedule_of_graph(graph)

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import needlec
 from needlec import nn
 from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Node, Op
@@ -22,6 +21,8 @@ from needlec.passes.memory import (
     run_planned,
     verify_plan,
 )
+
+from .steps import lower_sgd_step
 
 
 def temps(*sizes, prefix="t"):
@@ -289,21 +290,9 @@ def test_as_text_and_analysis():
 
 
 def train_step_graph(model, x, y):
-    opt = needlec.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    traced = needlec.jit(step).lower(x, y).traced
-    arrays = [x, y] + [t.numpy() for t in traced.captured]
-    arrays += [np.array(getattr(obj, name), dtype="float64") for obj, name in traced.scalars]
-    assert not traced.random
-    return traced, arrays
+    lowered, arrays = lower_sgd_step(model, x, y)
+    assert not lowered.traced.random
+    return lowered.traced, arrays
 
 
 def check_training_step(name, traced, arrays):

@@ -13,29 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import needlec as nc
-from needlec import nn, optim
+from needlec import nn
 from needlec.codegen.kernels import run_kernels
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op
 from needlec.passes import GRAPH_STEPS, PIPELINE, compile_program
 
-
-def training_step(model, x, y):
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    lowered = nc.jit(step).lower(x, y)
-    traced = lowered.traced
-    values = [x, y] + [t.numpy() for t in traced.captured]
-    values += [np.array(getattr(o, k), dtype="float64") for o, k in traced.scalars]
-    return lowered, values
+from .steps import lower_sgd_step
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +28,7 @@ def mlp():
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     rng = np.random.default_rng(0)
     x = rng.random((128, 784), dtype="float32")
-    return training_step(model, x, rng.integers(0, 10, 128).astype("float32"))
+    return lower_sgd_step(model, x, rng.integers(0, 10, 128).astype("float32"))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +38,7 @@ def resnet9():
     np.random.seed(0)
     rng = np.random.default_rng(0)
     x = rng.random((2, 3, 32, 32), dtype="float32")
-    return training_step(ResNet9(), x, rng.integers(0, 10, 2).astype("float32"))
+    return lower_sgd_step(ResNet9(), x, rng.integers(0, 10, 2).astype("float32"))
 
 
 def test_the_pipeline_is_one_list_of_named_steps():

@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-import needlec as nc
-from needlec import nn, optim
+from needlec import nn
 from needlec.ir import COMPUTE, LEAF, MOVEMENT, RANDOM, Graph, Node, Op, toposort
 from needlec.passes.remat import (
     MAX_RECOMPUTE_DEPTH,
@@ -22,6 +21,8 @@ from needlec.passes.remat import (
     rematerialize,
     split_forward,
 )
+
+from .steps import sgd_step_graph
 
 
 def arg(i: int, shape=(4, 8), dtype: str = "float32") -> Node:
@@ -256,25 +257,11 @@ def test_pure_function_of_the_graph():
 # ---------------------------------------------------------------- real training steps
 
 
-def _step_graph(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Graph:
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return nc.jit(step).lower(x, y).traced.graph
-
-
 def _mlp() -> Graph:
     rng = np.random.default_rng(0)
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     x = rng.standard_normal((8, 784)).astype("float32")
-    return _step_graph(model, x, rng.integers(0, 10, 8).astype("float32"))
+    return sgd_step_graph(model, x, rng.integers(0, 10, 8).astype("float32"))
 
 
 def _mlp_resnet() -> Graph:
@@ -283,7 +270,7 @@ def _mlp_resnet() -> Graph:
     rng = np.random.default_rng(0)
     model = MLPResNet(64, hidden_dim=32, num_blocks=2, drop_prob=0.0)
     x = rng.standard_normal((8, 64)).astype("float32")
-    return _step_graph(model, x, rng.integers(0, 10, 8).astype("float32"))
+    return sgd_step_graph(model, x, rng.integers(0, 10, 8).astype("float32"))
 
 
 def _resnet9() -> Graph:
@@ -291,7 +278,7 @@ def _resnet9() -> Graph:
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 32, 32)).astype("float32")
-    return _step_graph(ResNet9(), x, rng.integers(0, 10, 2).astype("float32"))
+    return sgd_step_graph(ResNet9(), x, rng.integers(0, 10, 2).astype("float32"))
 
 
 STEPS: dict[str, Callable[[], Graph]] = {

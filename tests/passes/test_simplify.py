@@ -14,14 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import needlec as nc
-from needlec import nn, optim
+from needlec import nn
 from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Node, Op
 from needlec.passes import optimize
 from needlec.passes.layout import assign_layouts
 from needlec.passes.rewrite import P, RewriteError, count_ops, rewrite
 from needlec.passes.simplify import simplify
+
+from .steps import lower_sgd_step
 
 
 def inp(shape, k=0, dtype="float32"):
@@ -248,24 +249,6 @@ def test_random_graphs_give_the_same_numbers_after_each_pass(ops, seed):
             np.testing.assert_array_equal(np.signbit(a), np.signbit(b))  # and -0.0 where -0.0
 
 
-def _step_graph(model, x, y):
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    lowered = nc.jit(step).lower(x, y)
-    traced = lowered.traced
-    values = [x, y] + [t.numpy() for t in traced.captured]
-    values += [np.array(getattr(o, k), dtype="float64") for o, k in traced.scalars]
-    return traced.graph, lowered.graph, values
-
-
 def _mlp():
     np.random.seed(0)
     model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -285,7 +268,8 @@ def _resnet9():
 
 @pytest.mark.parametrize("make", [_mlp, _resnet9], ids=["mlp", "resnet9"])
 def test_real_training_steps_keep_their_numbers_and_shrink(make, capsys):
-    traced, optimized, values = _step_graph(*make())
+    lowered, values = lower_sgd_step(*make())
+    traced, optimized = lowered.traced.graph, lowered.graph
     for a, b in zip(run_graph(optimized, values), run_graph(traced, values), strict=True):
         np.testing.assert_array_equal(a, b)
     before, after = len(traced.nodes), len(optimized.nodes)

@@ -96,10 +96,7 @@ class MNISTDataset(Dataset):
     def __getitem__(self, index) -> tuple[np.ndarray, np.ndarray]:
         X, y = self.X[index], self.y[index]
         if self.transforms:
-            if X.ndim == 1:
-                X = self._transform(X)
-            else:
-                X = np.stack([self._transform(x) for x in X]) if len(X) else X
+            X = self.transform_items(X, 1, self._transform)
         return X, y
 
     def __len__(self) -> int:
