@@ -28,6 +28,8 @@ from .ir.ops import FLOATS, fmt_type
 from .passes import Program, compile_program, differentiate, optimize
 from .passes.memory import MemoryAnalysis
 
+# NEEDLEC_EXECUTE: compiled code (LLVM) by default; the two interpreters stay as oracles
+_EXECUTORS = ("compiled", "reference", "kernels")
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
 
 
@@ -341,10 +343,14 @@ class Lowered:
         self._program: Program | None = None
         self.graph = FusedGraph(graph, lambda: self.kernels)
         self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
-        self.execute = os.environ.get("NEEDLEC_EXECUTE", "graph")
-        if self.execute not in ("graph", "kernels"):
-            raise ValueError(f"NEEDLEC_EXECUTE={self.execute!r}: use 'graph' or 'kernels'")
-        if self.execute == "kernels" or any(_debug(t) for t in ("passes", "fusion")):
+        self.execute = os.environ.get("NEEDLEC_EXECUTE", "compiled")
+        self.execute = {"graph": "reference"}.get(self.execute, self.execute)
+        if self.execute not in _EXECUTORS:
+            raise ValueError(
+                f"NEEDLEC_EXECUTE={self.execute!r}: use one of {', '.join(_EXECUTORS)}"
+            )
+        self._executable = None
+        if self.execute != "reference" or any(_debug(t) for t in ("passes", "fusion")):
             self.program  # noqa: B018  (compile now: its debug output belongs to this trace)
 
     @property
@@ -371,15 +377,39 @@ class Lowered:
     def _run_kernels(self, arrays: list) -> list:
         return run_kernels(self.kernels, arrays)
 
+    @property
+    def executable(self):
+        """The program compiled for this CPU through LLVM (made on first use)."""
+        if self._executable is None:
+            from .codegen.llvm.program import compile_program as compile_llvm
+
+            self._executable = compile_llvm(self.program)
+        return self._executable
+
+    def _run_compiled(self, arrays: list) -> list:
+        return self.executable.run(arrays)
+
+    @property
+    def schedule(self) -> str:
+        """The loop nest of every kernel, printed (what the LLVM renderer reads)."""
+        return self.executable.schedule_text()
+
     def as_text(self) -> str:
         """The optimized graph, printed (`.kernels.as_text()`: the fused kernels)."""
         return self.graph.as_text()
 
-    def source(self, target: str = "python") -> str:
-        """Generated code for `target`; today "python" (the reference backend over numpy)."""
+    def source(self, target: str = "llvm") -> str:
+        """Generated code for `target`: "llvm" (the optimized LLVM module that runs),
+        "llvm-unoptimized" (as rendered), "asm" (its machine code) or "python" (the reference
+        backend's straight-line numpy)."""
         if target == "python":
             return reference.source(self.graph)
-        raise ValueError(f"source: no backend renders target {target!r} yet; available: 'python'")
+        if target in ("llvm", "llvm-unoptimized", "asm"):
+            return self.executable.source(target)
+        raise ValueError(
+            f"source: no backend renders target {target!r}; "
+            "available: 'llvm', 'llvm-unoptimized', 'asm', 'python'"
+        )
 
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         traced = self.traced
@@ -397,7 +427,12 @@ class Lowered:
             tensors.append(Tensor(seed, requires_grad=False))
         if traced.arg_writes or traced.written:
             _check_unaliased(traced, tensors, len(leaves))
-        run = self._run_kernels if self.execute == "kernels" else None
+        run = None  # the reference interpreter
+        device = leaves[0].device if leaves else nd.default_device()
+        if self.execute == "kernels":
+            run = self._run_kernels
+        elif self.execute == "compiled" and device != nd.cpu_numpy():
+            run = self._run_compiled
         results = call_graph(self.graph, tensors, self._grads, run)
         n_user = traced.n_results
         write_back(traced.writes, results[n_user:], leaves)

@@ -1,0 +1,1 @@
+"""The LLVM (CPU) backend: scheduled kernels rendered as LLVM IR through llvmlite."""

@@ -1,0 +1,503 @@
+"""A scheduled kernel as an LLVM function, built with llvmlite's IRBuilder.
+
+The function takes one pointer per buffer the kernel reads or writes (`noalias` where the memory
+plan gives it memory of its own) and one to its scratch block, and walks the schedule: a loop is
+a counted loop over an i64 index, a `let` an SSA value, a register accumulator an `alloca` that
+LLVM promotes to a register. Every value is computed the way numpy computes it: sources are
+converted to the dtype numpy would compute in (an int tensor's exp is computed in float64, an int
+over an int divides in float64), the op runs in that dtype, and the result is converted to the
+value's dtype. `LOWER` holds one row per elementwise op (`tests/unit/test_coverage.py` checks).
+
+Float sums are marked `reassoc`, so LLVM may vectorize them: their order differs from numpy's
+pairwise summation within the tolerance the op records give reductions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from llvmlite import ir
+
+from ...ir import Op
+from ...ir.kernel import Expr, Load
+from ...ir.ops import COMPARE, FLOATS
+from ...ir.schedule import Buffer
+from ...ir.view import View
+from .. import reference
+from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
+from . import gemm
+from .mathlib import math_function
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+PTR = ir.PointerType(I8)
+
+REG = {"bool": I1, "int32": I32, "int64": I64, "float32": F32, "float64": F64}
+MEM = {**REG, "bool": I8}  # numpy's bool is a byte
+
+
+class LoweringError(RuntimeError):
+    """A kernel value the LLVM renderer cannot lower; the message names it."""
+
+
+def compute_dtype(e: Expr) -> str:
+    """The dtype numpy computes `e.op` in for `e`'s source dtypes (its result, before the cast
+    to `e.dtype`; for comparisons, the common dtype of the operands)."""
+    dts = [s.dtype for s in e.src]
+    if e.op in COMPARE or e.op is Op.WHERE:
+        return str(np.result_type(*dts[-2:]))
+    if e.op is Op.CAST:
+        return e.dtype
+    xs = [np.ones(1, d) for d in dts]
+    with np.errstate(all="ignore"):
+        out = np.asarray(reference.EVAL[e.op](*xs, e.arg))
+    return str(out.dtype)
+
+
+# ------------------------------------------------------------------ conversions
+def convert(b: ir.IRBuilder, x: ir.Value, src: str, dst: str) -> ir.Value:
+    """numpy's `astype(dst)` of a value of dtype `src` (NaN and out-of-range floats to int give
+    the least int, as x86 does, never LLVM's poison)."""
+    if src == dst:
+        return x
+    t = REG[dst]
+    if dst == "bool":
+        if src in FLOATS:
+            return b.fcmp_unordered("!=", x, ir.Constant(REG[src], 0.0))
+        return b.icmp_unsigned("!=", x, ir.Constant(REG[src], 0))
+    if src == "bool":
+        return b.uitofp(x, t) if dst in FLOATS else b.zext(x, t)
+    if src in FLOATS and dst in FLOATS:
+        return b.fpext(x, t) if dst == "float64" else b.fptrunc(x, t)
+    if src in FLOATS:  # float -> int
+        bits = t.width
+        lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1)
+        ok = b.and_(
+            b.fcmp_ordered(">=", x, ir.Constant(REG[src], lo)),
+            b.fcmp_ordered("<", x, ir.Constant(REG[src], hi)),
+        )
+        safe = b.select(ok, x, ir.Constant(REG[src], 0.0))
+        return b.select(ok, b.fptosi(safe, t), ir.Constant(t, -(2 ** (bits - 1))))
+    if dst in FLOATS:
+        return b.sitofp(x, t)
+    return b.sext(x, t) if t.width > x.type.width else b.trunc(x, t)
+
+
+def const(dtype: str, value) -> ir.Constant:
+    t = REG[dtype]
+    if dtype in FLOATS:
+        return ir.Constant(t, float(np.array(value, dtype)))
+    if dtype == "bool":
+        return ir.Constant(t, int(bool(value)))
+    return ir.Constant(t, int(np.array(value).astype(dtype)))
+
+
+# ------------------------------------------------------------------ math
+INLINE_MATH_LIMIT = 256  # a kernel with more math calls than this calls libm (compile time)
+
+
+def _math(b: ir.IRBuilder, name: str, args: list, dtype: str, inline: bool = True) -> ir.Value:
+    """`name` from our vector math library (inlined, vectorizable), or libm's scalar one for
+    kernels too long to inline every call into."""
+    mod = b.module
+    t = REG[dtype]
+    if inline:
+        return b.call(math_function(mod, name, t), args)
+    libm = {"exp": "exp", "log": "log", "tanh": "tanh", "pow": "pow"}[name]
+    libm += "f" if dtype == "float32" else ""
+    fn = mod.globals.get(libm)
+    if fn is None:
+        fn = ir.Function(mod, ir.FunctionType(t, [t] * len(args)), libm)
+    return b.call(fn, args)
+
+
+def _sqrt(b, x, dtype):
+    t = REG[dtype]
+    fn = b.module.declare_intrinsic("llvm.sqrt", [t])
+    return b.call(fn, [x])
+
+
+def maximum(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
+    """numpy's maximum: NaN wins from either side; ties keep x (maximum(-0., 0.) is -0.)."""
+    if dtype in FLOATS:
+        keep = b.or_(b.fcmp_ordered(">=", x, y), b.fcmp_unordered("uno", x, x))
+        return b.select(keep, x, y)
+    if dtype == "bool":
+        return b.or_(x, y)
+    return b.select(b.icmp_signed(">=", x, y), x, y)
+
+
+def _ipow(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
+    """Integer power by squaring over every bit of the exponent (branch-free); a negative
+    exponent gives 0 (numpy refuses it)."""
+    t = REG[dtype]
+    result, base = ir.Constant(t, 1), x
+    for k in range(t.width - 1):
+        bit = b.icmp_unsigned("!=", b.and_(b.lshr(y, ir.Constant(t, k)), ir.Constant(t, 1)), t(0))
+        result = b.select(bit, b.mul(result, base), result)
+        base = b.mul(base, base)
+    return b.select(b.icmp_signed("<", y, t(0)), t(0), result)
+
+
+def _fdiv_or_int(b, x, y, dt):
+    return b.fdiv(x, y) if dt in FLOATS else b.sdiv(x, y)
+
+
+def _binary(fop: str, iop: str) -> Callable:
+    def row(b, xs, e, dt):
+        x, y = xs
+        if dt in FLOATS:
+            return getattr(b, fop)(x, y)
+        if dt == "bool":
+            return b.or_(x, y) if iop == "add" else b.and_(x, y)
+        return getattr(b, iop)(x, y)
+
+    return row
+
+
+def _scalar(fop: str, iop: str) -> Callable:
+    def row(b, xs, e, dt):
+        c = const(dt, e.arg)
+        return _binary(fop, iop)(b, [xs[0], c], e, dt)
+
+    return row
+
+
+def _neg(b, xs, e, dt):
+    return b.fneg(xs[0]) if dt in FLOATS else b.neg(xs[0])
+
+
+def _pow_scalar(b, xs, e, dt):
+    x, c = xs[0], e.arg
+    if dt not in FLOATS:
+        return _ipow(b, x, const(dt, c), dt)
+    if c == 2:
+        return b.fmul(x, x)  # exact, as powf(x, 2) is
+    if c == 1:
+        return x
+    return _math(b, "pow", [x, const(dt, c)], dt, b.inline_math)
+
+
+def _pow(b, xs, e, dt):
+    if dt not in FLOATS:
+        return _ipow(b, xs[0], xs[1], dt)
+    return _math(b, "pow", xs, dt, b.inline_math)
+
+
+def _cmp(fpred: str, ipred: str) -> Callable:
+    def row(b, xs, e, dt):
+        x, y = xs
+        if dt in FLOATS:
+            return b.fcmp_ordered(fpred, x, y)
+        if dt == "bool":
+            return b.icmp_unsigned(ipred, x, y)
+        return b.icmp_signed(ipred, x, y)
+
+    return row
+
+
+# op -> lower(builder, source values already in the compute dtype, expr, compute dtype)
+LOWER: dict[Op, Callable] = {
+    Op.NEG: _neg,
+    Op.EXP: lambda b, xs, e, dt: _math(b, "exp", xs, dt, b.inline_math),
+    Op.LOG: lambda b, xs, e, dt: _math(b, "log", xs, dt, b.inline_math),
+    Op.TANH: lambda b, xs, e, dt: _math(b, "tanh", xs, dt, b.inline_math),
+    Op.RELU: lambda b, xs, e, dt: maximum(b, xs[0], const(dt, 0), dt),
+    Op.SQRT: lambda b, xs, e, dt: _sqrt(b, xs[0], dt),
+    Op.CAST: lambda b, xs, e, dt: xs[0],
+    Op.STOP_GRADIENT: lambda b, xs, e, dt: xs[0],
+    Op.ADD_SCALAR: _scalar("fadd", "add"),
+    Op.MUL_SCALAR: _scalar("fmul", "mul"),
+    Op.DIV_SCALAR: lambda b, xs, e, dt: _fdiv_or_int(b, xs[0], const(dt, e.arg), dt),
+    Op.POW_SCALAR: _pow_scalar,
+    Op.ADD: _binary("fadd", "add"),
+    Op.MUL: _binary("fmul", "mul"),
+    Op.DIV: lambda b, xs, e, dt: _fdiv_or_int(b, xs[0], xs[1], dt),
+    Op.POW: _pow,
+    Op.MAXIMUM: lambda b, xs, e, dt: maximum(b, xs[0], xs[1], dt),
+    Op.CMPLT: _cmp("<", "<"),
+    Op.CMPEQ: _cmp("==", "=="),
+    Op.WHERE: lambda b, xs, e, dt: b.select(xs[0], xs[1], xs[2]),
+}
+
+
+def unsupported(s: KernelSchedule) -> str | None:
+    """Why this kernel cannot be rendered yet (None if it can)."""
+    k = s.kernel
+    if k.core is not None and not gemm.supported(k.core):
+        c = k.core
+        return f"{c.op.name.lower()} core on {c.dtype} has no native lowering yet"
+    for e in k.exprs:
+        if e.op == "rand":
+            return "random draws have no native lowering yet"
+    return None
+
+
+# ------------------------------------------------------------------ the renderer
+class KernelRenderer:
+    """Renders one `KernelSchedule` as `void name(buffers..., scratch)` in `module`."""
+
+    def __init__(self, module: ir.Module, s: KernelSchedule, name: str, noalias: set) -> None:
+        self.s, self.k = s, s.kernel
+        self.buffers: list[Buffer] = list(dict.fromkeys([*self.k.inputs, *self.k.outputs]))
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(self.buffers) + 1))
+        self.fn = ir.Function(module, fnty, name)
+        self.fn.linkage = "internal"
+        self.fn.attributes.add("nounwind")
+        for arg, buf in zip(self.fn.args, self.buffers, strict=False):
+            if buf in noalias:
+                arg.add_attribute("noalias")
+        self.fn.args[-1].add_attribute("noalias")
+        # allocas in a block of their own before the code, so LLVM promotes them to registers
+        self.entry = self.fn.append_basic_block("allocas")
+        self.alloca_builder = ir.IRBuilder(self.entry)
+        self.start = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.start)
+        heavy = sum(
+            e.op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR) for e in s.kernel.exprs
+        )
+        self.b.inline_math = heavy <= INLINE_MATH_LIMIT
+        self.base: dict[Buffer, ir.Value] = {}
+        for arg, buf in zip(self.fn.args, self.buffers, strict=False):
+            self.base[buf] = arg
+        scratch = self.fn.args[-1]
+        for buf, off in s.scratch_offsets().items():
+            self.base[buf] = self.b.gep(scratch, [I64(off)])
+        if s.core_store is not None:
+            self.base[s.core_buffer] = self.base[s.core_store.buffer]
+        self.scratch_ptr = scratch
+        self.scratch_bytes = s.scratch_bytes  # grows when GEMM operands are packed
+        self.idx: dict[int, ir.Value] = {}
+        self.scopes: list[dict] = [{}]
+        self.acc: dict[Expr, ir.Value] = {}
+        self.names = self.k.value_names()
+        self.pos = {e: i for i, e in enumerate(self.k.exprs)}
+
+    def render(self) -> ir.Function:
+        self.walk(self.s.body)
+        self.b.ret_void()
+        self.alloca_builder.branch(self.start)
+        return self.fn
+
+    def alloc_scratch(self, nbytes: int) -> int:
+        """Offset of `nbytes` more of scratch (64-byte aligned) for this kernel."""
+        off = self.scratch_bytes
+        self.scratch_bytes += -(-nbytes // 64) * 64
+        return off
+
+    # values ---------------------------------------------------------------
+    def lookup(self, e: Expr):
+        for scope in reversed(self.scopes):
+            if e in scope:
+                return scope[e]
+        return None
+
+    def value(self, e: Expr) -> ir.Value:
+        """e's value at this point: looked up in scope, or computed here with the sources
+        it needs (iteratively, in creation order: long chains do not recurse)."""
+        v = self.lookup(e)
+        if v is not None:
+            return v
+        todo, seen, stack = [], set(), [e]
+        while stack:
+            x = stack.pop()
+            if x in seen or self.lookup(x) is not None:
+                continue
+            seen.add(x)
+            todo.append(x)
+            if x.op not in ("reduce", "core"):
+                stack.extend(x.src)
+        for x in sorted(todo, key=self.pos.__getitem__):
+            try:
+                self.scopes[-1][x] = self._compute(x)
+            except LoweringError:
+                raise
+            except Exception as err:
+                raise LoweringError(
+                    f"while lowering {self.names[x]} of kernel {self.k.name} ({x!r}): "
+                    f"{type(err).__name__}: {err}\n{self.k.as_text()}"
+                ) from err
+        return self.scopes[-1][e]
+
+    def _compute(self, e: Expr) -> ir.Value:
+        if e.op in ("reduce", "core"):
+            return self.load(self.s.load_of(e), e.dtype)
+        if e.op == "load":
+            return self.load(e.arg, e.dtype)
+        if e.op == "const":
+            return const(e.dtype, e.arg)
+        if e.op not in LOWER:
+            raise LoweringError(f"no lowering for {e.op} in kernel {self.k.name}")
+        dt = compute_dtype(e)
+        if e.op is Op.WHERE:
+            c = convert(self.b, self.value(e.src[0]), e.src[0].dtype, "bool")
+            xs = [c] + [convert(self.b, self.value(s), s.dtype, dt) for s in e.src[1:]]
+        else:
+            xs = [convert(self.b, self.value(s), s.dtype, dt) for s in e.src]
+        out = LOWER[e.op](self.b, xs, e, dt)
+        out_dt = "bool" if e.op in COMPARE else dt
+        return convert(self.b, out, out_dt, e.dtype)
+
+    # memory ---------------------------------------------------------------
+    def address(self, view: View) -> tuple[ir.Value, ir.Value | None, bool]:
+        """(element index, validity or None, statically empty) of the current element."""
+        b = self.b
+        off = I64(view.offset)
+        valid = None
+        for d, (n, st, (lo, hi)) in enumerate(
+            zip(view.shape, view.strides, view.bounds(), strict=True)
+        ):
+            if n == 1:
+                if not lo <= 0 < hi:
+                    return off, None, True
+                continue
+            i = self.idx.get(d, I64(0))
+            if st != 0:
+                off = b.add(off, b.mul(i, I64(st)))
+            if (lo, hi) != (0, n):
+                ok = b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))
+                valid = ok if valid is None else b.and_(valid, ok)
+        return off, valid, False
+
+    def pointer(self, buf: Buffer, index: ir.Value) -> ir.Value:
+        p = self.b.bitcast(self.base[buf], ir.PointerType(MEM[buf.dtype]))
+        return self.b.gep(p, [index])
+
+    def load(self, ld: Load, dtype: str) -> ir.Value:
+        b = self.b
+        if ld.buffer.nbytes == 0:
+            return const(dtype, 0)
+        off, valid, empty = self.address(ld.view)
+        if empty:
+            return const(dtype, 0)
+        if valid is not None:
+            off = b.select(valid, off, I64(0))
+        v = b.load(self.pointer(ld.buffer, off))
+        if ld.buffer.dtype == "bool":
+            v = b.icmp_unsigned("!=", v, I8(0))
+        v = convert(b, v, ld.buffer.dtype, dtype)
+        if valid is not None:
+            v = b.select(valid, v, const(dtype, 0))
+        return v
+
+    def store(self, buf: Buffer, view: View, v: ir.Value, dtype: str) -> None:
+        off, _, _ = self.address(view)
+        v = convert(self.b, v, dtype, buf.dtype)
+        if buf.dtype == "bool":
+            v = self.b.zext(v, I8)
+        self.b.store(v, self.pointer(buf, off))
+
+    # the schedule ---------------------------------------------------------
+    def loop(self, lp: Loop) -> None:
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block(f"i{lp.dim}.head")
+        body = b.append_basic_block(f"i{lp.dim}.body")
+        done = b.append_basic_block(f"i{lp.dim}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=f"i{lp.dim}")
+        i.add_incoming(I64(0), pre)
+        b.cbranch(b.icmp_signed("<", i, I64(lp.extent)), body, done)
+        b.position_at_end(body)
+        saved = self.idx.get(lp.dim)
+        self.idx[lp.dim] = i
+        self.scopes.append({})
+        self.walk(lp.body)
+        self.scopes.pop()
+        nxt = b.add(i, I64(1), flags=["nuw", "nsw"])
+        i.add_incoming(nxt, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        if saved is None:
+            self.idx.pop(lp.dim, None)
+        else:
+            self.idx[lp.dim] = saved
+
+    def walk(self, items: list) -> None:
+        b = self.b
+        for it in items:
+            if isinstance(it, Loop):
+                self.loop(it)
+            elif isinstance(it, Let):
+                self.value(it.expr)
+            elif isinstance(it, Init):
+                e = it.expr
+                ident = const(e.dtype, e.arg.identity(e.dtype))
+                if it.mode == "scratch":
+                    self.fill(self.s.scratch[e], ident, e.dtype)
+                else:
+                    slot = self.alloca_builder.alloca(REG[e.dtype], name=f"acc.{self.names[e]}")
+                    self.acc[e] = slot
+                    b.store(ident, slot)
+            elif isinstance(it, Accumulate):
+                e = it.expr
+                x = convert(b, self.value(e.src[0]), e.src[0].dtype, e.dtype)
+                if it.mode == "scratch":
+                    ld = self.s.load_of(e)
+                    off, _, _ = self.address(ld.view)
+                    ptr = self.pointer(ld.buffer, off)
+                    old = b.load(ptr)
+                    if e.dtype == "bool":
+                        old = b.icmp_unsigned("!=", old, I8(0))
+                    new = self.combine(e, old, x)
+                    b.store(b.zext(new, I8) if e.dtype == "bool" else new, ptr)
+                else:
+                    slot = self.acc[e]
+                    b.store(self.combine(e, b.load(slot), x), slot)
+            elif isinstance(it, Finish):
+                e = it.expr
+                v = b.load(self.acc[e])
+                self.scopes[-1][e] = v
+                ld = self.s.load_of(e)
+                self.store(ld.buffer, ld.view, v, e.dtype)
+            elif isinstance(it, Write):
+                st = it.store
+                v = self.value(st.value)
+                view = View.contiguous(st.buffer.shape).embed(st.dims, self.k.space)[0]
+                self.store(st.buffer, view, v, st.value.dtype)
+            elif isinstance(it, RunCore):
+                gemm.emit_core(self, self.k.core, it.into)
+
+    def combine(self, e: Expr, acc: ir.Value, x: ir.Value) -> ir.Value:
+        b = self.b
+        if e.arg.op is Op.SUM:
+            if e.dtype in FLOATS:
+                out = b.fadd(acc, x)
+                out.flags.append("reassoc")  # a vectorizable sum; order within the budget
+                return out
+            return b.or_(acc, x) if e.dtype == "bool" else b.add(acc, x)
+        return maximum(b, x, acc, e.dtype) if e.dtype in FLOATS else maximum(b, acc, x, e.dtype)
+
+    def fill(self, buf: Buffer, value: ir.Value, dtype: str) -> None:
+        n = math.prod(buf.shape)
+        if n == 0:
+            return
+        lp = Loop(-1, n, "outer")
+        b = self.b
+        pre = b.block
+        head, body, done = (b.append_basic_block(f"fill.{t}") for t in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64)
+        i.add_incoming(I64(0), pre)
+        b.cbranch(b.icmp_signed("<", i, I64(lp.extent)), body, done)
+        b.position_at_end(body)
+        v = b.zext(value, I8) if dtype == "bool" else convert(b, value, dtype, buf.dtype)
+        b.store(v, self.pointer(buf, i))
+        i.add_incoming(b.add(i, I64(1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+
+def render_kernel(module: ir.Module, s: KernelSchedule, name: str, noalias: set) -> KernelRenderer:
+    """Add kernel `s` to `module` as function `name`; returns the renderer (its `.fn` and the
+    order of its buffer arguments, `.buffers`)."""
+    r = KernelRenderer(module, s, name, noalias)
+    r.render()
+    return r
+
+
+__all__ = ["LOWER", "LoweringError", "compute_dtype", "render_kernel", "unsupported"]

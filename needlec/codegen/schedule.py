@@ -1,0 +1,543 @@
+"""Schedules: a fused `Kernel` as a loop nest, the backend-neutral form every renderer reads.
+
+A kernel's work is a list of tasks in dependency order: each reduction and each store. A task
+loops over its *outer* dims (the dims its result is indexed by) and, for a reduction, its *inner*
+(reduced) dims. Consecutive tasks that share outer dims share their loops; inside, the rest is
+scheduled the same way, so a softmax becomes one loop over rows holding a max pass, a sum pass and
+a store pass over the row (the row stays in cache):
+
+    loop i0 (32)
+      init v1 reg
+      loop i1 (10) reduce
+        let v0 = load %19
+        accumulate v1
+      finish v1
+      ...
+
+Loop order follows the strides of what the tasks read and write: the dim with the smallest stride
+innermost. A reduction whose reduced dim is the innermost one accumulates in a register
+(`reg`); one whose innermost dim is kept (a column sum over a row-major matrix) accumulates
+into scratch memory indexed by the kept dims (`scratch`), initialised before the kernel's first
+loop, so the reads stay contiguous. Every reduction result is written to scratch too, so tasks in
+other loops read it from there; values (`let`) are computed at the outermost loop level where
+every dim they depend on is bound (invariants are hoisted) and recomputed in sibling loops.
+
+A GEMM or convolution core runs first (`core`) into a buffer of its own (or straight into the
+buffer a store copies it to); the epilogue reads it like any load.
+
+`NEEDLEC_DEBUG=schedule` prints each schedule; `run_schedule` interprets one element by element,
+the check that a schedule computes what the kernel describes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.kernel import Expr, Kernel, Load, Store
+from ..ir.schedule import Buffer
+from ..ir.view import Shape, View
+
+
+@dataclass(eq=False)
+class Loop:
+    """`for i<dim> in range(extent)`; role is "outer" (indexes results) or "reduce"."""
+
+    dim: int
+    extent: int
+    role: str
+    body: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class Let:
+    """Compute a value at this point (its sources are in scope)."""
+
+    expr: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Init:
+    """Set a reduction's accumulator to its identity: a register, or (mode "scratch") the
+    whole scratch array of the reduction, before the kernel's loops."""
+
+    expr: Expr
+    mode: str
+
+
+@dataclass(frozen=True, eq=False)
+class Accumulate:
+    """Combine the reduction's source (in scope) into its accumulator."""
+
+    expr: Expr
+    mode: str
+
+
+@dataclass(frozen=True, eq=False)
+class Finish:
+    """A register accumulation is done: its value is in scope and written to its scratch."""
+
+    expr: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Write:
+    """A store of the kernel, at the current indices."""
+
+    store: Store
+
+
+@dataclass(frozen=True, eq=False)
+class RunCore:
+    """The kernel's GEMM or convolution, into the buffer `into`."""
+
+    into: Buffer
+
+
+@dataclass(eq=False)
+class KernelSchedule:
+    """A kernel's loop nest (`body`), where each reduction accumulates (`modes`), and the
+    scratch it needs: one compact buffer per reduction result (keepdims shape, `scratch`) and,
+    for a core not stored as is, one for the core (`core_buffer`)."""
+
+    kernel: Kernel
+    body: list
+    modes: dict[Expr, str]
+    scratch: dict[Expr, Buffer]
+    core_buffer: Buffer | None = None
+    core_store: Store | None = None  # the store the core writes directly, if any
+
+    def load_of(self, e: Expr) -> Load:
+        """How a materialized value (a reduction result, the core) is read: a kernel-space view
+        of its buffer."""
+        space = self.kernel.space
+        if e.op == "core":
+            buf = self.core_buffer
+            return Load(buf, View.contiguous(buf.shape).embed(self.core_dims(), space)[0])
+        buf = self.scratch[e]
+        return Load(buf, View.contiguous(e.shape))
+
+    def core_dims(self):
+        if self.core_store is not None:
+            return self.core_store.dims
+        return self.kernel.core.dims
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Bytes of scratch (reduction results and the core's buffer), each 64-byte aligned."""
+        bufs = list(self.scratch.values()) + ([self.core_buffer] if self._core_scratch else [])
+        return sum(-(-b.nbytes // 64) * 64 for b in bufs)
+
+    @property
+    def _core_scratch(self) -> bool:
+        return self.core_buffer is not None and self.core_store is None
+
+    def scratch_offsets(self) -> dict[Buffer, int]:
+        """Offset of each scratch buffer in the kernel's scratch block."""
+        out, off = {}, 0
+        bufs = list(self.scratch.values()) + ([self.core_buffer] if self._core_scratch else [])
+        for b in bufs:
+            out[b] = off
+            off += -(-b.nbytes // 64) * 64
+        return out
+
+    def as_text(self) -> str:
+        k = self.kernel
+        names = k.value_names()
+        lines = [f"{k.name} schedule space=({','.join(map(str, k.space))})"]
+
+        def walk(items, depth):
+            pad = "  " * depth
+            for it in items:
+                if isinstance(it, Loop):
+                    role = " reduce" if it.role == "reduce" else ""
+                    lines.append(f"{pad}loop i{it.dim} ({it.extent}){role}")
+                    walk(it.body, depth + 1)
+                elif isinstance(it, Let):
+                    lines.append(f"{pad}let {names[it.expr]}")
+                elif isinstance(it, Init):
+                    lines.append(f"{pad}init {names[it.expr]} {it.mode}")
+                elif isinstance(it, Accumulate):
+                    lines.append(f"{pad}accumulate {names[it.expr]} {it.mode}")
+                elif isinstance(it, Finish):
+                    lines.append(f"{pad}finish {names[it.expr]}")
+                elif isinstance(it, Write):
+                    lines.append(f"{pad}store {it.store.buffer.name} = {names[it.store.value]}")
+                elif isinstance(it, RunCore):
+                    lines.append(f"{pad}core {k.core.op.name.lower()} -> {it.into.name}")
+
+        walk(self.body, 1)
+        return "\n".join(lines)
+
+    __str__ = as_text
+
+
+# ------------------------------------------------------------------ building a schedule
+
+
+def deps(e: Expr, space: Shape) -> frozenset[int]:
+    """The kernel dims a value varies along."""
+    return frozenset(d for d, n in enumerate(e.shape) if n != 1 and space[d] != 1)
+
+
+def _store_dims(s: Store, space: Shape) -> frozenset[int]:
+    return frozenset(d for kd in s.dims for d in kd if space[d] != 1)
+
+
+@dataclass(eq=False)
+class _Task:
+    item: object  # a reduction Expr or a Store
+    outer: frozenset[int]
+    inner: tuple[int, ...]
+    mode: str  # "reg", "scratch" or "store"
+    needs: frozenset  # reductions it reads (directly, not through other reductions)
+    pref: dict[int, int]  # dim -> smallest |stride| of what the task reads or writes
+
+
+class _Builder:
+    def __init__(self, k: Kernel) -> None:
+        self.k = k
+        self.space = k.space
+        self.materialized: set[Expr] = set()  # values with a buffer: reductions, the core
+        self.scratch: dict[Expr, Buffer] = {}
+        self.modes: dict[Expr, str] = {}
+
+    # what a value's tree reads, up to materialized values
+    def _tree(self, e: Expr) -> list[Expr]:
+        seen, out, stack = set(), [], [e]
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            out.append(x)
+            if x.op in ("reduce", "core") and x is not e:
+                continue
+            stack.extend(x.src)
+        return out
+
+    def _prefs(self, exprs: list[Expr], extra_views=()) -> dict[int, int]:
+        pref: dict[int, int] = {}
+        views = [x.arg.view for x in exprs if x.op == "load"] + list(extra_views)
+        for v in views:
+            for d, s in enumerate(v.strides):
+                if s != 0 and self.space[d] != 1:
+                    pref[d] = min(pref.get(d, abs(s)), abs(s))
+        return pref
+
+    def task_of(self, item) -> _Task:
+        space = self.space
+        if isinstance(item, Store):
+            tree = self._tree(item.value) if item.value.op not in ("reduce", "core") else []
+            needs = {x for x in tree if x.op in ("reduce", "core")}
+            if item.value.op in ("reduce", "core"):
+                needs.add(item.value)
+            out_view = View.contiguous(item.buffer.shape).embed(item.dims, space)[0]
+            pref = self._prefs(tree, [out_view])
+            return _Task(item, _store_dims(item, space), (), "store", frozenset(needs), pref)
+        src = item.src[0]
+        tree = self._tree(src) if src.op not in ("reduce", "core") else []
+        needs = {x for x in tree if x.op in ("reduce", "core")}
+        if src.op in ("reduce", "core"):
+            needs.add(src)
+        inner = tuple(d for d in item.arg.dims if space[d] != 1)
+        outer = deps(item, space)
+        pref = self._prefs(tree)
+        mode = "reg"
+        if inner and outer and pref:
+            innermost = min(outer | set(inner), key=lambda d: (pref.get(d, math.inf), -d))
+            if innermost in outer and pref.get(innermost, math.inf) < min(
+                pref.get(d, math.inf) for d in inner
+            ):
+                mode = "scratch"
+        return _Task(item, outer, inner, mode, frozenset(needs), pref)
+
+    def order(self, dims, tasks) -> list[int]:
+        """Outermost first: larger smallest-stride outside, then kernel order."""
+        pref: dict[int, float] = {}
+        for t in tasks:
+            for d, s in t.pref.items():
+                pref[d] = min(pref.get(d, s), s)
+        return sorted(dims, key=lambda d: (-pref.get(d, math.inf), d))
+
+    def build(self) -> KernelSchedule:
+        k = self.k
+        items: list = []
+        core_buffer = core_store = None
+        body: list = []
+        if k.core is not None:
+            c = k.core
+            core_e = next(e for e in k.exprs if e.op == "core")
+            for s in k.stores:  # BLAS writes straight into a buffer that stores the core as is
+                if (
+                    s.value is core_e
+                    and s.buffer.dtype == c.dtype
+                    and s.buffer.shape == c.shape
+                    and s.dims == c.dims
+                ):
+                    core_buffer, core_store = s.buffer, s
+                    break
+            if core_buffer is None:
+                nbytes = math.prod(c.shape) * np.dtype(c.dtype).itemsize
+                core_buffer = Buffer(f"{k.name}.core", nbytes, "temp", c.shape, c.dtype)
+            body.append(RunCore(core_buffer))
+            self.materialized.add(core_e)
+        pos = self.pos = {e: i for i, e in enumerate(k.exprs)}
+        for e in k.exprs:
+            if e.op == "reduce":
+                items.append((pos[e], 0, e))
+        for j, s in enumerate(k.stores):
+            if s is core_store:
+                continue
+            # a store runs as soon as its value can: after the reductions it reads
+            items.append((pos[s.value], 1 + j, s))
+        items.sort(key=lambda t: (t[0], t[1]))
+        tasks = [self.task_of(it) for _, _, it in items]
+        for t in tasks:
+            if isinstance(t.item, Expr):
+                e = t.item
+                self.modes[e] = t.mode
+                self.scratch[e] = Buffer(
+                    f"{k.name}.{k.value_names()[e]}",
+                    math.prod(e.shape) * np.dtype(e.dtype).itemsize,
+                    "temp",
+                    tuple(e.shape),
+                    e.dtype,
+                )
+                if t.mode == "scratch":
+                    body.append(Init(e, "scratch"))
+        self._placed: dict[int, dict[Expr, int]] = {}
+        self._emit(tasks, frozenset(), [body])
+        return KernelSchedule(k, body, self.modes, self.scratch, core_buffer, core_store)
+
+    # ------------------------------------------------------------ the loop tree
+    def _runs(self, tasks: list[_Task], bound: frozenset[int]) -> list[tuple[list, frozenset]]:
+        runs: list[tuple[list, frozenset]] = []
+        cur: list[_Task] = []
+        common: frozenset[int] = frozenset()
+        for t in tasks:
+            rest = (t.outer | frozenset(t.inner) if t.mode == "scratch" else t.outer) - bound
+            if cur:
+                new = common & rest
+                blocked = any(u.mode == "scratch" and u.item in self._closure_needs(t) for u in cur)
+                if new and not blocked:
+                    cur.append(t)
+                    common = new
+                    continue
+                runs.append((cur, common))
+            cur, common = [t], rest
+        if cur:
+            runs.append((cur, common))
+        return runs
+
+    def _closure_needs(self, t: _Task) -> frozenset:
+        return t.needs
+
+    def _emit(self, tasks: list[_Task], bound: frozenset[int], path: list[list]) -> None:
+        for run, common in self._runs(tasks, bound):
+            if not common:  # a single task with every dim it needs bound
+                (t,) = run
+                self._leaf(t, bound, path)
+                continue
+            dims = self.order(common, run)
+            loops = []
+            parent = path[-1]
+            for d in dims:
+                lp = Loop(d, self.space[d], "outer")
+                parent.append(lp)
+                loops.append(lp)
+                parent = lp.body
+            self._emit(run, bound | frozenset(dims), path + [lp.body for lp in loops])
+
+    def _leaf(self, t: _Task, bound: frozenset[int], path: list[list]) -> None:
+        if isinstance(t.item, Store):
+            v = t.item.value
+            self._need(v, path, bound)
+            path[-1].append(Write(t.item))
+            return
+        e = t.item
+        src = e.src[0]
+        if t.mode == "scratch":  # every dim is bound here (outer and reduced)
+            self._need(src, path, bound)
+            path[-1].append(Accumulate(e, "scratch"))
+            return
+        path[-1].append(Init(e, "reg"))
+        dims = self.order(frozenset(t.inner) - bound, [t])
+        body = path[-1]
+        inner_path = list(path)
+        for d in dims:
+            lp = Loop(d, self.space[d], "reduce")
+            body.append(lp)
+            body = lp.body
+            inner_path.append(body)
+        self._need(src, inner_path, bound | frozenset(dims))
+        body.append(Accumulate(e, "reg"))
+        path[-1].append(Finish(e))
+        self._scope(path[-1])[e] = len(path) - 1
+
+    def _scope(self, body: list) -> dict[Expr, int]:
+        return self._placed.setdefault(id(body), {})
+
+    def _find(self, e: Expr, path: list[list]) -> int | None:
+        for depth in range(len(path) - 1, -1, -1):
+            if e in self._scope(path[depth]):
+                return depth
+        if e.op in ("reduce", "core"):
+            return 0  # read from its buffer wherever it is needed
+        return None
+
+    def _need(self, e: Expr, path: list[list], bound: frozenset[int]) -> int:
+        """Place a `Let` for `e` (and its sources) in the outermost body of `path` where its
+        dims are bound and its sources are in scope; returns that body's depth. Iterative:
+        kernels of deep graphs hold long chains."""
+        found = self._find(e, path)
+        if found is not None:
+            return found
+        todo, seen, stack = [], set(), [e]
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if self._find(x, path) is None:
+                todo.append(x)
+                stack.extend(x.src)
+        todo.sort(key=self.pos.__getitem__)  # creation order is topological
+        depth_of_dim = self._depth_of_dims(path)
+        for x in todo:
+            level = max(
+                [self._find(src, path) for src in x.src]
+                + [depth_of_dim.get(d, 0) for d in deps(x, self.space)],
+                default=0,
+            )
+            body = path[level]
+            if level == len(path) - 1:
+                body.append(Let(x))
+            else:
+                body.insert(len(body) - 1, Let(x))  # before the open loop it encloses
+            self._scope(body)[x] = level
+        return self._find(e, path)
+
+    def _depth_of_dims(self, path: list[list]) -> dict[int, int]:
+        out = {}
+        for depth in range(1, len(path)):
+            parent = path[depth - 1]
+            for it in parent:
+                if isinstance(it, Loop) and it.body is path[depth]:
+                    out[it.dim] = depth
+        return out
+
+
+def schedule_kernel(k: Kernel) -> KernelSchedule:
+    """The loop nest of one kernel (see the module docstring)."""
+    return _Builder(k).build()
+
+
+# ------------------------------------------------------------------ the loop interpreter
+
+
+def _numpy_scalar_eval():
+    from . import reference
+
+    return reference
+
+
+def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
+    """Interpret a schedule element by element (slow; small kernels only): the check that a
+    schedule computes what its kernel describes. Reads and writes compact arrays in `env`;
+    the GEMM/conv core is evaluated with the reference."""
+    from .kernels import read_view
+
+    reference = _numpy_scalar_eval()
+    k = s.kernel
+    flat = {b: np.asarray(a).reshape(-1) for b, a in env.items()}
+    for e, b in s.scratch.items():
+        flat[b] = np.zeros(math.prod(e.shape), e.dtype)
+    idx = [0] * len(k.space)
+    acc: dict[Expr, object] = {}  # register accumulators (outlive the loop bodies' scopes)
+
+    def load(ld: Load):
+        v = ld.view
+        at = [i if n != 1 else 0 for i, n in zip(idx, v.shape, strict=True)]  # size 1: broadcast
+        for i, (lo, hi) in zip(at, v.bounds(), strict=True):
+            if not lo <= i < hi:
+                return np.zeros((), flat[ld.buffer].dtype)[()]
+        return flat[ld.buffer][v.offset + sum(i * st for i, st in zip(at, v.strides, strict=True))]
+
+    def ev(e: Expr, scope: dict):
+        if e in scope:
+            return scope[e]
+        if e.op in ("reduce", "core"):
+            return load(s.load_of(e))
+        if e.op == "load":
+            return load(e.arg)
+        if e.op == "const":
+            return np.array(e.arg, dtype=e.dtype)[()]
+        if e.op == "rand":
+            raise NotImplementedError("run_schedule: random draws are checked by the backends")
+        xs = [np.array(ev(x, scope)).reshape(1) for x in e.src]
+        out = reference.evaluate(e.op, xs, e.arg, (1,), e.dtype)
+        return out[0]
+
+    def scratch_index(e: Expr) -> int:
+        v = View.contiguous(e.shape)
+        return sum(i * st for i, st in zip(idx, v.strides, strict=True))
+
+    def combine(e: Expr, a, b):
+        r = reference.evaluate(
+            e.arg.combiner, [np.array(a).reshape(1), np.array(b).reshape(1)], None, (1,), e.dtype
+        )
+        return r[0]
+
+    def walk(items, scope):
+        scope = dict(scope)
+        for it in items:
+            if isinstance(it, Loop):
+                for i in range(it.extent):
+                    idx[it.dim] = i
+                    walk(it.body, scope)
+                idx[it.dim] = 0
+            elif isinstance(it, Let):
+                scope[it.expr] = ev(it.expr, scope)
+            elif isinstance(it, Init):
+                ident = np.array(it.expr.arg.identity(it.expr.dtype), it.expr.dtype)[()]
+                if it.mode == "scratch":
+                    flat[s.scratch[it.expr]][:] = ident
+                else:
+                    acc[it.expr] = ident
+            elif isinstance(it, Accumulate):
+                e = it.expr
+                x = np.array(ev(e.src[0], scope)).astype(e.dtype)[()]
+                if it.mode == "scratch":
+                    j = scratch_index(e)
+                    buf = flat[s.scratch[e]]
+                    buf[j] = combine(e, buf[j], x)
+                else:
+                    acc[e] = combine(e, acc[e], x)
+            elif isinstance(it, Finish):
+                scope[it.expr] = acc[it.expr]
+                flat[s.scratch[it.expr]][scratch_index(it.expr)] = scope[it.expr]
+            elif isinstance(it, Write):
+                st = it.store
+                view = View.contiguous(st.buffer.shape).embed(st.dims, k.space)[0]
+                j = view.offset + sum(i * x for i, x in zip(idx, view.strides, strict=True))
+                flat[st.buffer][j] = ev(st.value, scope)
+            elif isinstance(it, RunCore):
+                c = k.core
+                xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
+                v = reference.evaluate(c.op, xs, c.arg, c.shape, c.dtype)
+                flat[it.into] = np.ascontiguousarray(v).reshape(-1)
+
+    for st in k.stores:
+        if st.buffer not in flat:
+            flat[st.buffer] = np.zeros(math.prod(st.buffer.shape), st.buffer.dtype)
+    walk(s.body, {})
+    for st in k.stores:
+        env[st.buffer] = flat[st.buffer].reshape(st.buffer.shape)
+    if s.core_store is not None:
+        env[s.core_store.buffer] = flat[s.core_buffer].reshape(s.core_buffer.shape)
+
+
+__all__ = ["KernelSchedule", "run_schedule", "schedule_kernel"]
