@@ -409,3 +409,35 @@ def _infer(op: Op, shapes: tuple, dtypes: tuple, arg) -> tuple[Shape, str]:
     if op is Op.WHERE and dtypes[0] != "bool":
         raise ShapeError(f"where: the condition must be bool, got {dtypes[0]}")
     return SHAPE_RULE[op](op, *shapes, arg), _dtype_rule(op, dtypes, arg)
+
+
+# ---------------------------------------------------------------- tolerance budgets
+#
+# How far a compiled backend's result may lie from the reference interpreter's, per op. A budget
+# applies to float results; an integer or bool result must always be identical.
+#   ("exact", 0): the same bits (any NaN matches any NaN; -0.0 is not 0.0). Every op whose IEEE
+#       result is correctly rounded in its compute dtype, and every op that only moves, selects
+#       or compares values.
+#   ("ulp", c): |compiled - reference| <= c * spacing(reference) in the result dtype; NaN where
+#       the reference has NaN, the same infinity where it has one. Math functions that are not
+#       correctly rounded (ours and numpy's each within about 1 ulp).
+#   ("order", c): sums whose order may differ (vectorized, blocked, pairwise): the same non-finite
+#       values, and for each finite element |compiled - reference| <= c * eps(dtype) * sqrt(n) *
+#       scale, where n is the number of terms summed into that element (reduced elements; the
+#       inner dim of a matmul; KH*KW*Cin of a conv; the row of a logsoftmax) and scale is
+#       sum(|terms|) (sum, matmul: sum_k |a_ik * b_kj|, conv likewise), or 1 + |reference| for
+#       the log-domain ops (logsumexp, logsoftmax: a relative error of the sum of exp terms is an
+#       absolute error of its log, plus the rounding of the result itself).
+TOLERANCE: dict[Op, tuple[str, float]] = {
+    **{op: ("exact", 0) for op in MOVEMENT | COMPARE | TERNARY},
+    **{op: ("exact", 0) for op in (Op.NEG, Op.RELU, Op.SQRT, Op.CAST, Op.STOP_GRADIENT)},
+    **{op: ("exact", 0) for op in (Op.ADD_SCALAR, Op.MUL_SCALAR, Op.DIV_SCALAR)},
+    **{op: ("exact", 0) for op in (Op.ADD, Op.MUL, Op.DIV, Op.MAXIMUM)},
+    **{op: ("ulp", 4) for op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR)},
+    Op.SUM: ("order", 2),
+    Op.MAX: ("exact", 0),  # a max is the same whatever the order (NaN propagates)
+    Op.LOGSUMEXP: ("order", 8),
+    Op.MATMUL: ("order", 2),
+    Op.CONV: ("order", 2),
+    Op.LOGSOFTMAX: ("order", 8),
+}
