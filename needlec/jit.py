@@ -335,6 +335,8 @@ def inline(graph: Graph, tensors: Sequence[Tensor]) -> list:
 class Lowered:
     """A traced and optimized function: its graph, printed IR and generated code."""
 
+    _jit_opaque = True  # guard walks do not descend into compiled programs
+
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         n_results = traced.n_results

@@ -111,8 +111,11 @@ def _children(x):
         return [(("item", i), v) for i, v in enumerate(x)]
     if isinstance(x, dict):
         return [(("item", k), v) for k, v in x.items()]
-    if hasattr(x, "__dict__") and not isinstance(x, types.FunctionType):
-        return [(("attr", k), v) for k, v in vars(x).items()]
+    d = getattr(x, "__dict__", None)
+    if isinstance(d, dict) and not isinstance(x, types.FunctionType):
+        if getattr(type(x), "_jit_opaque", False):  # compiled code: nothing a trace reads
+            return []
+        return [(("attr", k), v) for k, v in d.items()]
     return []
 
 

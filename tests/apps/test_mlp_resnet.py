@@ -108,7 +108,10 @@ def test_epoch_jit_matches_eager(optimizer):
         assert j_err == e_err
         np.testing.assert_allclose(j_loss, e_loss, rtol=1e-5)
     for a, b in zip(jit_params + jit_running, eager_params + eager_running, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # compiled code differs from numpy by ulps; biases right before a BatchNorm get pure
+        # rounding noise as gradient, which Adam scales to steps of size lr
+        atol = 1e-3 if optimizer is nc.optim.Adam else 1e-5
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
     assert eager[1][1] < eager[0][1]  # it learns
 
 

@@ -163,12 +163,7 @@ def _valid(op: Op, dtypes, a=None) -> bool:
 
 
 # cases that find a genuine mismatch with the reference (for the backend's fix list)
-XFAIL = {
-    ("pow_scalar", "float32", 0.5): "x ** 0.5 (POW_SCALAR c=0.5) of -inf gives +inf (C99 pow);"
-    " the reference (np.power on arrays) gives nan. Binary POW with y=0.5 matches numpy",
-    ("pow_scalar", "float64", 0.5): "x ** 0.5 (POW_SCALAR c=0.5) of -inf gives +inf (C99 pow);"
-    " the reference (np.power on arrays) gives nan. Binary POW with y=0.5 matches numpy",
-}
+XFAIL: dict = {}
 
 
 def _case(op, dtype, c=None):
@@ -230,12 +225,6 @@ def test_elementwise_op_matches_reference(op, dtype, scalar):
         assert_within(node.op, g, w, what=what, sources=(x, y, cond))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="maximum(x, y) with x, y in {-0.0, 0.0}, x != y bitwise: compiled keeps x, numpy's"
-    " np.maximum (SIMD, every size and stride) gives y; so relu(-0.0) is -0.0 compiled, 0.0 in"
-    " the reference",
-)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_maximum_and_relu_on_signed_zero_ties(dtype):
     x = np.array([-0.0, 0.0, -0.0, 0.0, 1.0], dtype)
@@ -446,20 +435,10 @@ def _matmul_budget(av_val, bv_val):
     return av_val.shape[-1], scale
 
 
-K0 = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="matmul with K=0, (4,0) @ (0,3): compiling crashes in gemm.emit_core (the packed"
-    " size-0 operand has no BLAS layout: `_matrix` gives None, 'cannot unpack non-iterable"
-    " NoneType') before its K == 0 zero fill",
-)
-
-
 def _matmul_cases():
     for name in MATMULS:
         for dtype in FLOATS:
-            marks = [K0] if name == "k0" else []
-            yield pytest.param(name, dtype, id=f"{name}-{dtype}", marks=marks)
+            yield pytest.param(name, dtype, id=f"{name}-{dtype}")
 
 
 @pytest.mark.parametrize("name,dtype", list(_matmul_cases()))

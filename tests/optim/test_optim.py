@@ -20,6 +20,9 @@ F64 = np.float64
 # tolerances: needlec (float32) against the float64 reference or torch; jit against eager
 REF = dict(rtol=1e-4, atol=1e-5)
 SAME = dict(rtol=1e-5, atol=1e-6)
+# compiled against eager: float32 sums run in another order and exp/log are correctly rounded
+# where numpy's SIMD float32 ones are not; Adam divides by sqrt(v) and magnifies those ulps
+COMPILED = dict(rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- problem
@@ -285,7 +288,7 @@ def test_jit_trajectory_matches_eager(cfg, loss):
     want = eager.run(STEPS)
     got = jitted.run(STEPS, jit=True)
     assert jitted.jitted.trace_count == 1
-    assert_same_trajectory(got, want, SAME, "jit vs eager")
+    assert_same_trajectory(got, want, COMPILED, "jit vs eager")
     assert_same_trajectory(got, run_numpy(kind, hp, loss), REF, "jit vs numpy")
     # the state written back equals eager's, and so does the gradient of the last step
     for g, w in zip(_state(jitted.opt), _state(eager.opt), strict=True):
@@ -305,7 +308,7 @@ def test_schedule_under_jit_matches_eager_without_retrace(sched):
     want = eager.run(STEPS, schedule=schedule)
     got = jitted.run(STEPS, jit=True, schedule=schedule)
     assert jitted.jitted.trace_count == 1
-    assert_same_trajectory(got, want, SAME, "jit vs eager")
+    assert_same_trajectory(got, want, COMPILED, "jit vs eager")
     ref = run_numpy(kind, hp, loss, schedule=schedule)
     assert_same_trajectory(got, ref, REF, "jit vs numpy")
     # the schedule matters: ignoring it would be caught by the comparison above
@@ -331,7 +334,7 @@ def test_schedule_switching_between_int_and_float(kind, lr, lrs):
     eager, jitted = Run(kind, dict(lr=lr), "lsq"), Run(kind, dict(lr=lr), "lsq")
     want = eager.run(STEPS, schedule=schedule)
     got = jitted.run(STEPS, jit=True, schedule=schedule)
-    assert_same_trajectory(got, want, SAME, "jit vs eager")
+    assert_same_trajectory(got, want, COMPILED, "jit vs eager")
     assert_same_trajectory(got, run_numpy(kind, dict(lr=lr), "lsq", schedule=schedule), REF)
     assert jitted.jitted.trace_count == 1  # an int lr and a float lr share one trace
 

@@ -70,6 +70,11 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     (a_ld, b_ld) = core.operands
     dtype = core.dtype
     ty = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+    if math.prod(core.shape) == 0:
+        return
+    if a_ld.view.shape[-1] == 0:  # an empty sum: zeros
+        r.fill(into, ir.Constant(ty, 0.0), dtype)
+        return
     ops = []
     for ld in (a_ld, b_ld):
         ok = _matrix(ld.view) if _batch_ok(ld.view) else None

@@ -120,9 +120,9 @@ def _sqrt(b, x, dtype):
 
 
 def maximum(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
-    """numpy's maximum: NaN wins from either side; ties keep x (maximum(-0., 0.) is -0.)."""
+    """numpy's maximum: NaN wins from either side; a tie gives y (maximum(-0., 0.) is 0.)."""
     if dtype in FLOATS:
-        keep = b.or_(b.fcmp_ordered(">=", x, y), b.fcmp_unordered("uno", x, x))
+        keep = b.or_(b.fcmp_ordered(">", x, y), b.fcmp_unordered("uno", x, x))
         return b.select(keep, x, y)
     if dtype == "bool":
         return b.or_(x, y)
@@ -173,10 +173,13 @@ def _pow_scalar(b, xs, e, dt):
     x, c = xs[0], e.arg
     if dt not in FLOATS:
         return _ipow(b, x, const(dt, c), dt)
+    # numpy's power takes these exponents by exact shortcuts (sqrt(-inf) is nan, not inf)
     if c == 2:
-        return b.fmul(x, x)  # exact, as powf(x, 2) is
-    if c == 1:
-        return x
+        return b.fmul(x, x)
+    if c == 0.5:
+        return _sqrt(b, x, dt)
+    if c == -1:
+        return b.fdiv(const(dt, 1), x)
     return _math(b, "pow", [x, const(dt, c)], dt, b.inline_math)
 
 
