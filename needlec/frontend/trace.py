@@ -27,12 +27,8 @@ from ..ir import Node, Op
 from ..ir.ops import uniform, user_frame
 
 _ids = itertools.count()
-_serials = itertools.count(1)  # next() on it is atomic: no two tensors share a serial
-
-
-def new_serial() -> int:
-    """A number larger than that of every tensor made before (in any thread)."""
-    return next(_serials)
+# new_serial() is larger than every number it gave before, in any thread (count's next is atomic)
+new_serial = itertools.count(1).__next__
 
 
 class TracerError(RuntimeError):
