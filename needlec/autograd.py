@@ -8,19 +8,21 @@ same VJP rows as the graph autodiff pass.
 
 from __future__ import annotations
 
+from threading import RLock, get_ident
+
 import numpy as np
 
 from . import backend_ndarray as nd
 from .codegen.reference import evaluate
 from .frontend.pytree import register_container
-from .frontend.trace import TracerError, current
+from .frontend.trace import TracerError, current, new_serial
 from .ir import Node, Op, OpMixin, infer, toposort
 from .ir.ops import fmt_type, user_frame
 from .passes.autodiff import VJP, backprop
 
 LAZY_MODE = False
-TENSOR_COUNTER = 0
-_created = 0  # every tensor ever made: tells tensors made inside a trace from older ones
+TENSOR_COUNTER = 0  # tensors alive now (needle's count), updated under _counter_lock
+_counter_lock = RLock()  # reentrant: a __del__ may run while this thread holds it
 
 NDArray = nd.NDArray
 
@@ -152,10 +154,12 @@ class Tensor(Value, OpMixin):
         origin=None,
         detached=True,
     ):
-        global TENSOR_COUNTER, _created
+        global TENSOR_COUNTER
+        _counter_lock.acquire()  # (not `with`: this runs for every tensor, and is half the cost)
         TENSOR_COUNTER += 1
-        _created += 1
-        self._serial = _created
+        _counter_lock.release()
+        self._serial = new_serial()  # with the thread: tells tensors made inside a trace
+        self._thread = get_ident()
         self._origin = origin  # the tensor whose array this one shares, if any
         self._detached = detached  # a view that stops gradients (.data), not an alias
         if requires_grad is None:
@@ -167,8 +171,10 @@ class Tensor(Value, OpMixin):
 
     def __del__(self) -> None:
         global TENSOR_COUNTER
-        if TENSOR_COUNTER is not None:  # None while the interpreter shuts down
+        if _counter_lock is not None:  # None while the interpreter shuts down
+            _counter_lock.acquire()
             TENSOR_COUNTER -= 1
+            _counter_lock.release()
 
     # ------------------------------------------------------------ construction
     @staticmethod
@@ -331,11 +337,17 @@ class Tensor(Value, OpMixin):
                 f"tracer that escaped the trace that made it, used at {user_frame()}. Return it "
                 "from the jitted function instead of storing it in a global or attribute."
             )
+        if self._trace.thread != get_ident():
+            raise TracerError(
+                f"{what}: this tensor (%:{fmt_type(self._node.dtype, self._node.shape)}) is a "
+                f"tracer of a trace in progress in another thread, used at {user_frame()}. "
+                "Each thread traces on its own: pass concrete tensors between threads."
+            )
         return self._node
 
     def _concrete(self, what: str):
         trace = current()
-        if self._node is None and trace is not None and self._serial <= trace.creation_mark:
+        if self._node is None and trace is not None and not trace.made_inside(self):
             raise TracerError(
                 f"{what} of a tensor from outside the trace ({fmt_type(self.dtype, self.shape)})"
                 f" at {user_frame()}: inside jit its value would be read once, at trace time, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -12,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from . import autograd
 from . import backend_ndarray as nd
 from .autograd import Tensor, TensorOp
 from .codegen import reference
@@ -219,7 +219,6 @@ def trace_function(
     if leaves is None:
         _, leaves = _signature(name, args, kwargs, static_argnums, static_argnames)
     trace = Trace(name)
-    trace.creation_mark = autograd._created
     with tracing(trace):
         arg_tracers = [
             Tensor._make_tracer(
@@ -453,45 +452,57 @@ class Jitted:
         self.fn = fn
         self.static_argnums = tuple(static_argnums)
         self.static_argnames = tuple(static_argnames)
-        self._cache: dict = {}  # signature key -> [(Lowered, Guard)], most recent first
+        self._cache: dict = {}  # signature key -> ((Lowered, Guard), ...), most recent first
+        self._lock = threading.RLock()  # held while tracing (reentrant: lower() in a trace)
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self._roots = guards.roots(fn)
         self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.trace_count = 0
 
+    def _lookup(self, key, leaves) -> tuple[Lowered | None, str | None]:
+        """(a cached trace that fits this call, None) or (None, why none does)."""
+        why = "first call" if not self.trace_count else "new argument signature"
+        for lowered, guard in self._cache.get(key, ()):
+            traced = lowered.traced
+            why = traced.stale_capture() or traced.stale_arguments(leaves) or guard.check()
+            if why is None:
+                return lowered, None
+        return None, why
+
     def _entry(self, args, kwargs) -> tuple[Lowered, list]:
         key, leaves = _signature(
             self.__name__, args, kwargs, self.static_argnums, self.static_argnames
         )
-        entries = self._cache.setdefault(key, [])
-        why = "first call" if not self.trace_count else "new argument signature"
-        for lowered, guard in entries:
-            traced = lowered.traced
-            why = traced.stale_capture() or traced.stale_arguments(leaves) or guard.check()
-            if why is None:
+        lowered, why = self._lookup(key, leaves)  # a hit takes no lock
+        if lowered is not None:
+            return lowered, leaves
+        with self._lock:  # one trace at a time: a thread that missed too finds it here
+            lowered, why = self._lookup(key, leaves)
+            if lowered is not None:
                 return lowered, leaves
-        if _debug("recompiles"):
-            print(f"needlec: tracing {self.__name__}: {why}", file=sys.stderr)
-        statics = [a for i, a in enumerate(args) if i in self.static_argnums]
-        statics += [v for k, v in kwargs.items() if k in self.static_argnames]
-        roots = self._roots + [lambda v=v: v for v in statics]
-        before = guards.plain_state(roots, _is_tensor)
-        traced = trace_function(
-            self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
-        )
-        guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
-        lowered = Lowered(traced)
-        self.trace_count += 1
-        fixed = [t for k, t in enumerate(traced.captured) if k not in traced.grad_owner]
-        guard = guards.Guard(roots, fixed, _is_tensor, _is_stateful, traced.dynamic_attrs())
-        entries.insert(0, (lowered, guard))
-        del entries[_RETRACE_WARNING:]
-        if self.trace_count == _RETRACE_WARNING:
-            warnings.warn(
-                f"jit({self.__name__}) has traced {self.trace_count} times (last: {why}); "
-                "NEEDLEC_DEBUG=recompiles prints each reason",
-                stacklevel=3,
+            if _debug("recompiles"):
+                print(f"needlec: tracing {self.__name__}: {why}", file=sys.stderr)
+            statics = [a for i, a in enumerate(args) if i in self.static_argnums]
+            statics += [v for k, v in kwargs.items() if k in self.static_argnames]
+            roots = self._roots + [lambda v=v: v for v in statics]
+            before = guards.plain_state(roots, _is_tensor)
+            traced = trace_function(
+                self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
             )
+            guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
+            lowered = Lowered(traced)
+            self.trace_count += 1
+            fixed = [t for k, t in enumerate(traced.captured) if k not in traced.grad_owner]
+            guard = guards.Guard(roots, fixed, _is_tensor, _is_stateful, traced.dynamic_attrs())
+            # a new tuple, most recent first: a lookup in another thread reads the old or the new
+            entries = ((lowered, guard), *self._cache.get(key, ()))
+            self._cache[key] = entries[:_RETRACE_WARNING]
+            if self.trace_count == _RETRACE_WARNING:
+                warnings.warn(
+                    f"jit({self.__name__}) has traced {self.trace_count} times (last: {why}); "
+                    "NEEDLEC_DEBUG=recompiles prints each reason",
+                    stacklevel=3,
+                )
         return lowered, leaves
 
     def __get__(self, obj, objtype=None):
@@ -503,11 +514,18 @@ class Jitted:
         except TypeError:  # not weak-referenceable or not hashable: no cache per instance
             bound = None
         if bound is None:
-            bound = Jitted(self.fn.__get__(obj, objtype), self.static_argnums, self.static_argnames)
-            try:
-                self._bound[obj] = bound
-            except TypeError:
-                pass
+            with self._lock:  # one bound Jitted (one cache) per instance, whichever thread is first
+                try:
+                    bound = self._bound.get(obj)
+                except TypeError:
+                    bound = None
+                if bound is None:
+                    fn = self.fn.__get__(obj, objtype)
+                    bound = Jitted(fn, self.static_argnums, self.static_argnames)
+                    try:
+                        self._bound[obj] = bound
+                    except TypeError:
+                        pass
         return bound
 
     def __call__(self, *args, **kwargs):

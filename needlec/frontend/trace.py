@@ -8,11 +8,16 @@ Mutation is functionalized: inside a trace, `p.data = v` and `p.grad = g` on a t
 outside, and the optimizer's Python numbers (`opt.t`), are not applied; the trace keeps a journal of
 them (later reads inside the trace see the new value), and each becomes an extra output that is
 written back into the same object after every call.
+
+Tracing state is per thread: each thread has its own stack of traces, so a trace in one thread
+never sees (or records) the ops of another. A tensor made in another thread is never "made inside"
+a trace: it is captured like any tensor from outside.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,6 +27,8 @@ from ..ir import Node, Op
 from ..ir.ops import uniform, user_frame
 
 _ids = itertools.count()
+# new_serial() is larger than every number it gave before, in any thread (count's next is atomic)
+new_serial = itertools.count(1).__next__
 
 
 class TracerError(RuntimeError):
@@ -37,7 +44,9 @@ class Trace:
         self.alive = True
         self.inputs: list[Node] = []
         self.captured: dict[int, tuple[object, Node]] = {}  # id(tensor) -> (tensor, node)
-        self.creation_mark = 0  # tensors made after this (counter) were made inside the trace
+        # tensors this thread makes after this serial are made inside the trace
+        self.creation_mark = new_serial()
+        self.thread = threading.get_ident()
         self.seed: Node | None = None  # the scalar seed input, once a random op asks for it
         self.streams = 0
         # the journal of writes to objects from outside (see the module docstring)
@@ -50,9 +59,14 @@ class Trace:
         self.scalars: dict[tuple[int, str], tuple[object, str, Node]] = {}  # read every call
         self.scalar_writes: dict[tuple[int, str], tuple[object, str, Node]] = {}
 
+    def made_inside(self, x) -> bool:
+        """Whether tensor `x` was made while this trace ran (by its thread)."""
+        return x._serial > self.creation_mark and x._thread == self.thread
+
     def outside(self, x) -> bool:
-        """Whether `x` is a concrete tensor made before this trace began (a parameter, a state)."""
-        return x._node is None and x._serial <= self.creation_mark
+        """Whether `x` is a concrete tensor made before this trace began, or by another thread
+        (a parameter, a state)."""
+        return x._node is None and not self.made_inside(x)
 
     def scalar(self, obj, name: str) -> Node:
         """A Python number `obj.name` as a 0-d float64 input read at every call, so changing it
@@ -98,17 +112,17 @@ class Trace:
         """
         if x._node is not None:
             if x._trace is not self:
-                if x._trace is None or not x._trace.alive:
-                    x._tracer_node("an op")  # raises: an escaped tracer
+                if x._trace is None or not x._trace.alive or x._trace.thread != self.thread:
+                    x._tracer_node("an op")  # raises: an escaped tracer, or another thread's
                 raise TracerError(
                     f"a tracer of an outer trace was used inside an inner one at {user_frame()}"
                 )
             return x._node
-        if x._origin is not None and x._serial > self.creation_mark:
+        if x._origin is not None and self.made_inside(x):
             # a view made in the trace (.data, .detach(), an alias) reads its source
             node = self.node_of(x._origin)
             return Node.make(Op.STOP_GRADIENT, node) if x._detached else node
-        if x._serial > self.creation_mark:
+        if self.made_inside(x):
             arr = np.asarray(x.cached_data)
             flat = arr.reshape(-1)
             if arr.size and uniform(flat):
@@ -139,20 +153,31 @@ class Trace:
         return self.capture(owner._grad, owner._grad.cached_data, key)
 
 
-_stack: list[Trace] = []
+class _Traces(threading.local):
+    """This thread's traces in progress, innermost last."""
+
+    def __init__(self) -> None:
+        self.stack: list[Trace] = []
+
+
+_local = _Traces()
 
 
 def current() -> Trace | None:
-    """The innermost trace in progress, or None when running eagerly."""
-    return _stack[-1] if _stack else None
+    """This thread's innermost trace in progress, or None when it runs eagerly."""
+    stack = _local.stack
+    return stack[-1] if stack else None
 
 
 @contextmanager
 def tracing(trace: Trace) -> Iterator[Trace]:
-    """Make `trace` current; on exit it is finished and its tracers become dead."""
-    _stack.append(trace)
+    """Make `trace` current in this thread; on exit it is finished and its tracers become dead."""
+    if trace.thread != threading.get_ident():
+        raise RuntimeError(f"trace {trace.name!r} was made in another thread")
+    stack = _local.stack
+    stack.append(trace)
     try:
         yield trace
     finally:
-        _stack.pop()
+        stack.pop()
         trace.alive = False

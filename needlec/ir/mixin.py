@@ -102,11 +102,12 @@ class OpMixin:
     def __gt__(self, other):
         return self._binary(Op.CMPLT, other, reverse=True)
 
+    # x <= y as (x < y) or (x == y), not as not (x > y): false where either is NaN, as in numpy
     def __le__(self, other):
-        return self.__gt__(other).logical_not()
+        return self.__lt__(other).where(True, self.eq(other))
 
     def __ge__(self, other):
-        return self.__lt__(other).logical_not()
+        return self.__gt__(other).where(True, self.eq(other))
 
     def logical_not(self):
         return self.where(

@@ -6,6 +6,7 @@ are shared for free, memo tables are plain dicts, and tests can assert identity.
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 from .mixin import OpMixin
@@ -22,6 +23,7 @@ class Node(OpMixin):
 
     __slots__ = ("op", "dtype", "shape", "src", "arg", "__weakref__")
     _interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+    _intern_lock = threading.RLock()  # a miss inserts under it: two threads get one object
 
     op: Op
     dtype: str
@@ -32,10 +34,14 @@ class Node(OpMixin):
         key = (op, dtype, shape, src, type(arg), arg_key(arg))
         node = cls._interned.get(key)
         if node is None:
-            node = object.__new__(cls)
-            for name, value in zip(cls.__slots__[:5], (op, dtype, shape, src, arg), strict=True):
-                object.__setattr__(node, name, value)
-            cls._interned[key] = node
+            with cls._intern_lock:
+                node = cls._interned.get(key)
+                if node is None:
+                    node = object.__new__(cls)
+                    values = (op, dtype, shape, src, arg)
+                    for name, value in zip(cls.__slots__[:5], values, strict=True):
+                        object.__setattr__(node, name, value)
+                    cls._interned[key] = node
         return node
 
     def __setattr__(self, name, value):

@@ -286,8 +286,11 @@ def sqrt(a: Tensor) -> Tensor:
 
 
 def sigmoid(a: Tensor) -> Tensor:
-    """1 / (1 + exp(-a))."""
-    return (exp(-a) + 1) ** -1
+    """1 / (1 + exp(-a)), built from e = exp(-|a|) <= 1 (1 / (1 + e) where a >= 0, e / (1 + e)
+    elsewhere), so that neither the value nor the gradient overflows at any magnitude."""
+    pos = a >= 0
+    e = exp(pos.where(-a, a))
+    return pos.where(1.0, e) / (e + 1)
 
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:

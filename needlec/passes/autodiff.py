@@ -91,6 +91,17 @@ def _max_vjp(g, out, x, axes):
     return (_keepdims(g, x, axes) * share,)
 
 
+def _logsumexp_vjp(g, out, x, axes):
+    """g * softmax(x), from x shifted by its max as the forward computes it: exp(x - out) would
+    lose the digits that `out` rounds away at large magnitudes (|x| ~ 1e4 in float32)."""
+    if 0 in x.shape:  # nothing to differentiate (and no max to shift by)
+        return (_keepdims(g, x, axes),)
+    m = x.max(axes).stop_gradient()  # softmax does not depend on the shift
+    m = (m * 0.0).eq(0.0).where(m, 0.0)  # an infinite max shifts by 0, as the forward does
+    z = (x - _keepdims(m, x, axes)).exp()
+    return (_keepdims(g, x, axes) * z / _keepdims(z.sum(axes), x, axes),)
+
+
 def _stack_vjp(g, out, *xs_and_axis):
     *xs, axis = xs_and_axis
     parts = []
@@ -127,9 +138,7 @@ VJP: dict[Op, Callable] = {
     Op.WHERE: lambda g, out, c, x, y, arg: (None, c.where(g, 0), c.where(0, g)),
     Op.SUM: lambda g, out, x, axes: (_keepdims(g, x, axes),),
     Op.MAX: _max_vjp,
-    Op.LOGSUMEXP: lambda g, out, x, axes: (
-        _keepdims(g, x, axes) * (x - _keepdims(out, x, axes)).exp(),
-    ),
+    Op.LOGSUMEXP: _logsumexp_vjp,
     Op.RESHAPE: lambda g, out, x, shape: (g.reshape(x.shape),),
     Op.BROADCAST: lambda g, out, x, shape: (unbroadcast(g, x.shape),),
     Op.PERMUTE: lambda g, out, x, perm: (g.permute(_inverse(perm)),),
