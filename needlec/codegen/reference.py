@@ -12,6 +12,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..ir.printer import format_node
+from ..ir.random import draw
 
 
 def _slice(x, spec):
@@ -56,10 +57,10 @@ def _conv(x, w, arg):
 
 
 def _rand(seed, arg, shape, dtype):
+    """A random node's draws: element i a function of (seed, stream, i) alone, the mapping of
+    `needlec.ir.random` that every backend draws the same way."""
     dist, stream = arg
-    gen = np.random.Generator(np.random.Philox(key=[int(seed) & (2**64 - 1), stream]))
-    draw = gen.random(shape) if dist == "uniform" else gen.standard_normal(shape)
-    return draw.astype(dtype)
+    return draw(int(np.asarray(seed).reshape(())), stream, tuple(shape), dtype, dist)
 
 
 # op -> f(*source arrays, arg) -> array; the result is cast to the node's dtype by the caller

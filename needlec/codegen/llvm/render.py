@@ -29,6 +29,7 @@ from .. import reference
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
 from . import gemm
 from .mathlib import math_function
+from .random import emit_draw
 
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
@@ -232,9 +233,6 @@ def unsupported(s: KernelSchedule) -> str | None:
     if k.core is not None and not gemm.supported(k.core):
         c = k.core
         return f"{c.op.name.lower()} core on {c.dtype} has no native lowering yet"
-    for e in k.exprs:
-        if e.op == "rand":
-            return "random draws have no native lowering yet"
     return None
 
 
@@ -331,6 +329,12 @@ class KernelRenderer:
             return self.load(e.arg, e.dtype)
         if e.op == "const":
             return const(e.dtype, e.arg)
+        if e.op == "rand":  # element i of the node's row-major order: needlec.ir.random's draw
+            d = e.arg
+            view = View.contiguous(d.shape).embed(d.dims, self.k.space)[0]
+            index, _, _ = self.address(view)
+            seed = convert(self.b, self.value(e.src[0]), e.src[0].dtype, "int64")
+            return emit_draw(self.b, seed, d.stream, index, e.dtype, d.dist)
         if e.op not in LOWER:
             raise LoweringError(f"no lowering for {e.op} in kernel {self.k.name}")
         dt = compute_dtype(e)
