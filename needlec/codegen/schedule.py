@@ -321,7 +321,7 @@ class _Builder:
             rest = (t.outer | frozenset(t.inner) if t.mode == "scratch" else t.outer) - bound
             if cur:
                 new = common & rest
-                blocked = any(u.mode == "scratch" and u.item in self._closure_needs(t) for u in cur)
+                blocked = any(u.mode == "scratch" and u.item in t.needs for u in cur)
                 if new and not blocked:
                     cur.append(t)
                     common = new
@@ -331,9 +331,6 @@ class _Builder:
         if cur:
             runs.append((cur, common))
         return runs
-
-    def _closure_needs(self, t: _Task) -> frozenset:
-        return t.needs
 
     def _emit(self, tasks: list[_Task], bound: frozenset[int], path: list[list]) -> None:
         for run, common in self._runs(tasks, bound):
@@ -438,19 +435,13 @@ def schedule_kernel(k: Kernel) -> KernelSchedule:
 # ------------------------------------------------------------------ the loop interpreter
 
 
-def _numpy_scalar_eval():
-    from . import reference
-
-    return reference
-
-
 def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
     """Interpret a schedule element by element (slow; small kernels only): the check that a
     schedule computes what its kernel describes. Reads and writes compact arrays in `env`;
     the GEMM/conv core is evaluated with the reference."""
+    from . import reference
     from .kernels import read_view
 
-    reference = _numpy_scalar_eval()
     k = s.kernel
     flat = {b: np.asarray(a).reshape(-1) for b, a in env.items()}
     for e, b in s.scratch.items():

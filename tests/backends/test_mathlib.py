@@ -6,23 +6,14 @@ import re
 
 import numpy as np
 import pytest
-from llvmlite import binding as llvm
 from llvmlite import ir
 
+from needlec.codegen.llvm import target
 from needlec.codegen.llvm.mathlib import MATH_FUNCTIONS, math_function
 
 IR_TYPES = {np.float32: ir.FloatType(), np.float64: ir.DoubleType()}
 MAX_ULP = 4  # the budget; measured: 1 for every function and type
 RNG_SEED = 20240611
-
-
-@functools.cache
-def _target_machine() -> llvm.TargetMachine:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
-    return target.create_target_machine(cpu=cpu, features=features, opt=3)
 
 
 def _loop_module(name: str, dtype) -> ir.Module:
@@ -55,30 +46,13 @@ def _loop_module(name: str, dtype) -> ir.Module:
     return module
 
 
-def _optimize(module: ir.Module) -> llvm.ModuleRef:
-    tm = _target_machine()
-    mod = llvm.parse_assembly(str(module))
-    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-    mod.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
-    return mod
-
-
 @functools.cache
 def _kernel(name: str, dtype):
     """The compiled loop as a numpy-level function of one or two arrays."""
-    mod = _optimize(_loop_module(name, dtype))
-    engine = llvm.create_mcjit_compiler(mod, _target_machine())
-    engine.finalize_object()
+    engine = target.compile_module(str(_loop_module(name, dtype)))
     nin = 2 if name == "pow" else 1
     cptr = ctypes.POINTER(ctypes.c_float if dtype == np.float32 else ctypes.c_double)
-    cfn = ctypes.CFUNCTYPE(None, *[cptr] * (nin + 1), ctypes.c_int64)(
-        engine.get_function_address("f")
-    )
+    cfn = ctypes.CFUNCTYPE(None, *[cptr] * (nin + 1), ctypes.c_int64)(engine.function_address("f"))
 
     def run(*arrays):
         arrays = [np.ascontiguousarray(a, dtype=dtype) for a in np.broadcast_arrays(*arrays)]
@@ -265,6 +239,7 @@ def test_math_function_is_defined_once_and_pure():
 
 @pytest.mark.parametrize("name", ["exp", "tanh", "log"])
 def test_float32_loop_is_vectorized(name):
-    asm = _target_machine().emit_assembly(_optimize(_loop_module(name, np.float32)))
+    lib = target.compile_module(str(_loop_module(name, np.float32)))  # owns the module
+    asm = target.assembly(lib.optimized)
     assert re.search(r"\bv\w+ps\b.*%[yz]mm", asm), "no packed single-precision SIMD instructions"
     assert not re.search(r"call\w*\s+\S*(exp|log|tanh)", asm), "the math function is still a call"

@@ -7,41 +7,21 @@ at O3 for the host CPU (so the loop is vectorized) and compares the raw bits wit
 import ctypes
 import functools
 
-import llvmlite.binding as llvm
 import numpy as np
 import pytest
 from llvmlite import ir
 
+from needlec.codegen.llvm import target
 from needlec.codegen.llvm.random import F32, F64, I64, emit_draw, emit_philox4x32
 from needlec.ir.random import draw
 
 INT_VIEW = {"float32": np.uint32, "float64": np.uint64}
 
 
-@functools.cache
-def _target_machine() -> llvm.TargetMachine:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    features = llvm.get_host_cpu_features().flatten()
-    return target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=features, opt=3, jit=True
-    )
-
-
 def _compile(module: ir.Module, name: str):
-    """The module optimized at O3 and JIT-compiled; returns (engine, address of `name`)."""
-    tm = _target_machine()
-    mod = llvm.parse_assembly(str(module))
-    mod.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    return engine, engine.get_function_address(name)
+    """The module compiled as the backend compiles programs; returns (library, address)."""
+    lib = target.compile_module(str(module))
+    return lib, lib.function_address(name)
 
 
 @functools.cache
@@ -49,7 +29,6 @@ def _fill(stream: int, dtype: str, dist: str):
     """A compiled `f(out, seed, n)` writing element i of the draw to out[i], and its engine."""
     ty = F32 if dtype == "float32" else F64
     module = ir.Module(name="random_test")
-    module.triple = llvm.get_process_triple()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ty.as_pointer(), I64, I64]), "f")
     out, seed, n = fn.args
     entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
@@ -123,7 +102,6 @@ KAT = [
 def test_emitted_philox_known_answers():
     i32 = ir.IntType(32)
     module = ir.Module(name="philox_kat")
-    module.triple = llvm.get_process_triple()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i32.as_pointer()] * 3), "kat")
     ctr, key, out = fn.args
     b = ir.IRBuilder(fn.append_basic_block())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 
 from llvmlite import ir
@@ -19,6 +20,7 @@ from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import View
+from .loops import counted_loop
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
@@ -87,11 +89,6 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     n = bb.view.shape[-1]
     out_shape = core.shape
     batch = out_shape[:-2]
-    if math.prod(out_shape) == 0:
-        return
-    if k == 0:
-        r.fill(into, ir.Constant(ty, 0.0), dtype)
-        return
     fnty = ir.FunctionType(
         ir.VoidType(),
         [ir.PointerType(I8)] * 2
@@ -161,12 +158,7 @@ def _strides(shape) -> list[int]:
 
 
 def _indices(batch):
-    if not batch:
-        yield ()
-        return
-    import itertools
-
-    yield from itertools.product(*(range(n) for n in batch))
+    return itertools.product(*(range(n) for n in batch))  # () for no batch: one index
 
 
 def _batch_offset(view: View, bidx: tuple, nbatch: int) -> int:
@@ -196,20 +188,8 @@ def _pack(r, ld: Load, dtype: str) -> Load:
 def _copy_nest(r, ld: Load, dst: Buffer, dtype: str, d: int) -> None:
     shape = ld.view.shape
     if d == len(shape):
-        v = r.load(Load(ld.buffer, ld.view), dtype)
-        r.store(dst, View.contiguous(shape), v, dtype)
+        r.store(dst, View.contiguous(shape), r.load(ld, dtype), dtype)
         return
-    b = r.b
-    pre = b.block
-    head, body, done = (b.append_basic_block(f"pack.{d}.{t}") for t in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(I64(0), pre)
-    b.cbranch(b.icmp_signed("<", i, I64(shape[d])), body, done)
-    b.position_at_end(body)
-    r.idx[d] = i
-    _copy_nest(r, ld, dst, dtype, d + 1)
-    i.add_incoming(b.add(i, I64(1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
+    with counted_loop(r.b, shape[d], f"pack{d}") as i:
+        r.idx[d] = i
+        _copy_nest(r, ld, dst, dtype, d + 1)

@@ -14,6 +14,7 @@ pairwise summation within the tolerance the op records give reductions.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ from ...ir.view import View
 from .. import reference
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
 from . import gemm
+from .loops import counted_loop
 from .mathlib import math_function
 from .random import emit_draw
 
@@ -46,14 +48,17 @@ class LoweringError(RuntimeError):
 def compute_dtype(e: Expr) -> str:
     """The dtype numpy computes `e.op` in for `e`'s source dtypes (its result, before the cast
     to `e.dtype`; for comparisons, the common dtype of the operands)."""
-    dts = [s.dtype for s in e.src]
-    if e.op in COMPARE or e.op is Op.WHERE:
-        return str(np.result_type(*dts[-2:]))
     if e.op is Op.CAST:
         return e.dtype
-    xs = [np.ones(1, d) for d in dts]
+    return _compute_dtype(e.op, tuple(s.dtype for s in e.src), e.arg)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
+    if op in COMPARE or op is Op.WHERE:
+        return str(np.result_type(*dts[-2:]))
     with np.errstate(all="ignore"):
-        out = np.asarray(reference.EVAL[e.op](*xs, e.arg))
+        out = np.asarray(reference.EVAL[op](*[np.ones(1, d) for d in dts], arg))
     return str(out.dtype)
 
 
@@ -398,26 +403,12 @@ class KernelRenderer:
 
     # the schedule ---------------------------------------------------------
     def loop(self, lp: Loop) -> None:
-        b = self.b
-        pre = b.block
-        head = b.append_basic_block(f"i{lp.dim}.head")
-        body = b.append_basic_block(f"i{lp.dim}.body")
-        done = b.append_basic_block(f"i{lp.dim}.done")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name=f"i{lp.dim}")
-        i.add_incoming(I64(0), pre)
-        b.cbranch(b.icmp_signed("<", i, I64(lp.extent)), body, done)
-        b.position_at_end(body)
         saved = self.idx.get(lp.dim)
-        self.idx[lp.dim] = i
-        self.scopes.append({})
-        self.walk(lp.body)
-        self.scopes.pop()
-        nxt = b.add(i, I64(1), flags=["nuw", "nsw"])
-        i.add_incoming(nxt, b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        with counted_loop(self.b, lp.extent, f"i{lp.dim}") as i:
+            self.idx[lp.dim] = i
+            self.scopes.append({})
+            self.walk(lp.body)
+            self.scopes.pop()
         if saved is None:
             self.idx.pop(lp.dim, None)
         else:
@@ -482,21 +473,10 @@ class KernelRenderer:
         n = math.prod(buf.shape)
         if n == 0:
             return
-        lp = Loop(-1, n, "outer")
         b = self.b
-        pre = b.block
-        head, body, done = (b.append_basic_block(f"fill.{t}") for t in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(I64(0), pre)
-        b.cbranch(b.icmp_signed("<", i, I64(lp.extent)), body, done)
-        b.position_at_end(body)
-        v = b.zext(value, I8) if dtype == "bool" else convert(b, value, dtype, buf.dtype)
-        b.store(v, self.pointer(buf, i))
-        i.add_incoming(b.add(i, I64(1)), b.block)
-        b.branch(head)
-        b.position_at_end(done)
+        with counted_loop(b, n, "fill") as i:
+            v = b.zext(value, I8) if dtype == "bool" else convert(b, value, dtype, buf.dtype)
+            b.store(v, self.pointer(buf, i))
 
 
 def render_kernel(module: ir.Module, s: KernelSchedule, name: str, noalias: set) -> KernelRenderer:

@@ -45,13 +45,6 @@ def data_layout() -> str:
     return str(target_machine().target_data)
 
 
-def cpu_key() -> str:
-    """What compiled code depends on: CPU name, features, LLVM version."""
-    _init()
-    version = ".".join(map(str, llvm.llvm_version_info))
-    return f"{llvm.get_host_cpu_name()}|{llvm.get_host_cpu_features().flatten()}|llvm{version}"
-
-
 def optimize(mod: llvm.ModuleRef) -> None:
     """O3 with loop and SLP vectorization, in place."""
     pto = llvm.create_pipeline_tuning_options(speed_level=3)

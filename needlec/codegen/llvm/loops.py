@@ -1,0 +1,28 @@
+"""The counted loop every LLVM lowering builds: kernel loops, fills, operand packing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from llvmlite import ir
+
+I64 = ir.IntType(64)
+
+
+@contextlib.contextmanager
+def counted_loop(b: ir.IRBuilder, n: int, name: str) -> Iterator[ir.Value]:
+    """`for i in range(n)` over an i64 index: yields i with the builder in the body; on exit
+    the builder is after the loop."""
+    pre = b.block
+    head, body, done = (b.append_basic_block(f"{name}.{t}") for t in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name=name)
+    i.add_incoming(I64(0), pre)
+    b.cbranch(b.icmp_signed("<", i, I64(n)), body, done)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(b.add(i, I64(1), flags=["nuw", "nsw"]), b.block)
+    b.branch(head)
+    b.position_at_end(done)
