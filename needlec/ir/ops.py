@@ -435,7 +435,9 @@ TOLERANCE: dict[Op, tuple[str, float]] = {
     **{op: ("exact", 0) for op in (Op.ADD, Op.MUL, Op.DIV, Op.MAXIMUM)},
     **{op: ("ulp", 4) for op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR)},
     Op.SUM: ("order", 2),
-    Op.MAX: ("exact", 0),  # a max is the same whatever the order (NaN propagates)
+    # a max is the same whatever the order (NaN propagates), but for the sign of a zero result
+    # from both zeros: +0, IEEE 754's maximum; numpy's sign then follows its evaluation order
+    Op.MAX: ("exact", 0),
     Op.LOGSUMEXP: ("order", 8),
     Op.MATMUL: ("order", 2),
     Op.CONV: ("order", 2),

@@ -22,6 +22,9 @@ from ...ir.schedule import Buffer
 from ...ir.view import View
 from .loops import counted_loop
 
+GEMM_GRAIN_FLOPS = 1 << 22  # a GEMM smaller than two of these runs as one call
+GEMM_SPLIT = 4  # a larger one is cut into at most this many row blocks, one BLAS call each
+
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 
@@ -39,10 +42,67 @@ def blas_address(name: str) -> int:
     return get_pointer(capsule, get_name(capsule))
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    ]
+
+
+_THREAD_FUNCTIONS = [  # (get, set) of the OpenBLAS builds scipy ships or links
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("openblas_get_num_threads", "openblas_set_num_threads"),
+    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+]
+
+
+@functools.cache
+def blas_thread_functions() -> tuple[int, int] | None:
+    """Addresses of (get, set) the thread count of the BLAS that holds scipy's sgemm, or None
+    where it is not an OpenBLAS we know. Compiled steps run BLAS on one thread and split large
+    GEMMs over the runtime's pool themselves, so BLAS's threads never fight the pool's."""
+    info = _DlInfo()
+    try:
+        libc = ctypes.CDLL(None)
+        if not libc.dladdr(ctypes.c_void_p(blas_address("sgemm")), ctypes.byref(info)):
+            return None
+        lib = ctypes.CDLL(info.dli_fname.decode())
+    except (OSError, AttributeError):
+        return None
+    for get, put in _THREAD_FUNCTIONS:
+        try:
+            fget, fset = getattr(lib, get), getattr(lib, put)
+        except AttributeError:
+            continue
+        as_int = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        return as_int(fget), as_int(fset)
+    return None
+
+
+def external_symbols() -> dict[str, int]:
+    """The BLAS functions compiled code calls, by the names it calls them (resolved when the
+    code is loaded, so code cached on disk never holds another process's addresses)."""
+    out = {"needlec_sgemm": blas_address("sgemm"), "needlec_dgemm": blas_address("dgemm")}
+    threads = blas_thread_functions()
+    if threads is not None:
+        out["needlec_blas_get_threads"], out["needlec_blas_set_threads"] = threads
+    return out
+
+
+def pool_may_call_blas(r) -> bool:
+    """Whether renderer `r` may make BLAS calls from the pool's threads: only where the step
+    holds BLAS to one thread (a BLAS with threads of its own, called from ours, would
+    oversubscribe the CPU)."""
+    return r.parallel and blas_thread_functions() is not None
+
+
 def supported(core: Core) -> bool:
-    """Whether this core renders natively: float32/float64 matmul (convolution and integer
-    GEMM run on the reference until their lowerings land)."""
-    return core.op is Op.MATMUL and core.dtype in ("float32", "float64")
+    """Whether this core renders natively: float32/float64 matmul and convolution (integer
+    cores run on the kernel interpreter until their loop kernels land)."""
+    return core.op in (Op.MATMUL, Op.CONV) and core.dtype in ("float32", "float64")
 
 
 def _matrix(view: View) -> tuple[str, int] | None:
@@ -68,7 +128,6 @@ def _batch_ok(view: View) -> bool:
 
 def emit_core(r, core: Core, into: Buffer) -> None:
     """Emit the matmul `core` into buffer `into` (compact, row-major) for renderer `r`."""
-    b = r.b
     (a_ld, b_ld) = core.operands
     dtype = core.dtype
     ty = ir.FloatType() if dtype == "float32" else ir.DoubleType()
@@ -89,64 +148,81 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     n = bb.view.shape[-1]
     out_shape = core.shape
     batch = out_shape[:-2]
-    fnty = ir.FunctionType(
-        ir.VoidType(),
-        [ir.PointerType(I8)] * 2
-        + [ir.PointerType(I32)] * 3
-        + [ir.PointerType(ty)] * 2
-        + [ir.PointerType(I32), ir.PointerType(ty), ir.PointerType(I32)]
-        + [ir.PointerType(ty)] * 2
-        + [ir.PointerType(I32)],
-    )
-    addr = blas_address("sgemm" if dtype == "float32" else "dgemm")
-    fn = b.inttoptr(I64(addr), ir.PointerType(fnty))
-    ab = r.alloca_builder
-
-    def slot(t, value):
-        p = ab.alloca(t)
-        b.store(value, p)
-        return p
-
-    # column-major: C^T (N x M) = op(B^T) (N x K) @ op(A^T) (K x M)
-    args_const = dict(
-        ta=slot(I8, I8(ord(tb))),
-        tb=slot(I8, I8(ord(ta))),
-        m=slot(I32, I32(n)),
-        n=slot(I32, I32(m)),
-        k=slot(I32, I32(k)),
-        alpha=slot(ty, ir.Constant(ty, 1.0)),
-        lda=slot(I32, I32(ldb)),
-        ldb=slot(I32, I32(lda)),
-        beta=slot(ty, ir.Constant(ty, 0.0)),
-        ldc=slot(I32, I32(max(n, 1))),
-    )
     itemsize = 4 if dtype == "float32" else 8
-    for bidx in _indices(batch):
+    rows_grain = max(-(-m // GEMM_SPLIT), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
+    split = pool_may_call_blas(r) and m > rows_grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
+
+    def rows(bidx, lo=None, hi=None):
+        """The matrix at batch index `bidx`, or its rows [lo, hi): one BLAS call."""
         a_off = _batch_offset(a.view, bidx, len(batch))
         b_off = _batch_offset(bb.view, bidx, len(batch))
         c_off = sum(i * s for i, s in zip(bidx, _strides(out_shape)[: len(batch)], strict=True))
-        pa = b.bitcast(b.gep(r.base[a.buffer], [I64(a_off * itemsize)]), ir.PointerType(ty))
-        pb = b.bitcast(b.gep(r.base[bb.buffer], [I64(b_off * itemsize)]), ir.PointerType(ty))
-        pc = b.bitcast(b.gep(r.base[into], [I64(c_off * itemsize)]), ir.PointerType(ty))
-        c = args_const
-        b.call(
-            fn,
-            [
-                c["ta"],
-                c["tb"],
-                c["m"],
-                c["n"],
-                c["k"],
-                c["alpha"],
-                pb,
-                c["lda"],
-                pa,
-                c["ldb"],
-                c["beta"],
-                pc,
-                c["ldc"],
-            ],
+        pa = r.b.gep(r.base[a.buffer], [I64(a_off * itemsize)])
+        pb = r.b.gep(r.base[bb.buffer], [I64(b_off * itemsize)])
+        pc = r.b.gep(r.base[into], [I64(c_off * itemsize)])
+        rows = I32(m)
+        if lo is not None:  # row i of A is i rows of its view further; of C, i rows of n
+            pa = r.b.gep(pa, [r.b.mul(lo, I64(a.view.strides[-2] * itemsize))])
+            pc = r.b.gep(pc, [r.b.mul(lo, I64(n * itemsize))])
+            rows = r.b.trunc(r.b.sub(hi, lo), I32)
+        if r.fn not in calls:  # one set of BLAS argument slots per function
+            calls[r.fn] = Gemm(r, dtype, ta, tb, lda, ldb, max(n, 1))
+        calls[r.fn](rows, I32(n), I32(k), pa, pb, pc)
+
+    calls = {}
+
+    for bidx in _indices(batch):
+        if split:
+            r.parallel_region(m, rows_grain, lambda lo, hi, bidx=bidx: rows(bidx, lo, hi))
+        else:
+            rows(bidx)
+
+
+class Gemm:
+    """Emits row-major `C[m,n] = op(A)[m,k] @ op(B)[k,n] (+ C when accumulating)` as calls to
+    BLAS's sgemm/dgemm for renderer `r`: the flags and leading dims fixed, the sizes and pointers
+    per call (LLVM values: sizes and the tiles of a convolution may be computed at run time)."""
+
+    def __init__(self, r, dtype: str, ta: str, tb: str, lda: int, ldb: int, ldc: int) -> None:
+        self.r, self.dtype = r, dtype
+        ty = self.ty = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+        pty = ir.PointerType(ty)
+        pi32, pi8 = ir.PointerType(I32), ir.PointerType(I8)
+        fnty = ir.FunctionType(
+            ir.VoidType(), [pi8, pi8, pi32, pi32, pi32, pty, pty, pi32, pty, pi32, pty, pty, pi32]
         )
+        name = "needlec_" + ("sgemm" if dtype == "float32" else "dgemm")
+        self.fn = r.module.globals.get(name) or ir.Function(r.module, fnty, name)
+        # column-major: C^T (n x m) = op(B^T) (n x k) @ op(A^T) (k x m): B comes first
+        self.ta, self.tb = self._slot(I8, I8(ord(tb))), self._slot(I8, I8(ord(ta)))
+        self.ld_b, self.ld_a = self._slot(I32, I32(ldb)), self._slot(I32, I32(lda))
+        self.ldc = self._slot(I32, I32(ldc))
+        self.alpha = self._slot(ty, ir.Constant(ty, 1.0))
+        self.m, self.n, self.k = (self._slot(I32, I32(0)) for _ in range(3))
+        self.beta = self._slot(ty, ir.Constant(ty, 0.0))
+
+    def _slot(self, t, value):
+        p = self.r.alloca_builder.alloca(t)
+        self.r.alloca_builder.store(value, p)
+        return p
+
+    def __call__(
+        self, m, n, k, pa, pb, pc, accumulate: ir.Value | None = None, lda: ir.Value | None = None
+    ) -> None:
+        """One call; `accumulate` (an i1) makes it C += A @ B instead of C = A @ B; `lda` (an
+        i32) replaces A's leading dim from here on."""
+        b, ty = self.r.b, self.ty
+        if lda is not None:
+            b.store(lda, self.ld_a)
+        b.store(n, self.m)
+        b.store(m, self.n)
+        b.store(k, self.k)
+        zero, one = ir.Constant(ty, 0.0), ir.Constant(ty, 1.0)
+        b.store(zero if accumulate is None else b.select(accumulate, one, zero), self.beta)
+        pty = ir.PointerType(ty)
+        pa, pb, pc = (b.bitcast(p, pty) for p in (pa, pb, pc))
+        args = [self.ta, self.tb, self.m, self.n, self.k, self.alpha, pb, self.ld_b, pa, self.ld_a]
+        b.call(self.fn, [*args, self.beta, pc, self.ldc])
 
 
 def _strides(shape) -> list[int]:
@@ -177,7 +253,7 @@ def _pack(r, ld: Load, dtype: str) -> Load:
     shape = ld.view.shape
     nbytes = math.prod(shape) * (4 if dtype == "float32" else 8)
     buf = Buffer(f"{r.k.name}.pack{len(r.base)}", nbytes, "temp", shape, dtype)
-    r.base[buf] = r.b.gep(r.scratch_ptr, [I64(r.alloc_scratch(nbytes))])
+    r.scratch_buffer(buf)
     # a loop nest over the operand's logical dims, reading through the view
     saved = dict(r.idx)
     _copy_nest(r, ld, buf, dtype, 0)

@@ -11,16 +11,20 @@ I64 = ir.IntType(64)
 
 
 @contextlib.contextmanager
-def counted_loop(b: ir.IRBuilder, n: int, name: str) -> Iterator[ir.Value]:
-    """`for i in range(n)` over an i64 index: yields i with the builder in the body; on exit
-    the builder is after the loop."""
+def counted_loop(
+    b: ir.IRBuilder, n: int | ir.Value, name: str, start: int | ir.Value = 0
+) -> Iterator[ir.Value]:
+    """`for i in range(start, n)` over an i64 index: yields i with the builder in the body; on
+    exit the builder is after the loop."""
+    n = I64(n) if isinstance(n, int) else n
+    start = I64(start) if isinstance(start, int) else start
     pre = b.block
     head, body, done = (b.append_basic_block(f"{name}.{t}") for t in ("head", "body", "done"))
     b.branch(head)
     b.position_at_end(head)
     i = b.phi(I64, name=name)
-    i.add_incoming(I64(0), pre)
-    b.cbranch(b.icmp_signed("<", i, I64(n)), body, done)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, n), body, done)
     b.position_at_end(body)
     yield i
     i.add_incoming(b.add(i, I64(1), flags=["nuw", "nsw"]), b.block)

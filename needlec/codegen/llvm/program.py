@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ from llvmlite import ir
 from ...ir.schedule import Buffer
 from ..kernels import run_kernel
 from ..schedule import KernelSchedule, schedule_kernel
-from . import target
+from . import gemm, runtime, target
 from .render import render_kernel, unsupported
 
 ALIGN = 64
+MAX_OUTPUT_BLOCKS = 4  # output blocks a program keeps for reuse, per thread
 
 
 def _debug(topic: str) -> bool:
@@ -85,6 +87,12 @@ class Executable:
         self.arena_bytes = plan.arena_bytes
         self.fallbacks: dict[str, str] = {}
         self._local = threading.local()
+        self._in_specs = [(b.shape, np.dtype(b.dtype)) for b in kg.inputs]
+        self._out_specs = []  # (offset in the output block or None, dtype) per output
+        for b in kg.outputs:
+            p = self.places[b]
+            at = p.offset if p.slot == OUTPUTS else None
+            self._out_specs.append((at, np.dtype(b.dtype)))
         self._build()
 
     # ------------------------------------------------------------ compile
@@ -110,17 +118,26 @@ class Executable:
         module.triple = target.triple()
         module.data_layout = target.data_layout()
         self.segments: list = []  # ("native", name) or ("fallback", KernelSchedule)
-        rendered = []
         workspace = 0
+        rendered: dict[tuple, object] = {}
         for s in self.schedules:
             why = unsupported(s)
             if why is not None:
                 self.fallbacks[s.kernel.name] = why
                 self.segments.append(("fallback", s))
                 continue
-            r = render_kernel(module, s, f"kernel_{s.kernel.name}", self._noalias(s))
-            workspace = max(workspace, r.scratch_bytes)
-            rendered.append(r)
+            noalias = self._noalias(s)
+            key = _shape_of(s, noalias)
+            if key in rendered:  # the same code over other buffers (an RNN's steps): one function
+                same = rendered[key]
+                r = _Call(
+                    same.fn, list(dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs])), s.kernel
+                )
+            else:
+                name = f"kernel_{s.kernel.name}"
+                r = render_kernel(module, s, name, noalias, parallel=runtime.available())
+                workspace = max(workspace, r.scratch_bytes)
+                rendered[key] = r
             if not self.segments or self.segments[-1][0] != "native":
                 self.segments.append(("native", []))
             self.segments[-1][1].append(r)
@@ -132,6 +149,7 @@ class Executable:
                 self._entry(module, name, seg[1])
                 names.append((j, name))
         self.module_ir = module
+        runtime.register_symbols()
         self.library = target.compile_module(str(module))
         self._calls = {}
         for j, name in names:
@@ -142,7 +160,7 @@ class Executable:
                 print(f"needlec: kernel {k} runs on the interpreter: {why}", file=sys.stderr)
 
     def _entry(self, module: ir.Module, name: str, renderers: list) -> None:
-        from .render import I64, PTR
+        from .render import I32, I64, PTR
 
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(PTR)]), name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -154,6 +172,16 @@ class Executable:
                 bases[slot] = b.load(b.gep(table, [I64(slot)]))
             return bases[slot]
 
+        threads = gemm.blas_thread_functions() if any(r.k.core for r in renderers) else None
+        if threads is not None:  # BLAS on this thread only while the step runs
+            get = module.globals.get("needlec_blas_get_threads") or ir.Function(
+                module, ir.FunctionType(I32, []), "needlec_blas_get_threads"
+            )
+            put = module.globals.get("needlec_blas_set_threads") or ir.Function(
+                module, ir.FunctionType(ir.VoidType(), [I32]), "needlec_blas_set_threads"
+            )
+            saved = b.call(get, [])
+            b.call(put, [I32(1)])
         for r in renderers:
             args = []
             for buf in r.buffers:
@@ -161,6 +189,8 @@ class Executable:
                 args.append(b.gep(base(p.slot), [I64(p.offset)]))
             args.append(base(WORKSPACE))
             b.call(r.fn, args)
+        if threads is not None:
+            b.call(put, [saved])
         b.ret_void()
 
     # ------------------------------------------------------------ run
@@ -171,17 +201,40 @@ class Executable:
             loc.workspace = _aligned(max(self.workspace_bytes, 1))
         return loc.arena, loc.workspace
 
+    def _output_block(self) -> np.ndarray:
+        """Memory for this call's outputs: a block of an earlier call that nothing refers to any
+        more (the arrays handed out are views of their block, so while any of them lives the
+        block is not free), else a new one. A training step's outputs replace the parameters
+        it read, so two blocks take turns and a step allocates nothing in the steady state."""
+        loc = self._local
+        pool = getattr(loc, "blocks", None)
+        if pool is None:
+            pool = loc.blocks = []
+        nbytes = max(self.output_bytes, 1)
+        for raw in pool:
+            # referenced by the pool's list, the loop variable and getrefcount's argument only:
+            # every array handed out is a view whose base is `raw`, so none is alive
+            if sys.getrefcount(raw) <= 3:
+                start = (-raw.ctypes.data) % ALIGN
+                return raw[start : start + nbytes]
+        raw = np.empty(nbytes + ALIGN, np.uint8)
+        if len(pool) < MAX_OUTPUT_BLOCKS:
+            pool.append(raw)
+        start = (-raw.ctypes.data) % ALIGN
+        return raw[start : start + nbytes]
+
     def run(self, arrays) -> list[np.ndarray]:
         """Run the program on numpy arrays (one per kernel-graph input); its outputs."""
         kg = self.kg
         arrays = [np.asarray(a, order="C") for a in arrays]
-        for a, b in zip(arrays, kg.inputs, strict=True):
-            if a.shape != b.shape or str(a.dtype) != b.dtype:
+        for a, (shape, dtype), b in zip(arrays, self._in_specs, kg.inputs, strict=True):
+            if a.shape != shape or a.dtype != dtype:
                 raise ValueError(
                     f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
                 )
+        runtime.ensure_started()
         arena, workspace = self._thread_memory()
-        outputs = _aligned(max(self.output_bytes, 1))
+        outputs = self._output_block()
         table = np.empty(self.n_slots, np.uintp)
         table[ARENA] = arena.ctypes.data
         table[OUTPUTS] = outputs.ctypes.data
@@ -196,15 +249,17 @@ class Executable:
             else:
                 self._fallback(seg[1], arrays, regions)
         out = []
-        for b in kg.outputs:
-            out.append(self._array(b, arrays, regions, copy_shared=True))
+        for b, (offset, dtype) in zip(kg.outputs, self._out_specs, strict=True):
+            if offset is None:  # an input or a constant passed through: a copy of its own
+                out.append(self._array(b, arrays, regions).copy())
+            else:
+                out.append(np.ndarray(b.shape, dtype, buffer=outputs, offset=offset))
         return out
 
-    def _array(self, b: Buffer, arrays, regions, copy_shared: bool = False) -> np.ndarray:
+    def _array(self, b: Buffer, arrays, regions) -> np.ndarray:
         p = self.places[b]
         if p.slot >= FIRST_INPUT:
-            a = (arrays + self.constants)[p.slot - FIRST_INPUT]
-            return a.copy() if copy_shared else a
+            return (arrays + self.constants)[p.slot - FIRST_INPUT]
         n = math.prod(b.shape)
         raw = regions[p.slot][p.offset : p.offset + b.nbytes]
         return raw.view(b.dtype)[:n].reshape(b.shape)
@@ -229,6 +284,29 @@ class Executable:
 
     def schedule_text(self) -> str:
         return "\n".join(s.as_text() for s in self.schedules)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A kernel that calls the function rendered for an identical one, with its own buffers."""
+
+    fn: ir.Function
+    buffers: list
+    k: object
+
+
+_BUFFER_NAME = re.compile(r"%[\w.]+")
+
+
+def _shape_of(s: KernelSchedule, noalias: set) -> tuple:
+    """What a kernel's code depends on: its text with buffers named by position, their dtypes and
+    shapes, and which are `noalias`. Kernels with equal shapes share one function."""
+    k = s.kernel
+    bufs = list(dict.fromkeys([*k.inputs, *k.outputs]))
+    names = {b.name: f"%arg{i}" for i, b in enumerate(bufs)}
+    body = k.as_text().split(" = ", 1)[1]  # without the kernel's name
+    body = _BUFFER_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), body)
+    return body, tuple((b.dtype, b.shape, b in noalias) for b in bufs)
 
 
 def compile_program(program) -> Executable:

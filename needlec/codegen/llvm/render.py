@@ -28,7 +28,7 @@ from ...ir.schedule import Buffer
 from ...ir.view import View
 from .. import reference
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
-from . import gemm
+from . import conv, gemm
 from .loops import counted_loop
 from .mathlib import math_function
 from .random import emit_draw
@@ -241,57 +241,173 @@ def unsupported(s: KernelSchedule) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------ parallel loops
+PARALLEL_MIN_WORK = 1 << 16  # estimated operations below which a loop is not worth splitting
+GRAIN_WORK = 1 << 14  # operations a chunk of a parallel loop does at least
+_HEAVY = (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR)
+
+
+def _work(items: list) -> int:
+    """Estimated operations to run `items` once (a transcendental counts 20)."""
+    total = 0
+    for it in items:
+        if isinstance(it, Loop):
+            total += it.extent * _work(it.body)
+        elif isinstance(it, Let):
+            total += 20 if it.expr.op in _HEAVY else 1
+        elif isinstance(it, (Accumulate, Write, Finish)):
+            total += 1
+    return total
+
+
+def _reduced_dims(e: Expr) -> set[int]:
+    return {d for d, (n, m) in enumerate(zip(e.src[0].shape, e.shape, strict=True)) if n != m}
+
+
+def parallel_work(lp: Loop, s: KernelSchedule) -> int | None:
+    """The work of one iteration of top-level loop `lp` if its iterations may run in parallel
+    and it is large enough to be worth it, else None. Safe means each iteration writes memory
+    of its own: every store inside is indexed by the loop's dim, every reduction inside keeps
+    that dim (its accumulator differs per iteration), no scratch is reset inside, no GEMM."""
+    if lp.role != "outer" or lp.extent < 2:
+        return None
+    space = s.kernel.space
+    stack = list(lp.body)
+    while stack:
+        it = stack.pop()
+        if isinstance(it, Loop):
+            stack.extend(it.body)
+        elif isinstance(it, RunCore) or (isinstance(it, Init) and it.mode == "scratch"):
+            return None
+        elif isinstance(it, Accumulate) and lp.dim in _reduced_dims(it.expr):
+            return None
+        elif isinstance(it, Write) and lp.dim not in {d for kd in it.store.dims for d in kd}:
+            return None
+        elif isinstance(it, Finish) and space[lp.dim] != it.expr.shape[lp.dim]:
+            return None
+    per_iteration = max(1, _work(lp.body))
+    if per_iteration * lp.extent < PARALLEL_MIN_WORK:
+        return None
+    return per_iteration
+
+
+def parallel_for(module: ir.Module) -> ir.Function:
+    """The runtime's `needlec_parallel_for(task, ctx, n, grain)`, declared in `module`."""
+    fn = module.globals.get("needlec_parallel_for")
+    if fn is None:
+        fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64])
+        fn = ir.Function(module, fnty, "needlec_parallel_for")
+    return fn
+
+
 # ------------------------------------------------------------------ the renderer
 class KernelRenderer:
     """Renders one `KernelSchedule` as `void name(buffers..., scratch)` in `module`."""
 
-    def __init__(self, module: ir.Module, s: KernelSchedule, name: str, noalias: set) -> None:
+    def __init__(
+        self, module: ir.Module, s: KernelSchedule, name: str, noalias: set, parallel: bool = False
+    ) -> None:
         self.s, self.k = s, s.kernel
+        self.module, self.name, self.noalias, self.parallel = module, name, noalias, parallel
         self.buffers: list[Buffer] = list(dict.fromkeys([*self.k.inputs, *self.k.outputs]))
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(self.buffers) + 1))
-        self.fn = ir.Function(module, fnty, name)
-        self.fn.linkage = "internal"
-        self.fn.attributes.add("nounwind")
-        for arg, buf in zip(self.fn.args, self.buffers, strict=False):
-            if buf in noalias:
-                arg.add_attribute("noalias")
-        self.fn.args[-1].add_attribute("noalias")
-        # allocas in a block of their own before the code, so LLVM promotes them to registers
-        self.entry = self.fn.append_basic_block("allocas")
-        self.alloca_builder = ir.IRBuilder(self.entry)
-        self.start = self.fn.append_basic_block("entry")
-        self.b = ir.IRBuilder(self.start)
         heavy = sum(
             e.op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR) for e in s.kernel.exprs
         )
-        self.b.inline_math = heavy <= INLINE_MATH_LIMIT
-        self.base: dict[Buffer, ir.Value] = {}
-        for arg, buf in zip(self.fn.args, self.buffers, strict=False):
-            self.base[buf] = arg
-        scratch = self.fn.args[-1]
-        for buf, off in s.scratch_offsets().items():
-            self.base[buf] = self.b.gep(scratch, [I64(off)])
-        if s.core_store is not None:
-            self.base[s.core_buffer] = self.base[s.core_store.buffer]
-        self.scratch_ptr = scratch
+        self.inline_math = heavy <= INLINE_MATH_LIMIT
         self.scratch_bytes = s.scratch_bytes  # grows when GEMM operands are packed
+        self.names = self.k.value_names()
+        self.pos = {e: i for i, e in enumerate(self.k.exprs)}
+        self.parallel_loops = 0
+        self.extra_scratch: dict[Buffer, int] = {}  # packed operands, im2col weights
+        self.fn = self._function(name, [])
+
+    def _function(self, name: str, extra: list) -> ir.Function:
+        """A function taking the kernel's buffers, its scratch and `extra` arguments, with the
+        renderer's state (builder, pointers, scopes) set up to emit its body."""
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (len(self.buffers) + 1) + extra)
+        fn = ir.Function(self.module, fnty, name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for arg, buf in zip(fn.args, self.buffers, strict=False):
+            if buf in self.noalias:
+                arg.add_attribute("noalias")
+        scratch = fn.args[len(self.buffers)]
+        scratch.add_attribute("noalias")
+        # allocas in a block of their own before the code, so LLVM promotes them to registers
+        self.entry = fn.append_basic_block("allocas")
+        self.alloca_builder = ir.IRBuilder(self.entry)
+        self.start = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.start)
+        self.b.inline_math = self.inline_math
+        self.base: dict[Buffer, ir.Value] = dict(zip(self.buffers, fn.args, strict=False))
+        for buf, off in [*self.s.scratch_offsets().items(), *self.extra_scratch.items()]:
+            self.base[buf] = self.b.gep(scratch, [I64(off)])
+        if self.s.core_store is not None:
+            self.base[self.s.core_buffer] = self.base[self.s.core_store.buffer]
+        self.scratch_ptr = scratch
         self.idx: dict[int, ir.Value] = {}
         self.scopes: list[dict] = [{}]
         self.acc: dict[Expr, ir.Value] = {}
-        self.names = self.k.value_names()
-        self.pos = {e: i for i, e in enumerate(self.k.exprs)}
+        return fn
+
+    _STATE = ("fn", "entry", "alloca_builder", "start", "b", "base", "scratch_ptr", "idx")
+    _STATE += ("scopes", "acc")
 
     def render(self) -> ir.Function:
-        self.walk(self.s.body)
+        for it in self.s.body:
+            if self.parallel and isinstance(it, Loop) and parallel_work(it, self.s) is not None:
+                self.parallel_loop(it)
+            else:
+                self.walk([it])
         self.b.ret_void()
         self.alloca_builder.branch(self.start)
         return self.fn
 
-    def alloc_scratch(self, nbytes: int) -> int:
-        """Offset of `nbytes` more of scratch (64-byte aligned) for this kernel."""
+    def parallel_loop(self, lp: Loop) -> None:
+        """Loop `lp`, its iterations handed to the runtime's parallel-for in chunks of at least
+        `grain` iterations."""
+        grain = max(1, -(-GRAIN_WORK // parallel_work(lp, self.s)))
+        self.parallel_region(lp.extent, grain, lambda lo, hi: self.loop(lp, lo, hi))
+
+    def parallel_region(self, n: int | ir.Value, grain: int, emit: Callable) -> None:
+        """Run `emit(lo, hi)` (which emits code over iterations [lo, hi) of something with `n`
+        iterations) on the thread pool: the code goes into a function of its own, reached from
+        a task `task(ctx, lo, hi)` that unpacks the kernel's pointers from ctx. Buffers in
+        scratch (`scratch_buffer`) are there too; other values of the caller are not."""
+        j = self.parallel_loops
+        self.parallel_loops += 1
+        saved = {a: getattr(self, a) for a in self._STATE}
+        body = self._function(f"{self.name}.loop{j}", [I64, I64])
+        emit(*body.args[-2:])
+        self.b.ret_void()
+        self.alloca_builder.branch(self.start)
+        for a, v in saved.items():
+            setattr(self, a, v)
+        n_ptrs = len(self.buffers) + 1
+        task = ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]), f"{self.name}.task{j}"
+        )
+        task.linkage = "internal"
+        tb = ir.IRBuilder(task.append_basic_block("entry"))
+        table = tb.bitcast(task.args[0], PTR.as_pointer())
+        ptrs = [tb.load(tb.gep(table, [I64(i)])) for i in range(n_ptrs)]
+        tb.call(body, [*ptrs, task.args[1], task.args[2]])
+        tb.ret_void()
+        b = self.b
+        ctx = self.alloca_builder.alloca(PTR, size=n_ptrs, name=f"ctx{j}")
+        for i, arg in enumerate(self.fn.args[:n_ptrs]):
+            b.store(arg, b.gep(ctx, [I64(i)]))
+        n = I64(n) if isinstance(n, int) else n
+        fn = parallel_for(self.module)
+        b.call(fn, [b.bitcast(task, PTR), b.bitcast(ctx, PTR), n, I64(grain)])
+
+    def scratch_buffer(self, buf: Buffer) -> None:
+        """Give `buf` memory in this kernel's scratch block (64-byte aligned), here and in the
+        functions of its parallel regions."""
         off = self.scratch_bytes
-        self.scratch_bytes += -(-nbytes // 64) * 64
-        return off
+        self.scratch_bytes += -(-buf.nbytes // 64) * 64
+        self.extra_scratch[buf] = off
+        self.base[buf] = self.b.gep(self.scratch_ptr, [I64(off)])
 
     # values ---------------------------------------------------------------
     def lookup(self, e: Expr):
@@ -373,6 +489,11 @@ class KernelRenderer:
                 valid = ok if valid is None else b.and_(valid, ok)
         return off, valid, False
 
+    def convert(self, x: ir.Value, src: str, dst: str) -> ir.Value:
+        return convert(self.b, x, src, dst)
+
+    const = staticmethod(const)
+
     def pointer(self, buf: Buffer, index: ir.Value) -> ir.Value:
         p = self.b.bitcast(self.base[buf], ir.PointerType(MEM[buf.dtype]))
         return self.b.gep(p, [index])
@@ -402,9 +523,11 @@ class KernelRenderer:
         self.b.store(v, self.pointer(buf, off))
 
     # the schedule ---------------------------------------------------------
-    def loop(self, lp: Loop) -> None:
+    def loop(self, lp: Loop, lo: ir.Value | None = None, hi: ir.Value | None = None) -> None:
+        """`lp`, over all its iterations or over [lo, hi)."""
         saved = self.idx.get(lp.dim)
-        with counted_loop(self.b, lp.extent, f"i{lp.dim}") as i:
+        end = lp.extent if hi is None else hi
+        with counted_loop(self.b, end, f"i{lp.dim}", 0 if lo is None else lo) as i:
             self.idx[lp.dim] = i
             self.scopes.append({})
             self.walk(lp.body)
@@ -457,7 +580,9 @@ class KernelRenderer:
                 view = View.contiguous(st.buffer.shape).embed(st.dims, self.k.space)[0]
                 self.store(st.buffer, view, v, st.value.dtype)
             elif isinstance(it, RunCore):
-                gemm.emit_core(self, self.k.core, it.into)
+                core = self.k.core
+                emit = conv.emit_conv if core.op is Op.CONV else gemm.emit_core
+                emit(self, core, it.into)
 
     def combine(self, e: Expr, acc: ir.Value, x: ir.Value) -> ir.Value:
         b = self.b
@@ -467,7 +592,14 @@ class KernelRenderer:
                 out.flags.append("reassoc")  # a vectorizable sum; order within the budget
                 return out
             return b.or_(acc, x) if e.dtype == "bool" else b.add(acc, x)
-        return maximum(b, x, acc, e.dtype) if e.dtype in FLOATS else maximum(b, acc, x, e.dtype)
+        if e.dtype in FLOATS:  # IEEE maximum: NaN propagates, and LLVM vectorizes it
+            t = REG[e.dtype]
+            name = f"llvm.maximum.{'f32' if e.dtype == 'float32' else 'f64'}"
+            fn = b.module.globals.get(name) or ir.Function(
+                b.module, ir.FunctionType(t, [t, t]), name
+            )
+            return b.call(fn, [acc, x])
+        return maximum(b, acc, x, e.dtype)
 
     def fill(self, buf: Buffer, value: ir.Value, dtype: str) -> None:
         n = math.prod(buf.shape)
@@ -479,10 +611,13 @@ class KernelRenderer:
             b.store(v, self.pointer(buf, i))
 
 
-def render_kernel(module: ir.Module, s: KernelSchedule, name: str, noalias: set) -> KernelRenderer:
+def render_kernel(
+    module: ir.Module, s: KernelSchedule, name: str, noalias: set, parallel: bool = False
+) -> KernelRenderer:
     """Add kernel `s` to `module` as function `name`; returns the renderer (its `.fn` and the
-    order of its buffer arguments, `.buffers`)."""
-    r = KernelRenderer(module, s, name, noalias)
+    order of its buffer arguments, `.buffers`). With `parallel`, its large outer loops run on
+    the runtime's thread pool."""
+    r = KernelRenderer(module, s, name, noalias, parallel)
     r.render()
     return r
 

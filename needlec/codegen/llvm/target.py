@@ -9,6 +9,8 @@ import threading
 
 import llvmlite.binding as llvm
 
+from . import diskcache
+
 _LOCK = threading.Lock()  # LLVM's global state is not ours to race on
 
 
@@ -45,39 +47,73 @@ def data_layout() -> str:
     return str(target_machine().target_data)
 
 
+# Loop unrolling is off: on a step of 332 kernels it took 80% of the optimization time (96 s
+# against 21 s), while the vectorizer's own interleaving keeps the hot loops as fast (measured
+# in benchmarks/bench_kernels.py).
+UNROLL = False
+# how `optimize` and the target machine compile: part of every disk cache key (change it with them)
+PIPELINE = f"O3 loop-vectorize slp-vectorize unroll={UNROLL}; cpu=host reloc=default jitdefault"
+
+
 def optimize(mod: llvm.ModuleRef) -> None:
     """O3 with loop and SLP vectorization, in place."""
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
-    pto.loop_unrolling = True
+    pto.loop_unrolling = UNROLL
     pb = llvm.create_pass_builder(target_machine(), pto)
     pm = pb.getModulePassManager()
     pm.run(mod, pb)
 
 
 class Library:
-    """A compiled module, its engine kept alive with it."""
+    """Compiled code, its engine kept alive with it; `optimized` is the module as optimized
+    (parsed and optimized again on demand when the code came from the disk cache)."""
 
-    def __init__(self, optimized: llvm.ModuleRef, engine: llvm.ExecutionEngine) -> None:
-        self.optimized = optimized
-        self.engine = engine
+    def __init__(self, text: str, engine: llvm.ExecutionEngine, optimized=None) -> None:
+        self.text, self.engine, self._optimized = text, engine, optimized
+        self.from_disk = optimized is None
+
+    @property
+    def optimized(self) -> llvm.ModuleRef:
+        if self._optimized is None:
+            with _LOCK:
+                mod = llvm.parse_assembly(self.text)
+                optimize(mod)
+                self._optimized = mod
+        return self._optimized
 
     def function_address(self, name: str) -> int:
         return self.engine.get_function_address(name)
 
 
 def compile_module(text: str) -> Library:
-    """Parse, verify, optimize and compile LLVM IR text for this CPU."""
+    """Parse, verify, optimize and compile LLVM IR text for this CPU, or load the machine code a
+    process compiled from the same text before (`diskcache`)."""
     with _LOCK:
         _init()
+        # an engine owns its target machine (and frees it with itself): a fresh one each
+        tm = _new_target_machine()
+        cpu = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+        key = diskcache.key(text, *cpu, PIPELINE)
+        obj = diskcache.load(key)
+        if obj is not None:
+            empty = llvm.parse_assembly("")
+            empty.triple = triple()
+            engine = llvm.create_mcjit_compiler(empty, tm)
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            engine.finalize_object()
+            return Library(text, engine)
         mod = llvm.parse_assembly(text)
         mod.verify()
         optimize(mod)
-        # an engine owns its target machine (and frees it with itself): a fresh one each
-        engine = llvm.create_mcjit_compiler(mod, _new_target_machine())
+        engine = llvm.create_mcjit_compiler(mod, tm)
+        written = []
+        engine.set_object_cache(notify_func=lambda _m, data: written.append(bytes(data)))
         engine.finalize_object()
-        return Library(mod, engine)
+        if written:
+            diskcache.store(key, written[0])
+        return Library(text, engine, mod)
 
 
 def assembly(mod: llvm.ModuleRef) -> str:

@@ -1,0 +1,126 @@
+"""Compiled code on disk: a new process running the same step loads machine code instead of
+optimizing and compiling its LLVM module again.
+
+An entry is the object code MCJIT produced for one module. Its key hashes the module's text (as
+rendered, before optimization), the target CPU's name and features, the pass pipeline, and the
+versions of needlec, llvmlite and LLVM, so a changed program, CPU or toolchain never finds an
+old entry. Compiled code
+calls BLAS and the runtime by name (bound when it is loaded), so an entry holds no addresses of
+the process that wrote it. Each file starts with a magic string, the key and the SHA-256 of the
+object code; a file that is truncated, damaged or written for another key is compiled afresh and
+rewritten, never loaded. Writes go to a temporary file renamed into place, so concurrent
+processes never see half an entry.
+
+The directory is `NEEDLEC_CACHE_DIR`, else `$XDG_CACHE_HOME/needlec`, else `~/.cache/needlec`;
+`NEEDLEC_DISK_CACHE=0` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+MAGIC = b"needlec-object-v1\n"
+
+
+@dataclass
+class Stats:
+    """What the cache did in this process (hits, misses, entries refused as damaged)."""
+
+    hits: int = 0
+    misses: int = 0
+    damaged: int = 0
+    writes: int = 0
+
+
+stats = Stats()
+
+
+def enabled() -> bool:
+    return os.environ.get("NEEDLEC_DISK_CACHE", "1").strip() not in ("0", "off", "false")
+
+
+def directory() -> Path:
+    """Where entries live."""
+    env = os.environ.get("NEEDLEC_CACHE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    return Path(base) / "needlec"
+
+
+def key(module_text: str, cpu: str, features: str, pipeline: str) -> str:
+    """The entry key of a module compiled for a CPU by this toolchain and pass pipeline."""
+    from ... import __version__
+
+    h = hashlib.sha256()
+    for part in (
+        module_text,
+        cpu,
+        features,
+        pipeline,
+        __version__,
+        llvmlite.__version__,
+        ".".join(map(str, llvm.llvm_version_info)),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def path_of(k: str) -> Path:
+    return directory() / k[:2] / f"{k}.o"
+
+
+def load(k: str) -> bytes | None:
+    """The object code stored under `k`, or None (missing, or refused as damaged or foreign)."""
+    if not enabled():
+        return None
+    try:
+        data = path_of(k).read_bytes()
+    except OSError:
+        stats.misses += 1
+        return None
+    head = len(MAGIC) + 64 + 1 + 64 + 1
+    ok = len(data) >= head and data.startswith(MAGIC)
+    if ok:
+        got_key = data[len(MAGIC) : len(MAGIC) + 64].decode("ascii", "replace")
+        digest = data[len(MAGIC) + 65 : len(MAGIC) + 129].decode("ascii", "replace")
+        body = data[head:]
+        ok = got_key == k and hashlib.sha256(body).hexdigest() == digest and len(body) > 0
+    if not ok:
+        stats.damaged += 1
+        stats.misses += 1
+        return None
+    stats.hits += 1
+    return body
+
+
+def store(k: str, obj: bytes) -> None:
+    """Write `obj` under `k` (atomically; a failure to write only costs the next process a
+    compile)."""
+    if not enabled():
+        return
+    path = path_of(k)
+    digest = hashlib.sha256(obj).hexdigest()
+    data = MAGIC + k.encode() + b"\n" + digest.encode() + b"\n" + obj
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        stats.writes += 1
+    except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+__all__ = ["directory", "enabled", "key", "load", "stats", "store"]
