@@ -348,6 +348,9 @@ CASES = [
             (1, 5, 1, 2, 1, 2, 0),
             (1, 3, 2, 2, 1, 1, 1),  # padding larger than the kernel's reach
             (1, 3, 2, 2, 1, 2, 2),
+            (1, 9, 2, 2, 2, 3, 0),  # a kernel smaller than the stride: phases without taps
+            (1, 10, 1, 2, 7, 4, 3),  # ResNet9's stem: 7x7, stride 4
+            (2, 7, 2, 1, 5, 3, 2),
         ]
     ],
     case(

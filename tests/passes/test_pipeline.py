@@ -127,10 +127,15 @@ def test_resnet9_step_kernels_bytes_and_memory(resnet9, capsys):
     kinds = [k.kind for k in kg.kernels]
     convs = sum(1 for n in lowered.graph.nodes if n.op is Op.CONV)
     assert kinds.count("conv") == convs  # one kernel per convolution, epilogues inside
-    assert "elementwise" not in kinds  # BatchNorm, ReLU, residual adds fuse into their neighbours
+    # BatchNorm, ReLU, residual adds fuse into their neighbours: the only elementwise kernels
+    # left are the stacks that interleave a strided conv's gradient phases, and the weight
+    # updates that read such a gradient
+    stacks = sum(1 for n in lowered.graph.nodes if n.op is Op.STACK)
+    strided = sum(1 for n in lowered.graph.nodes if n.op is Op.CONV and n.arg[0] > 1)
+    assert kinds.count("elementwise") <= stacks + strided
     # the rest: BatchNorm statistics (a reduction each, forward and backward), bias/weight
     # gradient sums and the loss: at most two more kernels per convolution, plus a few
-    assert len(kinds) <= 3 * convs + 8
+    assert len(kinds) - kinds.count("elementwise") <= 3 * convs + 8
     mem = lowered.memory_analysis()
     assert mem.arena_bytes < mem.sum_temp_bytes / 2
 
