@@ -291,10 +291,11 @@ def call_graph(
     grads = {} if grads is None else grads
     out = []
     outputs = run(arrays) if run is not None else reference.run_graph(graph, arrays)
+    fresh = getattr(run, "fresh_outputs", False)  # compiled code never returns its inputs
     for i, a in enumerate(outputs):
         a = np.asarray(a, order="C")
-        if any(np.may_share_memory(a, x) for x in arrays):  # an input passed through: a copy,
-            a = a.copy()  # so writing one tensor in place never changes another
+        if not fresh and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
+            a = a.copy()  # through: a copy, so writing one tensor in place never changes another
         data = nd.NDArray.from_numpy(a, device)
         if requires_grad and graph.outputs[i].dtype in FLOATS:
             t = Tensor.__new__(Tensor)
@@ -389,6 +390,8 @@ class Lowered:
 
     def _run_compiled(self, arrays: list) -> list:
         return self.executable.run(arrays)
+
+    _run_compiled.fresh_outputs = True  # outputs in memory of their own (Executable.run)
 
     @property
     def schedule(self) -> str:

@@ -32,7 +32,9 @@ def flatten(tree: Any) -> tuple[list, Any]:
         leaves.append(x)
         return "*"
 
-    return leaves, walk(tree)
+    structure = walk(tree)
+    walk = None  # a recursive closure is a reference cycle: break it, so the leaves free at once
+    return leaves, structure
 
 
 def unflatten(structure: Any, leaves: list) -> Any:
@@ -53,4 +55,6 @@ def unflatten(structure: Any, leaves: list) -> Any:
         cls = s[1]
         return cls(*items) if hasattr(cls, "_fields") else cls(items)
 
-    return build(structure)
+    out = build(structure)
+    build = None  # break the closure's reference cycle (see flatten)
+    return out
