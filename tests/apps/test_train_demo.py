@@ -39,8 +39,14 @@ def test_demo_eager_and_jit_agree_on_the_first_epoch():
     args = ["--epochs", "1", "--hidden", "16", "--batch-size", "64"]
     eager = train.main([*args, "--eager"])
     jitted = train.main(args)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        np.testing.assert_allclose(jitted[key], eager[key], rtol=1e-4)
+    # The biases in front of each BatchNorm get a gradient that is rounding noise alone (the
+    # normalization removes them), and Adam scales any noise to a full step: compiled float32,
+    # summing in another order, walks them elsewhere by ~5e-5. The training loss is unaffected
+    # (1e-8), but the held-out loss is taken with BatchNorm's running statistics, which carry
+    # the walk: it agrees to ~2e-4.
+    for key, rtol in [("train_loss", 1e-4), ("train_acc", 1e-4), ("test_loss", 1e-3)]:
+        np.testing.assert_allclose(jitted[key], eager[key], rtol=rtol, err_msg=key)
+    np.testing.assert_allclose(jitted["test_acc"], eager["test_acc"], atol=2 / 360, rtol=0)
 
 
 @needs_sklearn
