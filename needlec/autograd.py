@@ -469,7 +469,23 @@ class Tensor(Value, OpMixin):
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
+    def __reduce__(self):
+        """Pickled as its class, values, device and requires_grad (not its history or grad),
+        so modules, optimizers and batches pickle, and unpickle to equal values."""
+        if self._node is not None:
+            raise TypeError(
+                f"cannot pickle a traced tensor ({fmt_type(self.dtype, self.shape)}) at "
+                f"{user_frame()}: its value is not known while tracing"
+            )
+        return (_unpickle_tensor, (type(self), self.cached_data, self.requires_grad))
+
     __hash__ = object.__hash__
+
+
+def _unpickle_tensor(cls: type, data: NDArray, requires_grad: bool) -> Tensor:
+    t = cls.__new__(cls)
+    t._init(None, [], cached_data=data, requires_grad=requires_grad)
+    return t
 
 
 def _as_tensor(x, peers) -> Tensor:

@@ -78,6 +78,10 @@ class BackendDevice:
     def __hash__(self) -> int:
         return hash(self.name)
 
+    def __reduce__(self):
+        """Pickled by name: unpickling gives this process's device of that name."""
+        return (as_device, (self.name,))
+
     def _wrap(self, data: Any, dtype: Any) -> NDArray:
         return NDArray.from_numpy(np.asarray(data).astype(_dtype(dtype)), self)
 
@@ -328,6 +332,11 @@ class NDArray:
 
     def __repr__(self) -> str:
         return "NDArray(" + self.numpy().__str__() + f", device={self.device})"
+
+    def __reduce__(self):
+        """Pickled as a compact copy of its values and its device (a view pickles its own
+        elements, not the buffer it shares)."""
+        return (NDArray.from_numpy, (self.numpy(), self.device))
 
     def __str__(self) -> str:
         return self.numpy().__str__()
