@@ -22,6 +22,7 @@ from .init import ones, ones_like, zeros, zeros_like
 from .ir import Graph, ShapeError
 from .jit import jit, make_graph
 from .ops import *  # noqa: F403
+from .serialization import load, save
 from .transforms import grad, value_and_grad, vjp
 
 __version__ = "0.1.0"

@@ -68,7 +68,20 @@ class Primitive(TensorOp):
 def _compute(op: Op, arrays, arg) -> NDArray:
     shape, dtype = infer(op, [x.shape for x in arrays], [x.dtype for x in arrays], arg)
     a = [np.asarray(x) for x in arrays]
-    return NDArray.from_numpy(evaluate(op, a, arg, shape, dtype), arrays[0].device)
+    try:
+        out = evaluate(op, a, arg, shape, dtype)
+    except (ValueError, TypeError, ArithmeticError, IndexError) as e:
+        # numpy's own error (int ** negative int, ...), said with the op and the user's line
+        raise _reraise(e, f"{op.name.lower()}: {e} (at {user_frame()})") from e
+    return NDArray.from_numpy(out, arrays[0].device)
+
+
+def _reraise(e: Exception, message: str) -> Exception:
+    """An error of `e`'s builtin type (or its nearest builtin base) with a new message."""
+    for cls in type(e).__mro__:
+        if cls.__module__ == "builtins":
+            return cls(message)
+    return RuntimeError(message)
 
 
 def _ensure_dtype(dtype) -> str | None:
@@ -77,9 +90,49 @@ def _ensure_dtype(dtype) -> str | None:
     return np.dtype(dtype).name
 
 
-def _to_ndarray(data, device, dtype) -> NDArray:
-    device = device or nd.default_device()
+def _checked_array(data) -> np.ndarray:
+    """`data` as a numpy array of numbers or bools, or a clear error: None, complex numbers,
+    strings and other objects are never converted silently."""
+    if data is None:
+        raise TypeError(f"Tensor: got None; pass an array, a list or a number (at {user_frame()})")
     arr = np.asarray(data)
+    if arr.dtype == object:
+        if any(v is None for v in arr.flat):
+            raise TypeError(
+                f"Tensor: the data holds None, which is not a number (at {user_frame()})"
+            )
+        try:
+            arr = np.asarray(arr.tolist())
+        except (TypeError, ValueError):
+            pass
+    if arr.dtype.kind == "c":
+        raise TypeError(
+            f"Tensor: complex data ({arr.dtype}) is not supported; pass .real or abs() "
+            f"explicitly (at {user_frame()})"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Tensor: data of numpy dtype {arr.dtype} is not numeric (at {user_frame()})"
+        )
+    return arr
+
+
+def _check_int_range(arr: np.ndarray, dtype: str) -> None:
+    """Integers converted to an integer dtype must fit it (uint64 above 2**63 would wrap)."""
+    if arr.dtype.kind not in "iu" or dtype not in ("int32", "int64") or not arr.size:
+        return
+    info = np.iinfo(dtype)
+    lo, hi = arr.min(), arr.max()
+    if int(hi) > info.max or int(lo) < info.min:
+        bad = int(hi) if int(hi) > info.max else int(lo)
+        raise ValueError(
+            f"Tensor: integer {bad} ({arr.dtype}) does not fit {dtype} (at {user_frame()})"
+        )
+
+
+def _to_ndarray(data, device, dtype) -> NDArray:
+    device = nd.as_device(device)
+    arr = _checked_array(data)
     if dtype is None:
         if arr.dtype == np.float64 and isinstance(data, np.ndarray | NDArray):
             dtype = "float64"
@@ -88,6 +141,7 @@ def _to_ndarray(data, device, dtype) -> NDArray:
             dtype = dtype if dtype in ("bool", "int32", "int64") else "int64"
         else:
             dtype = "float32"
+    _check_int_range(arr, dtype)
     return NDArray(np.asarray(arr, dtype=dtype, order="C"), device=device, dtype=dtype)
 
 
@@ -120,6 +174,7 @@ class Tensor(Value, OpMixin):
     _trace = None
     _leaf = None  # for the tracer of a jit argument: the caller's tensor
     _leaf_index = -1  # and its position among the arguments' leaves
+    _serial = 0  # set by _init (0: never initialized, so never counted)
     __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
@@ -133,6 +188,7 @@ class Tensor(Value, OpMixin):
                 self._init(None, [], node=node, trace=trace, requires_grad=requires_grad)
                 return
             data = array.cached_data
+            device = None if device is None else nd.as_device(device)
             same = (device is None or device == data.device) and dtype in (None, data.dtype)
             if same:  # shares the array
                 self._init(None, [], cached_data=data, requires_grad=requires_grad, origin=array)
@@ -171,7 +227,9 @@ class Tensor(Value, OpMixin):
 
     def __del__(self) -> None:
         global TENSOR_COUNTER
-        if _counter_lock is not None:  # None while the interpreter shuts down
+        # (_counter_lock is None while the interpreter shuts down; a tensor whose __init__
+        # raised before _init was never counted: its _serial is still the class's 0)
+        if _counter_lock is not None and self._serial:
             _counter_lock.acquire()
             TENSOR_COUNTER -= 1
             _counter_lock.release()
@@ -411,7 +469,23 @@ class Tensor(Value, OpMixin):
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
+    def __reduce__(self):
+        """Pickled as its class, values, device and requires_grad (not its history or grad),
+        so modules, optimizers and batches pickle, and unpickle to equal values."""
+        if self._node is not None:
+            raise TypeError(
+                f"cannot pickle a traced tensor ({fmt_type(self.dtype, self.shape)}) at "
+                f"{user_frame()}: its value is not known while tracing"
+            )
+        return (_unpickle_tensor, (type(self), self.cached_data, self.requires_grad))
+
     __hash__ = object.__hash__
+
+
+def _unpickle_tensor(cls: type, data: NDArray, requires_grad: bool) -> Tensor:
+    t = cls.__new__(cls)
+    t._init(None, [], cached_data=data, requires_grad=requires_grad)
+    return t
 
 
 def _as_tensor(x, peers) -> Tensor:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .ir.ops import user_frame
+
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
 _NAMES = {np.dtype(d): d for d in DTYPES}  # dtype.name is slow; this is on every op's path
 Shape = tuple[int, ...]
@@ -75,6 +77,10 @@ class BackendDevice:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    def __reduce__(self):
+        """Pickled by name: unpickling gives this process's device of that name."""
+        return (as_device, (self.name,))
 
     def _wrap(self, data: Any, dtype: Any) -> NDArray:
         return NDArray.from_numpy(np.asarray(data).astype(_dtype(dtype)), self)
@@ -146,7 +152,34 @@ def all_devices() -> list[BackendDevice]:
     return [cpu(), cuda(), cpu_numpy()]
 
 
+def as_device(device: Any) -> BackendDevice:
+    """A device given as a Device, by its name ("cpu", "cuda", "cpu_numpy"), or None (the
+    default); anything else is a clear error.
+
+    >>> as_device("cpu_numpy")
+    cpu_numpy()
+    """
+    if device is None:
+        return default_device()
+    if isinstance(device, BackendDevice):
+        return device
+    if isinstance(device, str):
+        found = _DEVICES.get(device.removesuffix("()"))
+        if found is None:
+            raise ValueError(
+                f"device: unknown device name {device!r}; use one of "
+                f"{', '.join(map(repr, _DEVICES))} or nc.cpu(), nc.cuda(), nc.cpu_numpy() "
+                f"(at {user_frame()})"
+            )
+        return found
+    raise TypeError(
+        f"device: expected a Device (nc.cpu(), nc.cuda(), nc.cpu_numpy()) or its name, got "
+        f"{type(device).__name__} {device!r} (at {user_frame()})"
+    )
+
+
 def _check_device(device: BackendDevice) -> BackendDevice:
+    device = as_device(device)
     if not device.enabled():
         why = "no CUDA device or pycuda" if device.name == "cuda" else "device disabled"
         raise RuntimeError(f"{device!r} is not available: {why}")
@@ -299,6 +332,11 @@ class NDArray:
 
     def __repr__(self) -> str:
         return "NDArray(" + self.numpy().__str__() + f", device={self.device})"
+
+    def __reduce__(self):
+        """Pickled as a compact copy of its values and its device (a view pickles its own
+        elements, not the buffer it shares)."""
+        return (NDArray.from_numpy, (self.numpy(), self.device))
 
     def __str__(self) -> str:
         return self.numpy().__str__()
@@ -511,7 +549,7 @@ def empty(
     shape: Sequence[int], dtype: Any = "float32", device: BackendDevice | None = None
 ) -> NDArray:
     """An uninitialised array."""
-    return (device or default_device()).empty(shape, dtype)
+    return as_device(device).empty(shape, dtype)
 
 
 def full(
@@ -521,7 +559,7 @@ def full(
     device: BackendDevice | None = None,
 ) -> NDArray:
     """An array filled with `fill_value`."""
-    return (device or default_device()).full(shape, fill_value, dtype)
+    return as_device(device).full(shape, fill_value, dtype)
 
 
 def broadcast_to(a: NDArray, shape: Sequence[int]) -> NDArray:

@@ -7,6 +7,7 @@ import math
 from . import backend_ndarray as nd
 from .autograd import Tensor
 from .frontend.trace import current
+from .ir.ops import user_frame
 
 
 def _traced_draw(dist: str, shape, dtype: str, requires_grad: bool) -> Tensor | None:
@@ -20,7 +21,7 @@ def _traced_draw(dist: str, shape, dtype: str, requires_grad: bool) -> Tensor | 
 
 
 def _dev(device):
-    return nd.default_device() if device is None else device
+    return nd.as_device(device)
 
 
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
@@ -67,24 +68,31 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tens
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """`eye(n)[i]`: the rows of the n x n identity picked by the class ids `i` (any rank).
 
-    `i` may be a Python sequence, a numpy array or a Tensor of integer or float class ids.
+    `i` may be a Python sequence, a numpy array or a Tensor of integer class ids (a float
+    tensor holding whole numbers is accepted). As in numpy's indexing, a negative id counts
+    from the end (-1 gives the last row).
 
-    Outside a trace, with concrete ids, this is exactly numpy's `np.eye(n)[i]`: a negative id
-    counts from the end (-1 gives the last row) and an id outside [-n, n) raises IndexError.
+    Where the ids' values are known (eagerly, or inside `jit` for ids made inside the traced
+    function) an id outside [-n, n), a fractional one or NaN raises IndexError.
 
-    Inside a trace (`needlec.jit`), or when `i` is itself a traced tensor, the ids' values are
-    not known yet, so `i` is compared with a constant `arange(n)` by tensor ops instead: there
-    an id outside [0, n) (a negative one included) gives a row of zeros, not an error.
+    Inside `jit`, ids passed in as arguments (or read from outside) have no values while
+    tracing, so they cannot be checked: there a bad id gives a row of NaN (of zeros for an
+    integer or bool `dtype`), so a loss built on it is NaN rather than a plausible number.
     """
     import numpy as np
 
     if isinstance(i, Tensor) and (current() is not None or i._node is not None):
-        # Traced: the ids have no values yet, so no range check (and no negative indexing) is
-        # possible; an id outside [0, n) matches no class and gives a row of zeros.
+        trace = current()
+        if i._node is None and trace is not None and trace.made_inside(i):
+            _check_class_ids(n, i.numpy())  # a constant of the trace: known now
         ids = i.detach()
+        ids = (ids < 0).where(ids + n, ids)  # negative ids count from the end
         classes = Tensor(np.arange(n), device=ids.device, dtype=ids.dtype, requires_grad=False)
         hot = ids.reshape((*ids.shape, 1)).eq(classes).cast(dtype)
-        if requires_grad or (device is not None and device != hot.device):
+        if dtype in ("float32", "float64"):  # a bad id matches no class: its row is NaN
+            none = hot.sum((hot.ndim - 1,)).eq(0).reshape((*ids.shape, 1))
+            hot = none.broadcast_to(hot.shape).where(math.nan, hot)
+        if requires_grad or (device is not None and nd.as_device(device) != hot.device):
             hot = Tensor(hot, device=device, dtype=dtype, requires_grad=requires_grad)
         return hot
     if isinstance(i, Tensor):
@@ -92,15 +100,31 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
         ids = i.numpy()
     else:
         ids = np.asarray(i)
-    ids = ids if ids.dtype.kind in "iu" else ids.astype("int64")
+    ids = _check_class_ids(n, ids)
+    array = _dev(device).one_hot(n, ids, dtype=dtype)
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def _check_class_ids(n: int, ids):
+    """Class ids as an int64 array, or an IndexError saying which id is not one of n classes."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    if ids.dtype.kind == "f":
+        bad = ~np.isfinite(ids) | (ids != np.round(ids))
+        if bad.any():
+            raise IndexError(
+                f"one_hot: class id {ids[bad].flat[0]} is not an integer (at {user_frame()})"
+            )
+    if ids.dtype.kind not in "iu":
+        ids = ids.astype("int64")
     if ids.size and (ids.max() >= n or ids.min() < -n):
         bad = ids.max() if ids.max() >= n else ids.min()
         raise IndexError(
             f"one_hot: class id {int(bad)} is out of range for n={n} classes "
-            f"(valid ids are {-n}..{n - 1})"
+            f"(valid ids are {-n}..{n - 1}) (at {user_frame()})"
         )
-    array = _dev(device).one_hot(n, ids, dtype=dtype)
-    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+    return ids
 
 
 def zeros_like(array: Tensor, *, device=None, requires_grad=False) -> Tensor:

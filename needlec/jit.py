@@ -24,7 +24,7 @@ from .frontend.trace import Trace, current, tracing
 from .ir import Graph, Node, Op
 from .ir.graph import FusedGraph
 from .ir.kernel import CostAnalysis, KernelGraph
-from .ir.ops import FLOATS, fmt_type
+from .ir.ops import FLOATS, fmt_type, user_frame
 from .passes import Program, compile_program, differentiate, optimize
 from .passes.memory import MemoryAnalysis
 
@@ -418,6 +418,7 @@ class Lowered:
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         traced = self.traced
         tensors = list(leaves) + traced.current_captures()
+        device = _common_device(traced.trace.name, tensors)
         for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
             value = getattr(obj, name)
             if not isinstance(value, int | float | np.number) or isinstance(value, bool):
@@ -432,7 +433,6 @@ class Lowered:
         if traced.arg_writes or traced.written:
             _check_unaliased(traced, tensors, len(leaves))
         run = None  # the reference interpreter
-        device = leaves[0].device if leaves else nd.default_device()
         if self.execute == "kernels":
             run = self._run_kernels
         elif self.execute == "compiled" and device != nd.cpu_numpy():
@@ -445,6 +445,17 @@ class Lowered:
         static = traced.out_static
         flat = [static[k] if k in static else next(outs) for k in range(n_out)]
         return unflatten(self.traced.out_tree, flat)
+
+
+def _common_device(name: str, tensors: Sequence[Tensor]):
+    """The one device of a call's tensors (arguments and captured), as an eager op demands."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(
+            f"jit({name}): inputs are on different devices {sorted(map(repr, devices))} "
+            f"(at {user_frame()})"
+        )
+    return devices.pop() if devices else nd.default_device()
 
 
 class Jitted:

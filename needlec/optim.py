@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from . import init
 from .autograd import Tensor
 from .frontend.trace import current
+from .serialization import copy_into as _copy_into
 
 
 class _Number:
@@ -66,6 +67,39 @@ class Optimizer(ABC):
 
     def zero_grad(self) -> None:  # the PyTorch spelling
         self.reset_grad()
+
+    def state_dict(self) -> dict:
+        """The optimizer's numbers (hyperparameters, step count) and state tensors (momentum,
+        moments) by parameter index; `nc.save(opt.state_dict(), path)` writes it.
+
+        >>> import needlec as nc
+        >>> opt = nc.optim.SGD([nc.init.ones(2)], lr=0.1, momentum=0.9)
+        >>> sorted(opt.state_dict()["state"]["u"])
+        [0]
+        """
+        numbers, state = {}, {}
+        for k, v in vars(self).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                numbers[k] = v
+            elif isinstance(v, dict) and all(isinstance(t, Tensor) for t in v.values()):
+                state[k] = dict(v)
+        return {"type": type(self).__name__, "numbers": numbers, "state": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` gave, into this optimizer's own state tensors in place
+        (the same type of optimizer, over parameters of the same shapes)."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(
+                f"load_state_dict: a {state.get('type')} state does not fit {type(self).__name__}"
+            )
+        for k, v in state["numbers"].items():
+            setattr(self, k, v)
+        for k, tensors in state["state"].items():
+            own = getattr(self, k)
+            if set(tensors) != set(own):
+                raise KeyError(f"load_state_dict: {k} holds {sorted(tensors)}, not {sorted(own)}")
+            for i, value in tensors.items():
+                _copy_into(own[i], value, f"load_state_dict: {k}[{i}]")
 
     def _number(self, name: str):
         """`self.name`: a Python number eagerly; inside a trace a 0-d double input read at every

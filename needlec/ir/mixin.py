@@ -12,7 +12,15 @@ import numbers
 
 import numpy as np
 
-from .ops import Op, ShapeError, broadcast_shapes, normalize_axes
+from .ops import (
+    Op,
+    ShapeError,
+    as_int,
+    broadcast_shapes,
+    normalize_axes,
+    scalar_dtype,
+    user_frame,
+)
 
 Scalar = (numbers.Number, np.generic)
 
@@ -20,6 +28,16 @@ Scalar = (numbers.Number, np.generic)
 def _py(c):
     """A Python number for a scalar operand (numpy scalars included)."""
     return c.item() if isinstance(c, np.generic) else c
+
+
+def _ints(shape, op: str) -> tuple[int, ...]:
+    """A shape argument (an int or a sequence of ints) as a tuple of Python ints."""
+    if not isinstance(shape, tuple | list):
+        shape = (shape,)
+    return tuple(as_int(d, op, "a dimension") for d in shape)
+
+
+_INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
 class OpMixin:
@@ -39,8 +57,35 @@ class OpMixin:
             return self._const(_py(other), self.shape, self.dtype)
         return other
 
+    def _scalar(self, op: str, c):
+        """A scalar operand as a Python number, checked: complex numbers, and ints outside
+        an int tensor's range, are errors rather than silent conversions."""
+        c = _py(c)
+        if isinstance(c, complex):
+            raise TypeError(f"{op}: complex operand {c!r} is not supported (at {user_frame()})")
+        bounds = _INT_RANGE.get(self.dtype)
+        if bounds and isinstance(c, int) and not bounds[0] <= c <= bounds[1]:
+            raise OverflowError(
+                f"{op}: Python int {c} is out of range for a {self.dtype} tensor; cast the "
+                f"tensor first (at {user_frame()})"
+            )
+        return c
+
+    def _operand(self, op: str, other):
+        """`other` as a value of this kind (a scalar is broadcast), or a TypeError."""
+        if isinstance(other, Scalar):
+            self._scalar(op, other)
+        other = self._lift(other)
+        if not isinstance(other, OpMixin):
+            raise TypeError(
+                f"{op}: unsupported operand of type {type(other).__name__} ({other!r}); "
+                f"use a tensor, an array or a number (at {user_frame()})"
+            )
+        return other
+
     def _binary(self, op: Op, other, reverse: bool = False):
-        x, y = (self._lift(other), self) if reverse else (self, self._lift(other))
+        other = self._operand(op.name.lower(), other)
+        x, y = (other, self) if reverse else (self, other)
         shape = broadcast_shapes(x.shape, y.shape, op.name.lower())
         x = x if x.shape == shape else x.broadcast_to(shape)
         y = y if y.shape == shape else y.broadcast_to(shape)
@@ -49,29 +94,29 @@ class OpMixin:
     # ------------------------------------------------------------ elementwise
     def __add__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.ADD_SCALAR, (self,), _py(other))
+            return self._apply(Op.ADD_SCALAR, (self,), self._scalar("add", other))
         return self._binary(Op.ADD, other)
 
     __radd__ = __add__
 
     def __mul__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.MUL_SCALAR, (self,), _py(other))
+            return self._apply(Op.MUL_SCALAR, (self,), self._scalar("mul", other))
         return self._binary(Op.MUL, other)
 
     __rmul__ = __mul__
 
     def __sub__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.ADD_SCALAR, (self,), -_py(other))
-        return self._binary(Op.ADD, self._lift(other).neg())
+            return self._apply(Op.ADD_SCALAR, (self,), self._scalar("add", -_py(other)))
+        return self._binary(Op.ADD, self._operand("add", other).neg())
 
     def __rsub__(self, other):
         return self.neg() + other
 
     def __truediv__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.DIV_SCALAR, (self,), _py(other))
+            return self._apply(Op.DIV_SCALAR, (self,), self._scalar("div", other))
         return self._binary(Op.DIV, other)
 
     def __rtruediv__(self, other):
@@ -79,12 +124,15 @@ class OpMixin:
 
     def __pow__(self, other):
         if isinstance(other, Scalar):
-            return self._apply(Op.POW_SCALAR, (self,), _py(other))
+            return self._apply(Op.POW_SCALAR, (self,), self._scalar("pow", other))
         return self._binary(Op.POW, other)
 
     def __rpow__(self, other):
-        if isinstance(other, Scalar):
-            return (self * math.log(_py(other))).exp()
+        if isinstance(other, Scalar):  # c ** x as numpy computes it (c <= 0 included)
+            c = self._scalar("pow", other)
+            x = self.cast(scalar_dtype(self.dtype, c))
+            base = x._const(c, x.shape, x.dtype)
+            return base._apply(Op.POW, (base, x))
         return self._binary(Op.POW, other, reverse=True)
 
     def __neg__(self):
@@ -94,7 +142,7 @@ class OpMixin:
         return self.matmul(other)
 
     def __rmatmul__(self, other):
-        return self._lift(other).matmul(self)
+        return self._operand("matmul", other).matmul(self)
 
     def __lt__(self, other):
         return self._binary(Op.CMPLT, other)
@@ -173,7 +221,7 @@ class OpMixin:
 
     # ------------------------------------------------------------ movement
     def reshape(self, shape):
-        shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        shape = _ints(shape, "reshape")
         if shape.count(-1) == 1:
             known = math.prod(d for d in shape if d != -1)
             size = math.prod(self.shape)
@@ -183,11 +231,13 @@ class OpMixin:
         return self if shape == self.shape else self._apply(Op.RESHAPE, (self,), shape)
 
     def broadcast_to(self, shape):
-        shape = tuple(int(d) for d in shape)
+        shape = _ints(shape, "broadcast_to")
+        if any(d < 0 for d in shape):
+            raise ShapeError(f"broadcast_to: negative dimension in {shape}")
         return self if shape == self.shape else self._apply(Op.BROADCAST, (self,), shape)
 
     def permute(self, perm):
-        perm = tuple(int(p) for p in perm)
+        perm = tuple(as_int(p, "permute", "an axis") for p in perm)
         if perm == tuple(range(len(self.shape))):
             return self
         return self._apply(Op.PERMUTE, (self,), perm)
@@ -216,6 +266,12 @@ class OpMixin:
 
     def slice(self, spec):
         """spec: one `slice` (or (start, stop, step)) per dim; steps must be positive."""
+        spec = list(spec)
+        if len(spec) != len(self.shape):
+            raise ShapeError(
+                f"slice: {len(spec)} slice(s) given for a {len(self.shape)}-d input of shape "
+                f"{self.shape}; give one per dim"
+            )
         norm = []
         for s, d in zip(spec, self.shape, strict=True):
             start, stop, step = s.indices(d) if isinstance(s, slice) else s
@@ -227,16 +283,20 @@ class OpMixin:
             return self
         return self._apply(Op.SLICE, (self,), norm)
 
+    def _dilation(self, op: str, axes, dilation) -> tuple[tuple[int, ...], int]:
+        d = as_int(dilation, op, "dilation")
+        if d < 0:
+            raise ShapeError(f"{op}: dilation must not be negative, got {d}")
+        return normalize_axes(axes, len(self.shape), op), d
+
     def dilate(self, axes, dilation: int):
-        axes = tuple(
-            a for a in (axes if isinstance(axes, tuple | list) else (axes,)) if a < len(self.shape)
-        )
+        axes, dilation = self._dilation("dilate", axes, dilation)
         if dilation == 0 or not axes:
             return self
-        return self._apply(Op.DILATE, (self,), (tuple(sorted(axes)), int(dilation)))
+        return self._apply(Op.DILATE, (self,), (axes, dilation))
 
     def undilate(self, axes, dilation: int):
-        axes = {a for a in (axes if isinstance(axes, tuple | list) else (axes,))}
+        axes, dilation = self._dilation("undilate", axes, dilation)
         return self.slice(
             [(0, d, dilation + 1 if i in axes else 1) for i, d in enumerate(self.shape)]
         )
@@ -246,7 +306,17 @@ class OpMixin:
         return self._apply(Op.MATMUL, (self, other))
 
     def conv(self, weight, stride: int = 1, padding: int = 0):
-        return self._apply(Op.CONV, (self, weight), (int(stride), int(padding)))
+        return self._apply(Op.CONV, (self, weight), conv_arg(stride, padding))
+
+
+def conv_arg(stride, padding) -> tuple[int, int]:
+    """(stride, padding) of a conv, checked: ints, stride positive, padding not negative."""
+    stride, padding = as_int(stride, "conv", "stride"), as_int(padding, "conv", "padding")
+    if stride <= 0 or padding < 0:
+        raise ShapeError(
+            f"conv: stride {stride} must be positive and padding {padding} not negative"
+        )
+    return stride, padding
 
 
 def stack(values, axis: int = 0):
@@ -254,4 +324,4 @@ def stack(values, axis: int = 0):
     values = tuple(values)
     if not values:
         raise ShapeError("stack: needs at least one tensor")
-    return values[0]._apply(Op.STACK, values, int(axis))
+    return values[0]._apply(Op.STACK, values, as_int(axis, "stack", "axis"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 import sys
 from collections.abc import Callable
@@ -42,6 +43,18 @@ class ShapeError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"{message} (at {user_frame()})")
+
+
+def as_int(value, op: str, what: str) -> int:
+    """`value` as a Python int (an int or a numpy integer, as numpy takes an index), or a
+    TypeError naming the op, what the value is for and the user's line: a float is never
+    truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{op}: {what} must be an int, got {type(value).__name__} {value!r} (at {user_frame()})"
+        ) from None
 
 
 class Op(Enum):
@@ -210,13 +223,14 @@ def normalize_axes(axes, ndim: int, op: str = "op") -> tuple[int, ...]:
     """Axes as a sorted tuple of non-negative ints; None means all."""
     if axes is None:
         return tuple(range(ndim))
-    if isinstance(axes, int):
+    if not isinstance(axes, tuple | list | range):
         axes = (axes,)
     out = []
     for a in axes:
-        if not -ndim <= a < max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+        a = as_int(a, op, "an axis")
+        if not -ndim <= a < ndim:  # as numpy: a 0-d input has no axis 0
             raise ShapeError(f"{op}: axis {a} is out of range for a {ndim}-d input")
-        out.append(a % ndim if ndim else 0)
+        out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ShapeError(f"{op}: repeated axis in {tuple(axes)}")
     return tuple(sorted(out))
@@ -242,6 +256,8 @@ def _same(op: Op, shapes: list[Shape]) -> Shape:
 
 def _reduce(op: Op, s: Shape, arg) -> Shape:
     axes = normalize_axes(arg, len(s), op.name.lower())
+    if op is Op.MAX and any(s[a] == 0 for a in axes):  # as numpy: no max of nothing
+        raise ShapeError(f"max: reduction over an empty axis of shape {s} (axes {axes})")
     return tuple(d for i, d in enumerate(s) if i not in axes)
 
 
@@ -310,6 +326,8 @@ def _matmul(op: Op, a: Shape, b: Shape, arg) -> Shape:
 
 def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
     stride, pad = arg
+    if stride <= 0 or pad < 0:
+        raise ShapeError(f"conv: stride {stride} must be positive and padding {pad} not negative")
     if len(x) != 4 or len(w) != 4 or x[3] != w[2]:
         raise ShapeError(
             f"conv: input {x} (N,H,W,Cin) and weight {w} (KH,KW,Cin,Cout) do not match"
@@ -325,6 +343,8 @@ def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
 def _logsoftmax(op: Op, s: Shape, arg) -> Shape:
     if len(s) != 2:
         raise ShapeError(f"logsoftmax: needs a 2-D input, got {s}")
+    if s[1] == 0:  # as numpy: its max over the row is undefined
+        raise ShapeError(f"logsoftmax: reduction over an empty axis of shape {s}")
     return s
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .. import init, ops
 from ..autograd import Tensor
+from ..serialization import copy_into as _copy_into
 
 
 class Parameter(Tensor):
@@ -74,6 +75,33 @@ class Module:
     def _children(self) -> list[Module]:
         return _child_modules(self.__dict__)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Every tensor of this module and its submodules, by dotted name: the parameters and
+        the plain tensors (running statistics). `nc.save(model.state_dict(), path)` writes it.
+
+        >>> import needlec as nc
+        >>> sorted(nc.nn.Sequential(nc.nn.Linear(2, 3)).state_dict())
+        ['modules.0.bias', 'modules.0.weight']
+        """
+        out: dict[str, Tensor] = {}
+        _named_tensors(self.__dict__, "", out)
+        return out
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy the values of `state` (tensors or arrays by name, as `state_dict` gives them)
+        into this module's tensors in place; names, shapes and dtypes must match (every name,
+        unless `strict` is False)."""
+        own = self.state_dict()
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own)
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"load_state_dict: {type(self).__name__} is missing {missing} and does not "
+                f"have {unexpected}"
+            )
+        for name, t in own.items():
+            if name in state:
+                _copy_into(t, state[name], f"load_state_dict: {name!r}")
+
     def eval(self) -> Module:
         """Evaluation mode, here and in every submodule."""
         self.training = False
@@ -95,6 +123,20 @@ class Module:
     def __call__(self, *args, **kwargs):
         """`module(*args)` is `module.forward(*args)`."""
         return self.forward(*args, **kwargs)
+
+
+def _named_tensors(value: object, prefix: str, out: dict) -> None:
+    """The tensors in `value` (through modules, dicts, lists and tuples) by dotted name."""
+    if isinstance(value, Tensor):
+        out[prefix] = value
+    elif isinstance(value, Module):
+        _named_tensors(value.__dict__, prefix, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _named_tensors(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _named_tensors(v, f"{prefix}.{i}" if prefix else str(i), out)
 
 
 def _row(t: Tensor, shape: tuple) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..autograd import Primitive, Tensor, TensorOp, TensorTuple
 from ..ir import Op, ShapeError
 from ..ir import stack as _stack
+from ..ir.mixin import conv_arg
 from ..ir.ops import normalize_axes
 
 
@@ -181,7 +182,7 @@ class Conv(_Fixed):
 
     def __init__(self, stride: int = 1, padding: int = 0) -> None:
         self.stride, self.padding = stride, padding
-        self.arg = (int(stride), int(padding))
+        self.arg = conv_arg(stride, padding)
 
 
 class Stack(TensorOp):

@@ -3,7 +3,7 @@
 LOGSUMEXP and LOGSOFTMAX become max, subtract, exp, sum, log (so a softmax-style pattern fuses
 like any other reduce-elementwise-reduce chain); DILATE becomes reshape, pad, reshape (the last
 reshape has no view, so fusion copies the padded value: one copy kernel); STACK becomes one pad
-per operand, added (`where` for bool), so each operand is a masked read.
+per operand, selected by a padded mask (`where`), so each operand is a masked read.
 
 Every node keeps the name it had in the original graph (`%12`); the nodes an expansion adds are
 named after the node they replace (`%12.1`, `%12.2`, ...).
@@ -11,6 +11,7 @@ named after the node they replace (`%12.1`, `%12.2`, ...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from ..ir import Graph, Node, Op, toposort
@@ -21,6 +22,8 @@ def _logsumexp(n: Node, x: Node) -> Node:
     axes = n.arg
     x = x.cast(float_of(x.dtype))
     keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    if any(x.shape[a] == 0 for a in axes):  # log(sum of no terms), as the reference gives
+        return x._const(-math.inf, n.shape, x.dtype)
     m = x.max(axes)
     m = (m * 0.0).eq(0.0).where(m, 0.0)  # an infinite max shifts by 0, as the reference does
     shifted = x - m.reshape(keep).broadcast_to(x.shape)
@@ -54,9 +57,14 @@ def _stack(n: Node, *xs: Node) -> Node:
         widths = [(0, 0)] * y.ndim
         widths[axis] = (i, k - 1 - i)
         parts.append(y.pad(widths))
+    # selected, not added: x + 0.0 would turn an operand's -0.0 into 0.0
     out = parts[-1]
-    for p in reversed(parts[:-1]):
-        out = p.where(True, out) if n.dtype == "bool" else p + out
+    for i in reversed(range(k - 1)):
+        y = parts[i]
+        widths = [(0, 0)] * y.ndim
+        widths[axis] = (i, k - 1 - i)
+        mine = y._const(True, xs[i].shape[:axis] + (1,) + xs[i].shape[axis:], "bool")
+        out = mine.pad(widths).where(y, out)
     return out
 
 

@@ -299,19 +299,10 @@ VIEWS = {
 }
 
 
-STACK_ZERO = pytest.mark.xfail(
-    strict=True,
-    reason="stack loses the sign of -0.0: fusion lowers stack to masked loads joined by add"
-    " (v0 + v1, the other load masked to 0.0), and -0.0 + 0.0 = 0.0; here x[0,0] = -0.0 reads"
-    " back as 0.0 in each of the three stacked views",
-)
-
-
 def _view_cases():
     for name in VIEWS:
         for dtype in ("float64", "int32", "bool"):
-            marks = [STACK_ZERO] if (name, dtype) == ("stack_views", "float64") else []
-            yield pytest.param(name, dtype, id=f"{name}-{dtype}", marks=marks)
+            yield pytest.param(name, dtype, id=f"{name}-{dtype}")
 
 
 @pytest.mark.parametrize("name,dtype", list(_view_cases()))

@@ -138,13 +138,13 @@ def test_one_hot_eager_out_of_range_id_raises_index_error(bad, as_tensor):
         nc.init.one_hot(4, nc.Tensor(ids) if as_tensor else ids)
 
 
-def test_one_hot_inside_a_trace_gives_zero_rows_for_out_of_range_ids():
-    """Values are unknown while tracing, so ids outside [0, n) give rows of zeros there, -1
-    included (documented in init.one_hot); valid ids agree with the eager result."""
-    ids = np.array([0, 4, -1, 2, 3])
+def test_one_hot_inside_a_trace_gives_nan_rows_for_out_of_range_ids():
+    """Values are unknown while tracing: a negative id counts from the end as eagerly, and an
+    id outside [-n, n) gives a row of NaN there (documented in init.one_hot)."""
+    ids = np.array([0, 4, -1, 2, 3, -5])
     out = nc.jit(lambda i: nc.init.one_hot(4, i))(nc.Tensor(ids)).numpy()
-    np.testing.assert_array_equal(out[[0, 3, 4]], np.eye(4)[[0, 2, 3]])
-    np.testing.assert_array_equal(out[[1, 2]], np.zeros((2, 4)))
+    np.testing.assert_array_equal(out[[0, 2, 3, 4]], np.eye(4)[[0, -1, 2, 3]])
+    assert np.isnan(out[[1, 5]]).all()
 
 
 @pytest.mark.parametrize("label_dtype", ["int64", "float32"])

@@ -67,7 +67,7 @@ def np_logsoftmax(a):
 
 
 def np_dilate(a, axes, dilation):
-    axes = [ax for ax in axes if ax < a.ndim]
+    axes = [ax % a.ndim for ax in axes]  # negative axes count from the end, as in numpy
     shape = [n * (dilation + 1) if i in axes else n for i, n in enumerate(a.shape)]
     out = np.zeros(shape, a.dtype)
     out[
@@ -241,7 +241,7 @@ CASES = [
     case("flip-no-axes", ops.flip, np_flip, [(2, 3)], axes=()),
     case("dilate-axis0-d1", ops.dilate, np_dilate, [(2, 3)], axes=(0,), dilation=1),
     case("dilate-both-d2", ops.dilate, np_dilate, [(2, 3)], axes=(0, 1), dilation=2),
-    case("dilate-axis-beyond-ndim", ops.dilate, np_dilate, [(2, 3)], axes=(1, 5), dilation=1),
+    case("dilate-negative-axis", ops.dilate, np_dilate, [(2, 3)], axes=(-1,), dilation=1),
     case("dilate-d0", ops.dilate, np_dilate, [(2, 3)], axes=(0,), dilation=0),
     case("undilate-axis0-d1", ops.undilate, np_undilate, [(4, 3)], axes=(0,), dilation=1),
     case("undilate-both-d2", ops.undilate, np_undilate, [(6, 6)], axes=(0, 1), dilation=2),
