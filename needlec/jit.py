@@ -51,11 +51,6 @@ def _is_tensor(x) -> bool:
     return isinstance(x, Tensor)
 
 
-def _is_stateful(x) -> bool:
-    """Library objects whose Python state a trace may read (nn.Module, Optimizer): guarded."""
-    return getattr(type(x), "_jit_guarded", False)
-
-
 _SCALAR_DTYPES = {float: "float32", int: "int64"}  # a Python number argument: weakly typed
 
 
@@ -539,15 +534,16 @@ class _ArraysOutside:
         self.codes = -1  # how many code objects had run at the last walk
 
     def __call__(self, array: np.ndarray) -> bool:
-        if self.ids is not None and id(array) in self.ids:
-            return True
-        if len(self.recorder.codes) == self.codes:
-            return False
-        self.codes = len(self.recorder.codes)
-        roots = guards.merge(self.roots, self.recorder.roots())
-        walked = guards.walk(roots, _is_tensor)
-        self.ids = {id(x) for _, _, x in walked if isinstance(x, np.ndarray)}
-        return id(array) in self.ids
+        if len(self.recorder.codes) != self.codes:  # new code ran: it may read new globals
+            self.codes = len(self.recorder.codes)
+            roots = guards.merge(self.roots, self.recorder.roots())
+            walked = guards.walk(roots, _is_tensor)
+            self.ids = {id(x) for _, _, x in walked if isinstance(x, np.ndarray)}
+        while isinstance(array, np.ndarray):  # a view (`W[:, :k]`) reads its base's memory
+            if id(array) in self.ids:
+                return True
+            array = array.base
+        return False
 
 
 class Jitted:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import operator
 import sys
 import types
 import warnings
@@ -337,8 +338,8 @@ def _fingerprint(x, skip: frozenset, layout: str) -> tuple:
     run for every object a guard holds, before every call)."""
     if layout == "seq":
         return tuple(map(_key, x))
-    if layout == "item":
-        return tuple([(k, _key(v)) for k, v in x.items()])
+    if layout == "item":  # keys too by _key: a tensor key must never be compared with ==
+        return tuple([(_key(k), _key(v)) for k, v in x.items()])
     if layout == "attr":
         items = x.__dict__.items()
         out = (
@@ -350,10 +351,42 @@ def _fingerprint(x, skip: frozenset, layout: str) -> tuple:
         if classes:
             out.append((_CLASSES, tuple(map(id, classes))))
         return tuple(out)
-    return tuple((step, _key(v)) for step, v in _children(x) if step[1] not in skip)
+    return tuple(
+        ((kind, _key(k)), _key(v))
+        for (kind, k), v in _children(x)
+        if kind == "item" or k not in skip
+    )
 
 
 _CLASSES = ("class",)  # the fingerprint entry of an object's user classes
+
+
+def _snapshot(x, layout: str) -> tuple | None:
+    """The objects `x` holds now (for `_unchanged`), or None where only a fingerprint will do."""
+    if layout == "seq":
+        return (tuple(x), (), None)
+    if layout == "item":
+        return (tuple(x.values()), tuple(x), None)
+    if layout == "attr":
+        return (tuple(x.__dict__.values()), tuple(x.__dict__), type(x))
+    return None
+
+
+def _unchanged(x, layout: str, snap: tuple) -> bool:
+    """Whether `x` holds the very same objects (keys included) as in `snap`: no fingerprint
+    needed then. A value rebound to an equal number fails this and is fingerprinted instead."""
+    values, keys, kind = snap
+    if layout == "seq":
+        return len(x) == len(values) and all(map(operator.is_, x, values))
+    if layout == "attr":
+        if type(x) is not kind:
+            return False
+        x = x.__dict__
+    return (
+        len(x) == len(values)
+        and all(map(operator.is_, x.values(), values))
+        and all(map(operator.is_, x, keys))
+    )
 
 
 class Guard:
@@ -373,11 +406,13 @@ class Guard:
         before: dict | None = None,
     ) -> None:
         self.roots = getters
-        self.root_keys = [_key(g()) for g in getters]
+        self.root_values = [g() for g in getters]  # held: their identity stays theirs
+        self.root_keys = [_key(v) for v in self.root_values]
         skips: dict[int, set] = {}
         for i, name in dynamic:
             skips.setdefault(i, set()).add(name)
-        self.objects: list = []  # (object, skip, layout, fingerprint, root name, path)
+        # (object, skip, layout, fingerprint, root name, path, snapshot of its contents)
+        self.objects: list = []
         self.unseen: list[str] = []  # where objects that no fingerprint reads were found
         self.written: list[str] = []  # objects the function changed while it was traced
         n_items = 0
@@ -395,17 +430,26 @@ class Guard:
                 self.written.append(where(name, path))
                 continue
             n_items += len(fp)
-            self.objects.append((x, skip, layout, fp, name, path))
+            snap = None if skip else _snapshot(x, layout)
+            self.objects.append((x, skip, layout, fp, name, path, snap))
         self.n_items = n_items + len(getters)
 
     def check(self) -> str | None:
         """None if the trace still holds, else what changed."""
-        for g, old in zip(self.roots, self.root_keys, strict=True):
-            new = _key(g())
+        for g, value, old in zip(self.roots, self.root_values, self.root_keys, strict=True):
+            now = g()
+            if now is value:
+                continue
+            new = _key(now)
             if new != old:
                 return f"{g.name} changed ({_show(old)} -> {_show(new)})"
-        for x, skip, layout, old, name, path in self.objects:
-            new = _fingerprint(x, skip, layout)
+        for x, skip, layout, old, name, path, snap in self.objects:
+            try:
+                if snap is not None and _unchanged(x, layout, snap):
+                    continue  # the fast path: the same objects in the same places
+                new = _fingerprint(x, skip, layout)
+            except RuntimeError:  # another thread changed its size while it was read
+                return f"{where(name, path)} changed while it was checked"
             if new != old:
                 return _describe(where(name, path), old, new, layout)
         return None

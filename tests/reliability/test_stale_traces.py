@@ -311,3 +311,52 @@ def test_check_mode_from_the_environment(monkeypatch):
     s.scale = 3.0
     with pytest.raises(nc.StaleTraceError):
         f(X)
+
+
+def _train(check: bool) -> list[float]:
+    np.random.seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 3))
+    opt = nc.optim.Adam(model.parameters(), lr=0.05)
+    loss_fn = nn.SoftmaxLoss()
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    jstep = nc.jit(step, check=check)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4)).astype("float32")
+    y = rng.integers(0, 3, 6).astype("float32")
+    np.random.seed(1)  # the same dropout seeds in both runs
+    return [float(jstep(x, y).numpy()) for _ in range(4)]
+
+
+def test_check_mode_runs_a_training_loop_unchanged():
+    np.testing.assert_allclose(_train(check=True), _train(check=False), rtol=1e-6)
+
+
+def _times_global_view(x):
+    return x * W_GLOBAL[1:]
+
+
+def test_view_of_a_global_array_mutated_in_place():
+    f = nc.jit(_times_global_view)
+    x = _a(2)
+    np.testing.assert_allclose(f(x).numpy(), x * W_GLOBAL[1:])
+    W_GLOBAL[:] = [5.0, 6.0, 7.0]
+    try:
+        np.testing.assert_allclose(f(x).numpy(), x * np.array([6.0, 7.0]))
+    finally:
+        W_GLOBAL[:] = [1.0, 2.0, 3.0]
+
+
+def test_array_made_by_the_function_is_a_constant():
+    def f(x):
+        return x + np.arange(3, dtype="float32")
+
+    jf = nc.jit(f)
+    np.testing.assert_allclose(jf(X).numpy(), X + [0, 1, 2])
+    assert "const [0.0, 1.0, 2.0]" in jf.lower(X).traced.graph.as_text()
