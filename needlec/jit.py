@@ -641,7 +641,11 @@ class Jitted:
             if not self._warned_large:
                 self._warned_large = guards.warn_if_large(self.__name__, guard)
             if _debug("guards"):
-                print(f"needlec: guards of {self.__name__}: {guard.summary()}", file=sys.stderr)
+                note = "; a profiler was running: globals read by methods were not recorded"
+                note = note if recorder.skipped else ""
+                print(
+                    f"needlec: guards of {self.__name__}: {guard.summary()}{note}", file=sys.stderr
+                )
             self._insert(key, lowered, guard)
             self._last_key = key
             self._reasons.append(why)
@@ -786,7 +790,10 @@ def jit(
 def make_graph(fn: Callable, static_argnums: int | Sequence[int] = ()) -> Callable[..., Graph]:
     """`make_graph(f)(*args)`: the graph traced from `f` on these arguments (before optimization)."""
 
+    nums, names = _static_args(fn, _as_tuple(static_argnums), ())
+
     def traced(*args, **kwargs) -> Graph:
-        return trace_function(fn, args, kwargs, _as_tuple(static_argnums)).graph
+        statics = tuple(i % len(args) if i < 0 and args else i for i in nums)  # f(*args)
+        return trace_function(fn, args, kwargs, statics, names).graph
 
     return traced

@@ -181,26 +181,31 @@ def roots(fn: Callable) -> list[Root]:
 
 
 class CodeRecorder:
-    """While active in this thread, records the code objects that run (and their globals)."""
+    """While active in this thread, records the code objects that run (and their globals).
+
+    A profiler already running (cProfile, a debugger) is left alone: then only the globals
+    that `roots` finds before the call are guarded, and `skipped` says so."""
 
     def __init__(self) -> None:
         self.codes: dict[types.CodeType, dict] = {}
+        self.skipped = False
 
     def __enter__(self) -> CodeRecorder:
-        self._old = sys.getprofile()
-        codes, old = self.codes, self._old
+        if sys.getprofile() is not None:
+            self.skipped = True
+            return self
+        codes = self.codes
 
         def profile(frame, event, arg):
             if event == "call" and frame.f_code not in codes:
                 codes[frame.f_code] = frame.f_globals
-            if old is not None:
-                old(frame, event, arg)
 
         sys.setprofile(profile)
         return self
 
     def __exit__(self, *exc) -> None:
-        sys.setprofile(self._old)
+        if not self.skipped:
+            sys.setprofile(None)
 
     def roots(self) -> list[Root]:
         """Readers of the globals the recorded code read."""
@@ -339,7 +344,8 @@ def _fingerprint(x, skip: frozenset, layout: str) -> tuple:
     if layout == "seq":
         return tuple(map(_key, x))
     if layout == "item":  # keys too by _key: a tensor key must never be compared with ==
-        return tuple([(_key(k), _key(v)) for k, v in x.items()])
+        out = [(_key(k), _key(v)) for k, v in x.items()]
+        return tuple([e for e in out if e[0] not in skip] if skip else out)
     if layout == "attr":
         items = x.__dict__.items()
         out = (
@@ -351,14 +357,21 @@ def _fingerprint(x, skip: frozenset, layout: str) -> tuple:
         if classes:
             out.append((_CLASSES, tuple(map(id, classes))))
         return tuple(out)
-    return tuple(
-        ((kind, _key(k)), _key(v))
-        for (kind, k), v in _children(x)
-        if kind == "item" or k not in skip
-    )
+    out = [((kind, _key(k)), _key(v)) for (kind, k), v in _children(x)]
+    return tuple([e for e in out if e[0] not in skip and e[0][1] not in skip] if skip else out)
 
 
 _CLASSES = ("class",)  # the fingerprint entry of an object's user classes
+
+
+def _changed_entries(old: tuple, new: tuple, layout: str) -> frozenset | None:
+    """The fingerprint entries that differ (as `_fingerprint` skips them), or None when only
+    the whole object will do (a list that grew, a changed class)."""
+    if layout == "seq":
+        return None
+    was, now = dict(old), dict(new)
+    changed = {k for k in was.keys() | now.keys() if was.get(k, _MISSING) != now.get(k, _MISSING)}
+    return None if _CLASSES in changed else frozenset(changed)
 
 
 def _snapshot(x, layout: str) -> tuple | None:
@@ -425,10 +438,16 @@ class Guard:
             layout = _layout(x)
             fp = _fingerprint(x, skip, layout)
             full = fp if not skip or before is None else _fingerprint(x, frozenset(), layout)
-            if before is not None and before.get(id(x), full) != full:
-                # written while tracing (`calls.append(...)`): a side effect, not an input
+            was = None if before is None else before.get(id(x))
+            if was is not None and was != full:
+                # written while tracing (`calls.append(...)`, `state["n"] += 1`): a side
+                # effect, not an input; the other entries stay guarded
+                changed = _changed_entries(was, full, layout)
                 self.written.append(where(name, path))
-                continue
+                if changed is None:
+                    continue
+                skip = skip | changed
+                fp = _fingerprint(x, skip, layout)
             n_items += len(fp)
             snap = None if skip else _snapshot(x, layout)
             self.objects.append((x, skip, layout, fp, name, path, snap))

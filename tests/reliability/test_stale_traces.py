@@ -360,3 +360,36 @@ def test_array_made_by_the_function_is_a_constant():
     jf = nc.jit(f)
     np.testing.assert_allclose(jf(X).numpy(), X + [0, 1, 2])
     assert "const [0.0, 1.0, 2.0]" in jf.lower(X).traced.graph.as_text()
+
+
+def test_a_running_profiler_is_left_alone():
+    import cProfile
+    import sys
+
+    f = nc.jit(lambda x: ops.tanh(x) * 2.0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        got = f(X).numpy()
+        still = sys.getprofile()
+    finally:
+        profiler.disable()
+    np.testing.assert_allclose(got, np.tanh(X) * 2.0, rtol=1e-6)
+    assert still is not None  # tracing did not switch the profiler off
+
+
+def test_a_dict_the_function_counts_in_still_guards_its_other_values():
+    state = {"traces": 0, "scale": 2.0}
+
+    def f(x):
+        state["traces"] += 1  # a side effect: runs when traced
+        return x * state["scale"]
+
+    jf = nc.jit(f)
+    with pytest.warns(UserWarning, match="changed a Python value while tracing"):
+        jf(X)
+    jf(X)
+    assert jf.trace_count == 1
+    state["scale"] = 4.0
+    with pytest.warns(UserWarning, match="changed a Python value while tracing"):
+        np.testing.assert_allclose(jf(X).numpy(), X * 4.0)
