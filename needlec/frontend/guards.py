@@ -209,8 +209,14 @@ class CodeRecorder:
 
     def roots(self) -> list[Root]:
         """Readers of the globals the recorded code read."""
+        while True:  # a __del__ run by the collector meanwhile is recorded too: read again
+            try:
+                codes = list(self.codes.items())
+                break
+            except RuntimeError:
+                continue
         out: dict = {}
-        for code, glb in list(self.codes.items()):
+        for code, glb in codes:
             global_roots(code, glb, out)
         return _keyed(out)
 
