@@ -175,6 +175,7 @@ class Tensor(Value, OpMixin):
     _leaf = None  # for the tracer of a jit argument: the caller's tensor
     _leaf_index = -1  # and its position among the arguments' leaves
     _serial = 0  # set by _init (0: never initialized, so never counted)
+    _array = None  # the numpy array a tensor made inside a trace was converted from
     __array_ufunc__ = None  # numpy defers to our reflected operators: `array + tensor` is a Tensor
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad: bool = True, **kwargs):
@@ -196,6 +197,10 @@ class Tensor(Value, OpMixin):
             data = _to_ndarray(data, device, dtype or data.dtype)
         else:
             data = _to_ndarray(array, device, dtype)
+            if isinstance(array, np.ndarray) and current() is not None:
+                self._init(None, [], cached_data=data, requires_grad=requires_grad)
+                self._array = array  # a trace reads the array again at every call
+                return
         self._init(None, [], cached_data=data, requires_grad=requires_grad)
 
     def _init(

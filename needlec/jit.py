@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import itertools
 import os
 import sys
 import threading
 import warnings
 import weakref
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +23,7 @@ from .codegen.kernels import run_kernels
 from .frontend import guards
 from .frontend.cache import signature
 from .frontend.pytree import flatten, unflatten
-from .frontend.trace import Trace, current, tracing
+from .frontend.trace import ArrayRead, Trace, current, tracing
 from .ir import Graph, Node, Op
 from .ir.graph import FusedGraph
 from .ir.kernel import CostAnalysis, KernelGraph
@@ -31,6 +34,13 @@ from .passes.memory import MemoryAnalysis
 # NEEDLEC_EXECUTE: compiled code (LLVM) by default; the two interpreters stay as oracles
 _EXECUTORS = ("compiled", "reference", "kernels")
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
+_CACHE_SIZE = 64  # traces one jitted function keeps (least recently used first out)
+_ticks = itertools.count()  # cache use order (next() is atomic: hits take no lock)
+
+
+class StaleTraceError(RuntimeError):
+    """Check mode (`NEEDLEC_CHECK=1`, `jit(f, check=True)`): a fresh trace differs from the
+    cached one, so something the function reads changed without a guard seeing it."""
 
 
 def _debug(topic: str) -> bool:
@@ -41,16 +51,22 @@ def _is_tensor(x) -> bool:
     return isinstance(x, Tensor)
 
 
-def _is_stateful(x) -> bool:
-    """Library objects whose Python state a trace may read (nn.Module, Optimizer): guarded."""
-    return getattr(type(x), "_jit_guarded", False)
+_SCALAR_DTYPES = {float: "float32", int: "int64"}  # a Python number argument: weakly typed
 
 
 def _as_tensor(x) -> Tensor | None:
+    """A jit argument leaf as a tensor: tensors, arrays, numpy scalars, and Python ints and
+    floats (a 0-d float32 or int64 input: its value is not part of the cache key, and against
+    a float32 or float64 array it takes that array's dtype); None for anything else."""
     if isinstance(x, Tensor):
         return x
     if isinstance(x, np.ndarray | nd.NDArray):
         return Tensor(x, requires_grad=False)
+    dtype = _SCALAR_DTYPES.get(type(x))
+    if dtype is not None:
+        return Tensor(np.array(x, dtype=dtype), dtype=dtype, requires_grad=False)
+    if isinstance(x, np.number):
+        return Tensor(np.asarray(x), requires_grad=False)
     return None
 
 
@@ -69,6 +85,7 @@ class Traced:
     def __init__(self, graph: Graph, trace: Trace, out_tree, out_static: dict, writes) -> None:
         self.graph = graph
         self.captured = [t for t, _ in trace.captured.values()]  # read at every call
+        self.reads_arrays = any(type(t) is ArrayRead for t in self.captured)
         self.captured_sig = [_sig(t) for t in self.captured]
         # a captured `p.grad` is re-read through p at every call (backward rebinds it)
         self.grad_owner = dict(trace.grad_of)
@@ -93,7 +110,8 @@ class Traced:
             if (t._grad is None) != was_none:
                 now = "None" if t._grad is None else "a tensor"
                 return f"the .grad of a {fmt_type(t.dtype, t.shape)} tensor it read is now {now}"
-        for k, (t, sig) in enumerate(zip(self.current_captures(), self.captured_sig, strict=True)):
+        captures = self._capture_objects()
+        for k, (t, sig) in enumerate(zip(captures, self.captured_sig, strict=True)):
             if _sig(t) != sig:
                 return f"captured tensor {k} changed from {sig} to {_sig(t)}"
         return None
@@ -105,12 +123,24 @@ class Traced:
                 return f"argument {k} now has a .grad (the trace read None)"
         return None
 
-    def current_captures(self) -> list:
-        """The captured tensors as of now (a captured `.grad` is looked up again)."""
+    def _capture_objects(self) -> list:
+        """The captured tensors and arrays as of now (a captured `.grad` is looked up again)."""
         if not self.grad_owner:
             return self.captured
         owner = self.grad_owner
         return [owner[k]._grad if k in owner else t for k, t in enumerate(self.captured)]
+
+    def current_captures(self) -> list:
+        """The captured tensors as of now; each captured numpy array converted again."""
+        out = self._capture_objects()
+        if self.reads_arrays:
+            out = [
+                Tensor(t.array, dtype=t.dtype, device=t.device, requires_grad=False)
+                if type(t) is ArrayRead
+                else t
+                for t in out
+            ]
+        return out
 
     def dynamic_attrs(self) -> set[tuple[int, str]]:
         """(id(obj), name) of the Python numbers that are graph inputs or outputs, not guards."""
@@ -212,13 +242,18 @@ def trace_function(
     static_argnums=(),
     static_argnames=(),
     leaves=None,
+    reads_array: Callable[[np.ndarray], bool] | None = None,
 ) -> Traced:
-    """Trace `fn(*args, **kwargs)` with tracers standing for the dynamic leaves of the arguments."""
+    """Trace `fn(*args, **kwargs)` with tracers standing for the dynamic leaves of the arguments.
+    `reads_array(a)` says whether a numpy array comes from outside (an input read at every
+    call); without it arrays are constants."""
     kwargs = kwargs or {}
     name = getattr(fn, "__name__", "f")
     if leaves is None:
         _, leaves = _signature(name, args, kwargs, static_argnums, static_argnames)
     trace = Trace(name)
+    if reads_array is not None:
+        trace.reads_array = reads_array
     with tracing(trace):
         arg_tracers = [
             Tensor._make_tracer(
@@ -458,99 +493,274 @@ def _common_device(name: str, tensors: Sequence[Tensor]):
     return devices.pop() if devices else nd.default_device()
 
 
+def _static_args(fn: Callable, nums: Sequence[int], names: Sequence[str]):
+    """(argnums, argnames) completed from `fn`'s signature as JAX does: a name passed by position
+    and a number passed by keyword are static too; a negative number counts from the end of the
+    positional parameters (of the call's arguments when `fn` takes *args: still negative)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin: only what was given
+        return tuple(nums), tuple(names)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p.name for p in params if p.kind in kinds]
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    n = len(positional)
+    resolved = {i + n if i < 0 and not varargs else i for i in nums}
+    names = set(names) | {positional[i] for i in resolved if 0 <= i < n}
+    resolved |= {positional.index(k) for k in names if k in positional}
+    return tuple(sorted(resolved)), tuple(sorted(names))
+
+
+def _show_entry(entry) -> str:
+    if entry[0] == "static":
+        return repr(entry[2])
+    tree, sig = entry
+    return ", ".join(f"{dtype}{list(shape)}" for shape, dtype, *_ in sig) or str(tree)
+
+
+def _key_change(old, new, labels: list[str]) -> str:
+    """What differs between two cache keys (one entry per argument), in the user's words."""
+    if old is None:
+        return "new argument signature"
+    if len(old) != len(new):
+        return f"{len(old)} -> {len(new)} arguments"
+    for label, a, b in zip(labels, old, new, strict=False):
+        if a != b:
+            try:
+                if label.startswith("keyword"):
+                    a, b = a[1], b[1]
+                if a[0] != "static" and b[0] != "static" and a[0] != b[0]:
+                    return f"{label}: its structure changed"
+                return f"{label}: {_show_entry(a)} -> {_show_entry(b)}"
+            except (TypeError, ValueError, IndexError):  # passed by position, then by name
+                return f"{label} changed"
+    return "new argument signature"
+
+
+class _ArraysOutside:
+    """Whether a numpy array a trace converts is reachable from the function's roots (its
+    globals, closure, defaults and objects, and the globals of the code run so far): such an
+    array is an input read at every call; one the function made is a constant."""
+
+    def __init__(self, roots: list, recorder: guards.CodeRecorder) -> None:
+        self.roots, self.recorder = roots, recorder
+        self.ids: set[int] | None = None
+        self.codes = -1  # how many code objects had run at the last walk
+
+    def __call__(self, array: np.ndarray) -> bool:
+        if len(self.recorder.codes) != self.codes:  # new code ran: it may read new globals
+            self.codes = len(self.recorder.codes)
+            roots = guards.merge(self.roots, self.recorder.roots())
+            walked = guards.walk(roots, _is_tensor)
+            self.ids = {id(x) for _, _, x in walked if isinstance(x, np.ndarray)}
+        while isinstance(array, np.ndarray):  # a view (`W[:, :k]`) reads its base's memory
+            if id(array) in self.ids:
+                return True
+            array = array.base
+        return False
+
+
 class Jitted:
     """A function compiled on first call for each abstract signature of its arguments."""
 
-    def __init__(self, fn: Callable, static_argnums=(), static_argnames=()) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        static_argnums=(),
+        static_argnames=(),
+        cache_size: int = _CACHE_SIZE,
+        check: bool | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"jit: expected a callable, got {type(fn).__name__} ({fn!r})")
+        if cache_size < 1:
+            raise ValueError(f"jit: cache_size must be at least 1, got {cache_size}")
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self.static_argnums = tuple(static_argnums)
-        self.static_argnames = tuple(static_argnames)
+        self._given = (tuple(static_argnums), tuple(static_argnames))  # as the user wrote them
+        self.static_argnums, self.static_argnames = _static_args(fn, *self._given)
+        self._negative = any(i < 0 for i in self.static_argnums)  # fn takes *args
+        self.max_cache_size = cache_size
+        self.check = (
+            os.environ.get("NEEDLEC_CHECK", "") not in ("", "0") if check is None else check
+        )
         self._cache: dict = {}  # signature key -> ((Lowered, Guard), ...), most recent first
+        self._used: dict = {}  # signature key -> when last used (for least-recently-used eviction)
+        self._last_key = None  # the key of the last trace, to say what changed in the next
+        self._reasons: deque = deque(maxlen=_RETRACE_WARNING)  # why the recent traces ran
         self._lock = threading.RLock()  # held while tracing (reentrant: lower() in a trace)
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self._roots = guards.roots(fn)
-        self._bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._bound: dict = {}  # id(instance) -> (a reader of the instance, its bound Jitted)
         self.trace_count = 0
+        self._warned_large = False  # a guard that checks many objects warns once
+
+    _jit_guard_attrs = ("fn",)  # a guard walk reads the function, not the cache
+
+    def cache_size(self) -> int:
+        """How many traces the cache holds now (at most `max_cache_size`)."""
+        return sum(len(v) for v in list(self._cache.values()))
+
+    def _statics(self, args) -> tuple:
+        if not self._negative:
+            return self.static_argnums
+        return tuple(i % len(args) if i < 0 and args else i for i in self.static_argnums)
 
     def _lookup(self, key, leaves) -> tuple[Lowered | None, str | None]:
         """(a cached trace that fits this call, None) or (None, why none does)."""
-        why = "first call" if not self.trace_count else "new argument signature"
+        why = None
         for lowered, guard in self._cache.get(key, ()):
             traced = lowered.traced
             why = traced.stale_capture() or traced.stale_arguments(leaves) or guard.check()
             if why is None:
+                self._used[key] = next(_ticks)
                 return lowered, None
         return None, why
 
-    def _entry(self, args, kwargs) -> tuple[Lowered, list]:
-        key, leaves = _signature(
-            self.__name__, args, kwargs, self.static_argnums, self.static_argnames
-        )
+    def _entry(self, args, kwargs) -> tuple[Lowered, list, bool]:
+        """(the trace for this call, the arguments' leaves, whether it was cached)."""
+        nums, names = self._statics(args), self.static_argnames
+        key, leaves = _signature(self.__name__, args, kwargs, nums, names)
         lowered, why = self._lookup(key, leaves)  # a hit takes no lock
         if lowered is not None:
-            return lowered, leaves
+            return lowered, leaves, True
         with self._lock:  # one trace at a time: a thread that missed too finds it here
             lowered, why = self._lookup(key, leaves)
             if lowered is not None:
-                return lowered, leaves
+                return lowered, leaves, True
+            if why is None:
+                labels = [f"argument {i}" for i in range(len(args))]
+                labels += [f"keyword argument {k!r}" for k in sorted(kwargs)]
+                why = "first call" if not self.trace_count else None
+                why = why or _key_change(self._last_key, key, labels)
             if _debug("recompiles"):
                 print(f"needlec: tracing {self.__name__}: {why}", file=sys.stderr)
-            statics = [a for i, a in enumerate(args) if i in self.static_argnums]
-            statics += [v for k, v in kwargs.items() if k in self.static_argnames]
-            roots = self._roots + [lambda v=v: v for v in statics]
+            statics = [a for i, a in enumerate(args) if i in nums]
+            statics += [v for k, v in kwargs.items() if k in names]
+            roots = self._roots + [guards.Root("a static argument", lambda v=v: v) for v in statics]
             before = guards.plain_state(roots, _is_tensor)
-            traced = trace_function(
-                self.fn, args, kwargs, self.static_argnums, self.static_argnames, leaves
+            prints = guards.fingerprints(roots, _is_tensor)
+            with guards.CodeRecorder() as recorder:
+                outside = _ArraysOutside(roots, recorder)
+                traced = trace_function(self.fn, args, kwargs, nums, names, leaves, outside)
+            ran = recorder.roots()
+            guards.check_side_effects(
+                self.__name__, roots, before, traced.trace, _is_tensor, more=ran
             )
-            guards.check_side_effects(self.__name__, roots, before, traced.trace, _is_tensor)
             lowered = Lowered(traced)
             self.trace_count += 1
-            fixed = [t for k, t in enumerate(traced.captured) if k not in traced.grad_owner]
-            guard = guards.Guard(roots, fixed, _is_tensor, _is_stateful, traced.dynamic_attrs())
-            # a new tuple, most recent first: a lookup in another thread reads the old or the new
-            entries = ((lowered, guard), *self._cache.get(key, ()))
-            self._cache[key] = entries[:_RETRACE_WARNING]
-            if self.trace_count == _RETRACE_WARNING:
-                warnings.warn(
-                    f"jit({self.__name__}) has traced {self.trace_count} times (last: {why}); "
-                    "NEEDLEC_DEBUG=recompiles prints each reason",
-                    stacklevel=3,
+            guard = guards.Guard(
+                guards.merge(roots, ran), _is_tensor, traced.dynamic_attrs(), prints
+            )
+            if not self._warned_large:
+                self._warned_large = guards.warn_if_large(self.__name__, guard)
+            if _debug("guards"):
+                note = "; a profiler was running: globals read by methods were not recorded"
+                note = note if recorder.skipped else ""
+                print(
+                    f"needlec: guards of {self.__name__}: {guard.summary()}{note}", file=sys.stderr
                 )
-        return lowered, leaves
+            self._insert(key, lowered, guard)
+            self._last_key = key
+            self._reasons.append(why)
+            n = self.trace_count
+            if n >= _RETRACE_WARNING and n & (n - 1) == 0:  # at 8, 16, 32, ... traces
+                counts = Counter(r.split(":")[0] for r in self._reasons)
+                what = ", ".join(f"{w} ({c}x)" for w, c in counts.most_common())
+                warnings.warn(
+                    f"jit({self.__name__}) has traced {n} times; the last "
+                    f"{len(self._reasons)} traces were for: {what} (last: {why}). "
+                    "NEEDLEC_DEBUG=recompiles prints each reason",
+                    stacklevel=4,
+                )
+        return lowered, leaves, False
+
+    def _insert(self, key, lowered: Lowered, guard) -> None:
+        """Add a trace (most recent first) and drop the least recently used past the bound."""
+        # a new tuple: a lookup in another thread reads the old or the new
+        self._cache[key] = ((lowered, guard), *self._cache.get(key, ()))
+        self._used[key] = next(_ticks)
+        while self.cache_size() > self.max_cache_size:
+            oldest = min(self._cache, key=lambda k: self._used.get(k, -1))
+            entries = self._cache[oldest]
+            if oldest == key or len(entries) > 1:
+                self._cache[oldest] = entries[:-1]
+            else:
+                del self._cache[oldest]
+                self._used.pop(oldest, None)
+
+    def _check(self, lowered: Lowered, args, kwargs, leaves) -> None:
+        """Check mode: trace again and compare with the cached trace."""
+        with self._lock:
+            fresh = trace_function(
+                self.fn, args, kwargs, self._statics(args), self.static_argnames, leaves
+            )
+        what = _trace_difference(lowered.traced, fresh)
+        if what is not None:
+            raise StaleTraceError(
+                f"jit({self.__name__}): the cached trace is stale: {what}. Something the "
+                "function reads changed where no guard sees it (NEEDLEC_DEBUG=guards lists "
+                "those places); pass that value as an argument, or keep it in a tensor"
+            )
 
     def __get__(self, obj, objtype=None):
         """`@jit` on a method: the instance is read like a closure (its tensors captured)."""
         if obj is None:
             return self
-        try:
-            bound = self._bound.get(obj)
-        except TypeError:  # not weak-referenceable or not hashable: no cache per instance
-            bound = None
-        if bound is None:
-            with self._lock:  # one bound Jitted (one cache) per instance, whichever thread is first
-                try:
-                    bound = self._bound.get(obj)
-                except TypeError:
-                    bound = None
-                if bound is None:
-                    fn = self.fn.__get__(obj, objtype)
-                    bound = Jitted(fn, self.static_argnums, self.static_argnames)
-                    try:
-                        self._bound[obj] = bound
-                    except TypeError:
-                        pass
+        hit = self._bound.get(id(obj))
+        if hit is not None and hit[0]() is obj:
+            return hit[1]
+        with self._lock:  # one bound Jitted (one cache) per instance, whichever thread is first
+            hit = self._bound.get(id(obj))
+            if hit is not None and hit[0]() is obj:
+                return hit[1]
+            fn = self.fn.__get__(obj, objtype)
+            bound = Jitted(fn, *self._given, cache_size=self.max_cache_size, check=self.check)
+            k, table = id(obj), self._bound
+            try:  # dropped with the instance (instances need not be hashable)
+                ref = weakref.ref(obj, lambda r: table.get(k, (None,))[0] is r and table.pop(k))
+            except TypeError:  # not weak-referenceable: kept alive with its cache
+                ref = lambda o=obj: o  # noqa: E731
+            self._bound[k] = (ref, bound)
         return bound
 
     def __call__(self, *args, **kwargs):
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
-        lowered, leaves = self._entry(args, kwargs)
+        lowered, leaves, cached = self._entry(args, kwargs)
+        if cached and self.check:
+            self._check(lowered, args, kwargs, leaves)
         return lowered(leaves)
 
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace (or reuse the trace) for these arguments and return the optimized function."""
         return self._entry(args, kwargs)[0]
+
+
+def _trace_difference(old: Traced, new: Traced) -> str | None:
+    """What differs between a cached trace and a fresh one of the same call (None if nothing)."""
+    a, b = old.graph, new.graph
+    same = len(a.outputs) == len(b.outputs) and all(
+        x is y for x, y in zip(a.outputs, b.outputs, strict=False)
+    )
+    if not same:
+        for x, y in zip(a.as_text().splitlines(), b.as_text().splitlines(), strict=False):
+            if x != y:
+                same_op = x.split(" c=")[0] == y.split(" c=")[0]  # only a scalar differs
+                what = "a constant" if " const " in x + y or same_op else "the graph"
+                return f"{what} changed: `{x.strip()}` is now `{y.strip()}`"
+        return "the graph changed"
+
+    def ident(t) -> int:
+        return id(t.array) if type(t) is ArrayRead else id(t)
+
+    if [ident(t) for t in old.captured] != [ident(t) for t in new.captured]:
+        return "it reads other tensors or arrays"
+    if [(id(o), n) for o, n in old.scalars] != [(id(o), n) for o, n in new.scalars]:
+        return "it reads other Python numbers at every call"
+    if old.out_tree != new.out_tree or repr(old.out_static) != repr(new.out_static):
+        return "its Python outputs changed"
+    return None
 
 
 def _as_tuple(x) -> tuple:
@@ -562,12 +772,18 @@ def jit(
     *,
     static_argnums: int | Sequence[int] = (),
     static_argnames: str | Sequence[str] = (),
+    cache_size: int = _CACHE_SIZE,
+    check: bool | None = None,
 ) -> Jitted:
     """Compile `fn`: trace it once per argument signature into a graph, optimize it, run it.
 
     Arguments may be tensors, numpy arrays, and tuples, lists and dicts of them; other Python
-    values must be declared static. Tensors `fn` reads from its closure or from objects (model
-    parameters) are inputs read at every call; rebinding one (`model.w = Tensor(...)`) retraces.
+    values must be declared static (by position, negative counting from the end, or by name).
+    Tensors and numpy arrays `fn` reads from its closure, globals or objects (model parameters)
+    are inputs read at every call; rebinding one (`model.w = Tensor(...)`), or changing a Python
+    value or function it read, retraces. At most `cache_size` traces are kept (the least
+    recently used goes first). `check=True` (or `NEEDLEC_CHECK=1`) traces again at every call
+    and raises `StaleTraceError` if the new trace differs from the cached one.
 
     >>> import needlec as nc, numpy as np
     >>> f = nc.jit(lambda x: nc.ops.tanh(x) * 2.0)
@@ -576,15 +792,22 @@ def jit(
     """
     if fn is None:
         return functools.partial(
-            jit, static_argnums=static_argnums, static_argnames=static_argnames
+            jit,
+            static_argnums=static_argnums,
+            static_argnames=static_argnames,
+            cache_size=cache_size,
+            check=check,
         )
-    return Jitted(fn, _as_tuple(static_argnums), _as_tuple(static_argnames))
+    return Jitted(fn, _as_tuple(static_argnums), _as_tuple(static_argnames), cache_size, check)
 
 
 def make_graph(fn: Callable, static_argnums: int | Sequence[int] = ()) -> Callable[..., Graph]:
     """`make_graph(f)(*args)`: the graph traced from `f` on these arguments (before optimization)."""
 
+    nums, names = _static_args(fn, _as_tuple(static_argnums), ())
+
     def traced(*args, **kwargs) -> Graph:
-        return trace_function(fn, args, kwargs, _as_tuple(static_argnums)).graph
+        statics = tuple(i % len(args) if i < 0 and args else i for i in nums)  # f(*args)
+        return trace_function(fn, args, kwargs, statics, names).graph
 
     return traced

@@ -51,7 +51,6 @@ class Optimizer(ABC):
     under jit.
     """
 
-    _jit_guarded = True  # jit guards this object's other Python values (see frontend.guards)
     hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Tensor]) -> None:

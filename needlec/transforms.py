@@ -46,6 +46,7 @@ def value_and_grad(
     f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False
 ) -> Callable:
     """`f`'s value and its gradient with respect to the arguments `argnums` (f returns a scalar).
+    Keyword arguments are passed through to `f` and not differentiated.
 
     >>> import needlec as nc, numpy as np
     >>> v, g = nc.value_and_grad(lambda x: (x * x).sum())(np.array([1.0, 2.0]))
@@ -55,13 +56,13 @@ def value_and_grad(
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     name = getattr(f, "__name__", "f")
 
-    def wrapped(*args):
+    def wrapped(*args, **kwargs):
         args = list(args)
         for i in nums:
             if i >= len(args):
                 raise TypeError(f"grad({name}): argnums {i} but only {len(args)} arguments")
             args[i] = _alias(args[i])
-        out = f(*args)
+        out = f(*args, **kwargs)
         aux = None
         if has_aux:
             out, aux = out
@@ -79,7 +80,8 @@ def value_and_grad(
 
 
 def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
-    """The gradient of scalar-valued `f` with respect to argument(s) `argnums`.
+    """The gradient of scalar-valued `f` with respect to positional argument(s) `argnums`;
+    keyword arguments are passed through and not differentiated, as in `jax.grad`.
 
     >>> import needlec as nc, numpy as np
     >>> df = nc.grad(lambda x: nc.ops.tanh(x).sum())
@@ -87,8 +89,8 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -
     """
     vg = value_and_grad(f, argnums, has_aux)
 
-    def wrapped(*args):
-        (value, g) = vg(*args)
+    def wrapped(*args, **kwargs):
+        (value, g) = vg(*args, **kwargs)
         return (g, value[1]) if has_aux else g
 
     wrapped.__name__ = f"grad({getattr(f, '__name__', 'f')})"

@@ -34,8 +34,9 @@ def signature(
                 what = f"a {type(leaf).__name__}"
                 what += f" ({leaf!r})" if isinstance(leaf, _SCALARS) else ""
                 raise TypeError(
-                    f"jit({name}): {where} is {what}, not a tensor or array. Pass tensors and "
-                    f"arrays (in tuples, lists or dicts), or declare it static: jit({name}, {hint})"
+                    f"jit({name}): {where} is {what}, not a tensor, array or number. Pass "
+                    "tensors, arrays, ints and floats (in tuples, lists or dicts), or declare it "
+                    f"static: jit({name}, {hint})"
                 )
             leaves.append(t)
             sig.append((t.shape, t.dtype, repr(t.device), t.requires_grad))
@@ -48,6 +49,8 @@ def signature(
             raise TypeError(
                 f"jit({name}): static {where} ({type(value).__name__}) must be hashable"
             ) from None
+        if isinstance(value, float) and value != value:  # NaN: equal to itself as a key
+            return ("static", float, "nan")
         return ("static", type(value), value)
 
     for i, a in enumerate(args):

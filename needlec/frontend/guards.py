@@ -1,84 +1,62 @@
-"""Guards: where a trace found each tensor it captured, so that rebinding one makes it retrace.
+"""Guards: what a trace assumed about the Python state its function reads, checked before reuse.
 
-A jitted function reads tensors through its closure, its globals and the objects they hold
-(`model.w`). Assigning `p.data = ...` keeps the tensor, so the next call reads the new values
-anyway; rebinding `model.w = Tensor(...)` swaps the object, which only a fresh trace can see. At
-trace time each captured tensor gets an access path (a root such as a global name or a closure
-cell, then attributes, keys and indices); every call re-reads those paths and checks identity.
+A jitted function reads tensors, arrays, functions and Python values through its closure, its
+globals, its defaults and the objects they hold (`model.w`, `cfg["act"]["scale"]`). Values read
+at every call (tensor contents, numpy array contents, optimizer hyperparameters) need no guard;
+everything else was baked into the trace. So a guard records:
+
+- the roots: each closure cell, default, bound `self`, and each global (and attribute of a user
+  module or class) named by the code that ran while tracing (found with `sys.setprofile`, so a
+  helper's method, a `@property` or a function called through a dict count too), by identity
+  (or by value, for numbers and strings);
+- every object reachable from the roots (containers, objects with a `__dict__`, the user classes
+  of those objects and their class attributes, user functions with their closure cells and
+  defaults): a fingerprint of what it holds, numbers and strings by value, other objects by
+  identity. The guard holds these objects, so an identity is never reused while it is cached.
+
+A call reuses the trace only if every root and fingerprint is unchanged. There is no walk limit:
+a guard that checks many objects warns once, when it is made. Objects that hold state no
+fingerprint reads (`__slots__`, C extension types) are guarded by identity only and listed by
+`NEEDLEC_DEBUG=guards`.
 """
 
 from __future__ import annotations
 
+import dis
 import functools
+import operator
 import sys
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-_SKIP = (types.ModuleType, type, types.BuiltinFunctionType, str, bytes, int, float, bool)
-_MAX_ITEMS = 50_000
 _MISSING = object()
+_NAN = ("nan",)  # NaN compares equal to itself here: a NaN setting is not a change
+_LARGE = 20_000  # items a guard checks at every call before it warns that this is slow
+_PLAIN = (int, float, bool, str, bytes, complex, type(None), np.generic, np.dtype)
+_VALUE_TYPES = {int, float, bool, str, bytes, complex, type(None)}  # grows: types seen plain
+_OBJECT_TYPES: set[type] = set()  # grows: types seen that are kept by identity
+_NOT_ENTERED = (types.ModuleType, types.BuiltinFunctionType, types.CodeType, np.ndarray)
+_DUNDER_SKIP = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"})
 
 Getter = Callable[[], object]
 
 
-def roots(fn: Callable) -> list[Getter]:
-    """Zero-argument readers of what `fn` can reach: closure cells, bound self, named globals.
+class Root:
+    """A named zero-argument reader of something a function can reach (a global, a cell)."""
 
-    They are re-read on every call, so rebinding a global or a `nonlocal` is seen.
-    """
-    out: list[Getter] = []
-    seen, todo = set(), [fn]
-    while todo:
-        f = todo.pop()
-        if id(f) in seen:
-            continue
-        seen.add(id(f))
-        if isinstance(f, types.MethodType):
-            out.append(lambda obj=f.__self__: obj)
-            todo.append(f.__func__)
-            continue
-        if isinstance(f, functools.partial):  # its function, and the arguments it binds
-            out.append(lambda p=f: (p.args, p.keywords))
-            todo.append(f.func)
-            continue
-        code = getattr(f, "__code__", None)
-        if code is None:  # a callable object: its attributes are what it reads
-            out.append(lambda obj=f: obj)
-            if getattr(f, "__wrapped__", None) is not None:
-                todo.append(f.__wrapped__)
-            continue
-        out.append(lambda f=f: (f.__defaults__, f.__kwdefaults__))
-        for cell in f.__closure__ or ():
-            out.append(lambda c=cell: _cell(c))
-            value = _cell(cell)
-            if isinstance(value, types.FunctionType):
-                todo.append(value)
-        if _library(getattr(f, "__module__", None)):
-            continue  # our own (and numpy's, the standard library's) globals are not user state
-        glb = getattr(f, "__globals__", {})
-        names = _names(code)
-        for name in names:
-            if name not in glb:
-                continue
-            out.append(lambda g=glb, n=name: g.get(n, _MISSING))
-            value = glb[name]
-            if isinstance(value, types.FunctionType):
-                todo.append(value)
-            elif isinstance(value, types.ModuleType | type) and not _library(
-                getattr(value, "__module__", None) or value.__name__
-            ):
-                # `mod.W`, `Cls.w`: the attributes the code names are read like globals
-                for attr in names & set(dir(value)):
-                    out.append(lambda o=value, a=attr: getattr(o, a, _MISSING))
-                    if isinstance(getattr(value, attr, None), types.FunctionType):
-                        todo.append(getattr(value, attr))
-    return out
+    __slots__ = ("name", "read", "key")
+
+    def __init__(self, name: str, read: Getter, key: object = None) -> None:
+        self.name, self.read, self.key = name, read, key
+
+    def __call__(self) -> object:
+        return self.read()
 
 
-_LIBRARIES = {"needlec", "numpy", *sys.stdlib_module_names}
+_LIBRARIES = {"needlec", "numpy", "scipy", "llvmlite", *sys.stdlib_module_names}
 
 
 def _library(module: str | None) -> bool:
@@ -89,6 +67,13 @@ def _library(module: str | None) -> bool:
     return top in _LIBRARIES and not module.startswith("needlec.examples")
 
 
+@functools.lru_cache(maxsize=1024)
+def _installed(filename: str) -> bool:
+    """Whether code comes from an installed package (its globals are the package's, not the
+    user's: a test runner's or profiler's callbacks also run while a trace runs)."""
+    return "site-packages" in filename or "dist-packages" in filename
+
+
 def _cell(cell) -> object:
     try:
         return cell.cell_contents
@@ -96,187 +81,495 @@ def _cell(cell) -> object:
         return _MISSING
 
 
-def _names(code: types.CodeType) -> set[str]:
-    names, todo = set(), [code]
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple[frozenset, frozenset]:
+    """(names this code object reads as globals, every name it uses) (nested code excluded)."""
+    loads = {
+        i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
+    return frozenset(loads), frozenset(code.co_names)
+
+
+def _nested_codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    todo = [code]
     while todo:
         c = todo.pop()
-        names.update(c.co_names)
+        yield c
         todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return names
 
 
-def _children(x):
-    """(step, child) pairs of a container or object; steps are ("attr"|"item", key)."""
+def global_roots(code: types.CodeType, glb: dict, out: dict) -> None:
+    """Add to `out` (id key -> Root) the globals `code` reads, and the attributes of user
+    modules and classes among them that the code names (`cfg_module.W`)."""
+    if _library(glb.get("__name__")) or _installed(code.co_filename):
+        return  # our own (and numpy's, the standard library's) globals are not user state
+    loads, names = _global_names(code)
+    for name in loads:
+        if name not in glb or (id(glb), name) in out:
+            continue
+        value = glb[name]
+        if isinstance(value, types.ModuleType) and _library(value.__name__):
+            continue  # `np`, `nc`: never rebound in practice, and costly to check by the dozen
+        out[(id(glb), name)] = Root(name, lambda g=glb, n=name: g.get(n, _MISSING))
+        if isinstance(value, types.ModuleType | type) and not _library(
+            getattr(value, "__module__", None) or value.__name__
+        ):
+            for attr in names & set(dir(value)):
+                key = (id(value), attr)
+                if key not in out:
+                    read = lambda o=value, a=attr: getattr(o, a, _MISSING)  # noqa: E731
+                    out[key] = Root(f"{name}.{attr}", read)
+
+
+def _keyed(out: dict) -> list[Root]:
+    for k, r in out.items():
+        r.key = k
+    return list(out.values())
+
+
+def merge(*lists: list[Root]) -> list[Root]:
+    """The roots of several lists, each once."""
+    out: dict = {}
+    for roots_ in lists:
+        for r in roots_:
+            out.setdefault(r.key if r.key is not None else id(r), r)
+    return list(out.values())
+
+
+def roots(fn: Callable) -> list[Root]:
+    """Readers of what `fn` can reach before it runs: closure cells, bound self, defaults, and
+    the globals its code (and the functions found that way) names. Re-read on every call, so
+    rebinding a global or a `nonlocal` is seen. Tracing adds the globals of the code it ran."""
+    out: dict = {}
+    seen, todo = set(), [fn]
+    while todo:
+        f = todo.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        if isinstance(f, types.MethodType):
+            out[("self", id(f))] = Root("self", lambda obj=f.__self__: obj)
+            todo.append(f.__func__)
+            continue
+        if isinstance(f, functools.partial):  # its function, and the arguments it binds
+            out[("partial", id(f))] = Root("partial.args", lambda p=f: p.args)
+            out[("keywords", id(f))] = Root("partial.keywords", lambda p=f: p.keywords)
+            todo.append(f.func)
+            continue
+        code = getattr(f, "__code__", None)
+        if code is None:  # a callable object: its attributes are what it reads
+            out[("obj", id(f))] = Root(type(f).__name__, lambda obj=f: obj)
+            if getattr(f, "__wrapped__", None) is not None:
+                todo.append(f.__wrapped__)
+            continue
+        name = getattr(f, "__name__", "f")
+        out[("defaults", id(f))] = Root(f"{name}.__defaults__", lambda f=f: f.__defaults__)
+        out[("kwdefaults", id(f))] = Root(f"{name}.__kwdefaults__", lambda f=f: f.__kwdefaults__)
+        for var, cell in zip(code.co_freevars, f.__closure__ or (), strict=False):
+            out[("cell", id(cell))] = Root(var, lambda c=cell: _cell(c))
+            value = _cell(cell)
+            if isinstance(value, types.FunctionType):
+                todo.append(value)
+        glb = getattr(f, "__globals__", {})
+        for c in _nested_codes(code):
+            global_roots(c, glb, out)
+        for c in _nested_codes(code):
+            for n in _global_names(c)[0]:
+                if isinstance(glb.get(n), types.FunctionType):
+                    todo.append(glb[n])
+    return _keyed(out)
+
+
+class CodeRecorder:
+    """While active in this thread, records the code objects that run (and their globals).
+
+    A profiler already running (cProfile, a debugger) is left alone: then only the globals
+    that `roots` finds before the call are guarded, and `skipped` says so."""
+
+    def __init__(self) -> None:
+        self.codes: dict[types.CodeType, dict] = {}
+        self.skipped = False
+
+    def __enter__(self) -> CodeRecorder:
+        if sys.getprofile() is not None:
+            self.skipped = True
+            return self
+        codes = self.codes
+
+        def profile(frame, event, arg):
+            if event == "call" and frame.f_code not in codes:
+                codes[frame.f_code] = frame.f_globals
+
+        sys.setprofile(profile)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.skipped:
+            sys.setprofile(None)
+
+    def roots(self) -> list[Root]:
+        """Readers of the globals the recorded code read."""
+        while True:  # a __del__ run by the collector meanwhile is recorded too: read again
+            try:
+                codes = list(self.codes.items())
+                break
+            except RuntimeError:
+                continue
+        out: dict = {}
+        for code, glb in codes:
+            global_roots(code, glb, out)
+        return _keyed(out)
+
+
+def _key(v) -> object:
+    """What a fingerprint keeps of a value: numbers and strings themselves, else identity."""
+    kind = type(v)
+    if kind in _VALUE_TYPES:
+        return v if v == v else _NAN
+    if kind in _OBJECT_TYPES:
+        return ("id", id(v))
+    # first meeting of this type (isinstance on numpy's types is slow: ask once per type)
+    (_VALUE_TYPES if isinstance(v, _PLAIN) else _OBJECT_TYPES).add(kind)
+    return _key(v)
+
+
+@functools.cache  # one entry per class a guard meets
+def _user_classes_of(kind: type) -> tuple[type, ...]:
+    return tuple(c for c in kind.__mro__ if not _library(c.__module__) and c is not object)
+
+
+def _user_classes(x) -> tuple[type, ...]:
+    return _user_classes_of(type(x))
+
+
+def _children(x) -> list[tuple[tuple, object]]:
+    """(step, child) pairs of an object a guard enters; steps are ("attr"|"item"|"class", key)."""
     if isinstance(x, list | tuple):
         return [(("item", i), v) for i, v in enumerate(x)]
     if isinstance(x, dict):
         return [(("item", k), v) for k, v in x.items()]
+    if isinstance(x, types.FunctionType):
+        cells = zip(x.__code__.co_freevars, x.__closure__ or (), strict=False)
+        out = [(("cell", n), _cell(c)) for n, c in cells]
+        return out + [(("attr", "__defaults__"), x.__defaults__)]
+    if isinstance(x, types.MethodType):
+        return [(("attr", "__self__"), x.__self__), (("attr", "__func__"), x.__func__)]
+    if isinstance(x, functools.partial):
+        return [
+            (("attr", "func"), x.func),
+            (("attr", "args"), x.args),
+            (("attr", "kw"), x.keywords),
+        ]
+    if isinstance(x, property):
+        return [(("attr", "fget"), x.fget)]
+    if isinstance(x, type):
+        return [(("attr", k), v) for k, v in vars(x).items() if k not in _DUNDER_SKIP]
+    kind = type(x)
+    if getattr(kind, "_jit_opaque", False):  # compiled code: nothing a trace reads
+        return []
+    only = getattr(kind, "_jit_guard_attrs", None)
+    if only is not None:
+        return [(("attr", k), getattr(x, k)) for k in only]
     d = getattr(x, "__dict__", None)
-    if isinstance(d, dict) and not isinstance(x, types.FunctionType):
-        if getattr(type(x), "_jit_opaque", False):  # compiled code: nothing a trace reads
-            return []
-        return [(("attr", k), v) for k, v in d.items()]
-    return []
+    if not isinstance(d, dict):
+        return []
+    out = [(("attr", k), v) for k, v in d.items()]
+    return out + [(("class", c.__qualname__), c) for c in _user_classes(x)]
 
 
-def _walk(getters: list[Getter], is_leaf: Callable[[object], bool]):
-    """(getter, path, object) for everything reachable from the roots, each once, depth first;
-    leaves (tensors) are yielded but not entered."""
+def _enters(x) -> bool:
+    """Whether a guard fingerprints `x` (else it is kept by identity or value only)."""
+    if isinstance(x, _PLAIN) or isinstance(x, _NOT_ENTERED):
+        return False
+    if isinstance(x, list | tuple | dict | functools.partial | property | types.MethodType):
+        return True
+    if isinstance(x, types.FunctionType | type):
+        return not _library(getattr(x, "__module__", None))
+    return isinstance(getattr(x, "__dict__", None), dict)
+
+
+def _unseen(x) -> bool:
+    """Whether `x` may hold state that no fingerprint reads (slots, a C extension object)."""
+    if isinstance(x, _PLAIN + _NOT_ENTERED) or callable(x) or _enters(x):
+        return False
+    module = getattr(type(x), "__module__", None)
+    return module != "builtins" and not _library(module)
+
+
+def where(root: str, path: tuple) -> str:
+    """An access path as the user would write it: `cache['h']`, `model.layers[0].w`."""
+    out = root
+    for kind, key in path:
+        if kind == "item":
+            out += f"[{key!r}]"
+        elif kind == "class":
+            out = f"type({out})"
+        elif kind == "cell":
+            out += f" (closure variable {key})"
+        else:
+            out += f".{key}"
+    return out
+
+
+def walk(getters: list[Root], is_leaf: Callable[[object], bool]):
+    """(root name, path, object) for everything reachable from the roots, each once, depth
+    first; leaves (tensors) are yielded but not entered."""
     seen: set[int] = set()
-    todo = [(g, (), g()) for g in reversed(getters)]
-    while todo and len(seen) < _MAX_ITEMS:
-        getter, path, x = todo.pop()
-        if id(x) in seen or isinstance(x, _SKIP) or x is _MISSING:
+    todo = [(g.name, (), g()) for g in reversed(getters)]
+    while todo:
+        name, path, x = todo.pop()
+        if x is _MISSING or isinstance(x, _PLAIN) or id(x) in seen:
             continue
         seen.add(id(x))
-        yield getter, path, x
-        if not is_leaf(x):
-            todo.extend((getter, (*path, step), v) for step, v in reversed(_children(x)))
+        yield name, path, x
+        if not is_leaf(x) and _enters(x):
+            todo.extend((name, (*path, step), v) for step, v in reversed(_children(x)))
 
 
-def find_paths(getters: list[Getter], targets: list, is_leaf: Callable[[object], bool]) -> list:
-    """For each target object, (getter, path) of the first place it is found, or None."""
-    want = {id(t): k for k, t in enumerate(targets)}
-    found: list = [None] * len(targets)
-    for getter, path, x in _walk(getters, is_leaf) if want else ():
-        k = want.pop(id(x), None)
-        if k is not None:
-            found[k] = (getter, path)
-            if not want:
-                break
-    return found
+def _layout(x) -> str:
+    """How `_fingerprint` reads `x`: "seq" (keys by index), "item" (dict (key, key) pairs),
+    "attr" (an object's (attribute, key) pairs, then its user classes), "step" (steps)."""
+    kind = type(x)
+    if kind is list or kind is tuple:
+        return "seq"
+    if kind is dict:
+        return "item"
+    if (
+        type(getattr(x, "__dict__", None)) is dict
+        and not isinstance(x, types.FunctionType | type | functools.partial)
+        and not getattr(kind, "_jit_opaque", False)
+        and getattr(kind, "_jit_guard_attrs", None) is None
+    ):
+        return "attr"
+    return "seq" if isinstance(x, list | tuple) else "step"
 
 
-def resolve(getter: Getter, path: tuple) -> object:
-    """Follow a path from its root again; _MISSING if a step no longer exists."""
-    x = getter()
-    for kind, key in path:
-        try:
-            x = getattr(x, key) if kind == "attr" else x[key]
-        except (AttributeError, KeyError, IndexError, TypeError):
-            return _MISSING
-    return x
+def _fingerprint(x, skip: frozenset, layout: str) -> tuple:
+    """What `x` holds: numbers and strings by value, other objects by identity (the hot path:
+    run for every object a guard holds, before every call)."""
+    if layout == "seq":
+        return tuple(map(_key, x))
+    if layout == "item":  # keys too by _key: a tensor key must never be compared with ==
+        out = [(_key(k), _key(v)) for k, v in x.items()]
+        return tuple([e for e in out if e[0] not in skip] if skip else out)
+    if layout == "attr":
+        items = x.__dict__.items()
+        out = (
+            [(k, _key(v)) for k, v in items if k not in skip]
+            if skip
+            else [(k, _key(v)) for k, v in items]
+        )
+        classes = _user_classes_of(type(x))
+        if classes:
+            out.append((_CLASSES, tuple(map(id, classes))))
+        return tuple(out)
+    out = [((kind, _key(k)), _key(v)) for (kind, k), v in _children(x)]
+    return tuple([e for e in out if e[0] not in skip and e[0][1] not in skip] if skip else out)
 
 
-_PLAIN = (int, float, bool, str, type(None), np.generic)
+_CLASSES = ("class",)  # the fingerprint entry of an object's user classes
 
 
-def _plain_state(x, skip: frozenset = frozenset()) -> object:
-    """What a trace may have read from `x` as a Python value: x itself if it is a number or
-    string, else the numbers and strings it holds (attributes, items), but for the attributes
-    named in `skip` (those the graph reads or writes at every call, like `opt.lr`)."""
-    if isinstance(x, _PLAIN):
-        return x
-    if isinstance(x, tuple | list):
-        return tuple((i, v) for i, v in enumerate(x) if isinstance(v, _PLAIN))
-    if isinstance(x, dict):
-        return tuple((k, v) for k, v in x.items() if isinstance(v, _PLAIN))
-    if hasattr(x, "__dict__") and not isinstance(x, _SKIP + (types.FunctionType,)):
-        return tuple((k, v) for k, v in vars(x).items() if isinstance(v, _PLAIN) and k not in skip)
+def _changed_entries(old: tuple, new: tuple, layout: str) -> frozenset | None:
+    """The fingerprint entries that differ (as `_fingerprint` skips them), or None when only
+    the whole object will do (a list that grew, a changed class)."""
+    if layout == "seq":
+        return None
+    was, now = dict(old), dict(new)
+    changed = {k for k in was.keys() | now.keys() if was.get(k, _MISSING) != now.get(k, _MISSING)}
+    return None if _CLASSES in changed else frozenset(changed)
+
+
+def _snapshot(x, layout: str) -> tuple | None:
+    """The objects `x` holds now (for `_unchanged`), or None where only a fingerprint will do."""
+    if layout == "seq":
+        return (tuple(x), (), None)
+    if layout == "item":
+        return (tuple(x.values()), tuple(x), None)
+    if layout == "attr":
+        return (tuple(x.__dict__.values()), tuple(x.__dict__), type(x))
     return None
 
 
-def _structure(x, skip: frozenset) -> object:
-    """A watched object's state: its numbers and strings, and which objects it holds (a swapped
-    layer, a list grown by one, a tuple of factors): anything its methods may have read."""
-
-    def item(v):
-        return v if isinstance(v, _PLAIN) else ("id", id(v))
-
-    out = []
-    for k, v in vars(x).items():
-        if k in skip:
-            continue
-        if isinstance(v, list | tuple):
-            out.append((k, id(v), tuple(map(item, v))))
-        elif isinstance(v, dict):
-            out.append((k, id(v), tuple((key, item(e)) for key, e in v.items())))
-        else:
-            out.append((k, item(v)))
-    return tuple(out)
+def _unchanged(x, layout: str, snap: tuple) -> bool:
+    """Whether `x` holds the very same objects (keys included) as in `snap`: no fingerprint
+    needed then. A value rebound to an equal number fails this and is fingerprinted instead."""
+    values, keys, kind = snap
+    if layout == "seq":
+        return len(x) == len(values) and all(map(operator.is_, x, values))
+    if layout == "attr":
+        if type(x) is not kind:
+            return False
+        x = x.__dict__
+    return (
+        len(x) == len(values)
+        and all(map(operator.is_, x.values(), values))
+        and all(map(operator.is_, x, keys))
+    )
 
 
 class Guard:
-    """What a trace assumed about the objects its function reads, checked before each reuse.
+    """What a trace assumed about the objects its function reads (see the module docstring).
 
-    - each captured tensor is still found at the path it was found at (not rebound);
-    - the Python numbers and strings held by the roots and by the objects on those paths
-      (a scale factor, a flag) are unchanged: the trace baked them in;
-    - so are those of every `watched` object reachable from the roots (every nn.Module and
-      Optimizer: `training`, a dropout probability), however deep, but for the `dynamic`
-      attributes, which the graph reads or writes at every call (`opt.lr`, `opt.t`).
+    `dynamic` holds (id(obj), name) of the attributes the graph reads or writes at every call
+    (`opt.lr`, `opt.t`): those are inputs, not assumptions.
     """
+
+    _jit_opaque = True  # a guard walk never enters another guard
 
     def __init__(
         self,
-        getters: list[Getter],
-        tensors: list,
-        is_leaf,
-        watched: Callable[[object], bool] | None = None,
-        dynamic: frozenset | set = frozenset(),
+        getters: list[Root],
+        is_leaf: Callable[[object], bool],
+        dynamic=frozenset(),
+        before: dict | None = None,
     ) -> None:
-        self.is_leaf = is_leaf
-        paths = find_paths(getters, tensors, is_leaf)
-        self.tensors = [(t, *p) for t, p in zip(tensors, paths, strict=True) if p is not None]
-        self.places = [(g, ()) for g in getters]
-        self.places += sorted(
-            {(g, path[:k]) for _, g, path in self.tensors for k in range(1, len(path))},
-            key=lambda gp: len(gp[1]),
-        )
-        # and the objects these hold directly (`model.cfg` for `model.cfg.scale`)
-        known = {(id(g), path) for g, path in self.places}
-        for g, path in list(self.places):
-            for step, child in _children(resolve(g, path)):
-                if (id(g), (*path, step)) in known or is_leaf(child):
+        self.roots = getters
+        self.root_values = [g() for g in getters]  # held: their identity stays theirs
+        self.root_keys = [_key(v) for v in self.root_values]
+        skips: dict[int, set] = {}
+        for i, name in dynamic:
+            skips.setdefault(i, set()).add(name)
+        # (object, skip, layout, fingerprint, root name, path, snapshot of its contents)
+        self.objects: list = []
+        self.unseen: list[str] = []  # where objects that no fingerprint reads were found
+        self.written: list[str] = []  # objects the function changed while it was traced
+        n_items = 0
+        for name, path, x in walk(getters, is_leaf):
+            if is_leaf(x) or not _enters(x):
+                if not is_leaf(x) and _unseen(x):
+                    self.unseen.append(f"{where(name, path)} ({type(x).__name__})")
+                continue
+            skip = frozenset(skips.get(id(x), ()))
+            layout = _layout(x)
+            fp = _fingerprint(x, skip, layout)
+            full = fp if not skip or before is None else _fingerprint(x, frozenset(), layout)
+            was = None if before is None else before.get(id(x))
+            if was is not None and was != full:
+                # written while tracing (`calls.append(...)`, `state["n"] += 1`): a side
+                # effect, not an input; the other entries stay guarded
+                changed = _changed_entries(was, full, layout)
+                self.written.append(where(name, path))
+                if changed is None:
                     continue
-                if isinstance(child, dict | list | tuple) or (
-                    hasattr(child, "__dict__")
-                    and not isinstance(child, _SKIP + (types.FunctionType, types.MethodType))
-                ):
-                    self.places.append((g, (*path, step)))
-                    known.add((id(g), (*path, step)))
-        self.n_plain = len(self.places)  # the places after these are watched objects
-        if watched is not None:
-            for g, path, x in _walk(getters, is_leaf):
-                if watched(x):
-                    self.places.append((g, path))
-        self.skips = []
-        for g, path in self.places:
-            x = resolve(g, path)
-            self.skips.append(frozenset(n for i, n in dynamic if i == id(x)))
-        self.state = self._state()
-
-    def _state(self) -> list:
-        out = []
-        for k, ((g, path), skip) in enumerate(zip(self.places, self.skips, strict=True)):
-            x = resolve(g, path)
-            if self.is_leaf(x):
-                out.append(None)
-            elif k < self.n_plain:
-                out.append(_plain_state(x, skip))
-            else:
-                out.append(_structure(x, skip))
-        return out
+                skip = skip | changed
+                fp = _fingerprint(x, skip, layout)
+            n_items += len(fp)
+            snap = None if skip else _snapshot(x, layout)
+            self.objects.append((x, skip, layout, fp, name, path, snap))
+        self.n_items = n_items + len(getters)
 
     def check(self) -> str | None:
-        """None if the trace still holds, else why not."""
-        for t, getter, path in self.tensors:
-            if resolve(getter, path) is not t:
-                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
-                return f"the tensor at {where} was rebound"
-        for (_, path), old, new in zip(self.places, self.state, self._state(), strict=True):
-            if old != new:
-                where = ".".join(str(key) for _, key in path) or "a global or closure variable"
-                return f"a Python value the trace read changed (at {where}: {old} -> {new})"
+        """None if the trace still holds, else what changed."""
+        for g, value, old in zip(self.roots, self.root_values, self.root_keys, strict=True):
+            now = g()
+            if now is value:
+                continue
+            new = _key(now)
+            if new != old:
+                return f"{g.name} changed ({_show(old)} -> {_show(new)})"
+        for x, skip, layout, old, name, path, snap in self.objects:
+            try:
+                if snap is not None and _unchanged(x, layout, snap):
+                    continue  # the fast path: the same objects in the same places
+                new = _fingerprint(x, skip, layout)
+            except RuntimeError:  # another thread changed its size while it was read
+                return f"{where(name, path)} changed while it was checked"
+            if new != old:
+                return _describe(where(name, path), old, new, layout)
         return None
 
+    def summary(self) -> str:
+        """What this guard checks, for NEEDLEC_DEBUG=guards."""
+        lines = [f"{len(self.roots)} roots, {len(self.objects)} objects, {self.n_items} items"]
+        if self.written:
+            lines.append("changed while tracing (not guarded): " + ", ".join(self.written))
+        if self.unseen:
+            lines.append("no guard sees inside (identity only): " + ", ".join(self.unseen))
+        return "; ".join(lines)
 
-def plain_state(getters: list[Getter], is_leaf) -> list:
-    """The Python numbers and strings held by each root but tensors (see `Guard`)."""
-    return [None if is_leaf(x) else _plain_state(x) for x in (g() for g in getters)]
+
+def fingerprints(getters: list[Root], is_leaf: Callable[[object], bool]) -> dict[int, tuple]:
+    """id -> fingerprint of every object a guard would enter (taken before a trace, to tell
+    the objects the function writes while tracing)."""
+    return {
+        id(x): _fingerprint(x, frozenset(), _layout(x))
+        for _, _, x in walk(getters, is_leaf)
+        if not is_leaf(x) and _enters(x)
+    }
 
 
-def check_side_effects(name: str, getters: list[Getter], before: list, trace, is_leaf) -> None:
+def _show(k) -> str:
+    if k is _NAN:
+        return "nan"
+    if k == ("id", id(_MISSING)):
+        return "missing"
+    if isinstance(k, tuple) and len(k) == 2 and k[0] == "id":
+        return "another object"
+    return repr(k)
+
+
+def _describe(at: str, old: tuple, new: tuple, layout: str) -> str:
+    if layout != "seq":
+        before, after = dict(old), dict(new)
+        for step in [*before, *(s for s in after if s not in before)]:
+            a, b = before.get(step, _MISSING), after.get(step, _MISSING)
+            if a != b:
+                if step is _CLASSES:
+                    return f"the class of {at} changed"
+                sub = where(at, (step if layout == "step" else (layout, step),))
+                if a is _MISSING or b is _MISSING:
+                    return f"{sub} was {'added' if a is _MISSING else 'removed'}"
+                return f"{sub} changed ({_show(a)} -> {_show(b)})"
+    if len(old) != len(new):
+        return f"{at} changed length ({len(old)} -> {len(new)})"
+    for i, (a, b) in enumerate(zip(old, new, strict=True)):
+        if a != b:
+            return f"{at}[{i}] changed ({_show(a)} -> {_show(b)})"
+    return f"{at} changed"
+
+
+def warn_if_large(name: str, guard: Guard) -> bool:
+    """A guard is checked at every call: say so when it is large enough to cost (True if so)."""
+    if guard.n_items <= _LARGE:
+        return False
+    warnings.warn(
+        f"jit({name}) reaches {guard.n_items:,} objects and values through its globals, "
+        "closure and objects, and checks them all before every call. Pass large data as "
+        "an argument, or keep it where the function does not reach it.",
+        stacklevel=4,
+    )
+    return True
+
+
+def plain_state(getters: list[Root], is_leaf) -> list:
+    """The Python numbers and strings held by each root but tensors (for the side-effect check)."""
+    out = []
+    for x in (g() for g in getters):
+        if is_leaf(x):
+            out.append(None)
+        elif isinstance(x, _PLAIN):
+            out.append(_key(x))
+        elif _enters(x) and not isinstance(x, types.FunctionType | type):
+            layout = _layout(x)
+            fp = _fingerprint(x, frozenset(), layout)
+            if layout == "seq":
+                out.append(tuple(k for k in fp if not _is_id(k)))
+            else:
+                out.append(tuple(e for e in fp if not _is_id(e[1]) and e[0] is not _CLASSES))
+        else:
+            out.append(None)
+    return out
+
+
+def _is_id(k) -> bool:
+    """Whether a fingerprint key stands for an object (not a number or string)."""
+    return type(k) is tuple and len(k) == 2 and k[0] == "id"
+
+
+def check_side_effects(
+    name: str, getters: list[Root], before: list, trace, is_leaf, more: list[Root] = ()
+) -> None:
     """Raise if tracing changed Python state or left a tracer in an object the function reaches:
     both would make the compiled function disagree with the Python one."""
     from .trace import TracerError
@@ -290,12 +583,11 @@ def check_side_effects(name: str, getters: list[Getter], before: list, trace, is
                 stacklevel=4,
             )
             break
-    for _, path, x in _walk(getters, is_leaf):
+    for root, path, x in walk(merge(getters, list(more)), is_leaf):
         if is_leaf(x) and getattr(x, "_trace", None) is trace:
-            where = ".".join(str(key) for _, key in path) or "a global or closure variable"
             raise TracerError(
-                f"jit({name}) stored a traced value in {where}: writes to Python objects "
-                "inside jit are not replayed at each call. Return the value from the "
+                f"jit({name}) stored a traced value in {where(root, path)}: writes to Python "
+                "objects inside jit are not replayed at each call. Return the value from the "
                 "function, or keep the state in a tensor made outside the function and "
                 "assign its .data (written back after every call)."
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -58,6 +58,9 @@ class Trace:
         self.arg_grad_reads: set[int] = set()  # arguments whose (None) .grad the trace read
         self.scalars: dict[tuple[int, str], tuple[object, str, Node]] = {}  # read every call
         self.scalar_writes: dict[tuple[int, str], tuple[object, str, Node]] = {}
+        # whether a numpy array comes from outside the function (an input read at every call)
+        # rather than made by it (a constant); jit sets it, a bare trace bakes arrays in
+        self.reads_array: Callable[[np.ndarray], bool] = lambda array: False
 
     def made_inside(self, x) -> bool:
         """Whether tensor `x` was made while this trace ran (by its thread)."""
@@ -122,6 +125,8 @@ class Trace:
             # a view made in the trace (.data, .detach(), an alias) reads its source
             node = self.node_of(x._origin)
             return Node.make(Op.STOP_GRADIENT, node) if x._detached else node
+        if self.made_inside(x) and x._array is not None and self.reads_array(x._array):
+            return self.capture_array(x)
         if self.made_inside(x):
             arr = np.asarray(x.cached_data)
             flat = arr.reshape(-1)
@@ -144,6 +149,15 @@ class Trace:
             hit = self.captured[key] = (tensor, node)
         return hit[1]
 
+    def capture_array(self, x) -> Node:
+        """The input standing for the numpy array tensor `x` was made from inside the trace: read
+        (and converted to x's dtype) at every call, so changing the array in place is seen."""
+        data = x.cached_data
+        key = ("array", id(x._array), str(data.dtype), repr(data.device))
+        if key not in self.captured:
+            self.capture(ArrayRead(x._array, str(data.dtype), data.device), data, key)
+        return self.captured[key][1]
+
     def capture_grad(self, owner) -> Node:
         """The input standing for `owner.grad` (a tensor from outside): looked up through its
         owner at every call, since each backward() binds a new gradient tensor."""
@@ -151,6 +165,20 @@ class Trace:
         if key not in self.captured:
             self.grad_of[len(self.captured)] = owner
         return self.capture(owner._grad, owner._grad.cached_data, key)
+
+
+class ArrayRead:
+    """A numpy array a trace read, captured like a tensor: converted again at every call."""
+
+    __slots__ = ("array", "dtype", "device")
+    requires_grad = False
+
+    def __init__(self, array: np.ndarray, dtype: str, device) -> None:
+        self.array, self.dtype, self.device = array, dtype, device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
 
 
 class _Traces(threading.local):

@@ -63,8 +63,6 @@ class Module:
     False
     """
 
-    _jit_guarded = True  # jit guards this object's other Python values (see frontend.guards)
-
     def __init__(self) -> None:
         self.training = True
 

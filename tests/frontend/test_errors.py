@@ -216,8 +216,8 @@ def test_a_failed_trace_leaves_jit_usable():
 
 @pytest.mark.parametrize(
     "value",
-    [2.0, 3, "mode", [1.0, 2.0], {"lr": 0.1}, (np.ones(2, "float32"), 0.5)],
-    ids=["float", "int", "str", "list_of_floats", "dict_of_float", "tuple_with_float"],
+    ["mode", b"raw", 1 + 2j, ["a", "b"], {"act": "relu"}, (np.ones(2, "float32"), "x")],
+    ids=["str", "bytes", "complex", "list_of_str", "dict_of_str", "tuple_with_str"],
 )
 def test_python_value_argument_must_be_static(value):
     jf = nc.jit(lambda x, s: x)
@@ -227,14 +227,14 @@ def test_python_value_argument_must_be_static(value):
     assert "static_argnums" in msg and "argument 1" in msg, msg
 
 
-def test_float_argument_message_shows_the_fix():
+def test_string_argument_message_shows_the_fix():
     def scale(x, s):
-        return x * s
+        return x * len(s)
 
     with pytest.raises(TypeError) as info:
-        nc.jit(scale)(np.ones(2, "float32"), 2.0)
+        nc.jit(scale)(np.ones(2, "float32"), "two")
     msg = str(info.value)
-    assert "float" in msg and "2.0" in msg
+    assert "str" in msg and "'two'" in msg
     assert "jit(scale, static_argnums=(1,))" in msg
 
 
@@ -243,9 +243,9 @@ def test_python_value_keyword_argument_names_the_keyword():
         return x * factor
 
     with pytest.raises(TypeError) as info:
-        nc.jit(scale)(np.ones(2, "float32"), factor=2.0)
+        nc.jit(scale)(np.ones(2, "float32"), factor="2.0")
     msg = str(info.value)
-    assert "factor" in msg and "2.0" in msg, msg
+    assert "factor" in msg and "'2.0'" in msg, msg
 
 
 # ---------------------------------------------------------------- escaped tracers
@@ -274,7 +274,7 @@ def test_jit_refuses_a_tracer_stored_in_an_object_it_reaches():
         s.running = s.running * 0.9 + x * 0.1
         return x
 
-    with pytest.raises(nc.TracerError, match=r"stored a traced value in running"):
+    with pytest.raises(nc.TracerError, match=r"stored a traced value in s\.running"):
         nc.jit(f)(np.ones(3, "float32"))
 
 

@@ -143,7 +143,7 @@ def test_recompile_reason_is_printed(capsys, monkeypatch):
     f(np.ones(2, dtype="float32"))
     err = capsys.readouterr().err
     assert "first call" in err
-    assert "('k', 2.0)" in err.split("->")[0] and "('k', 5.0)" in err.split("->")[1]
+    assert "inner.k changed (2.0 -> 5.0)" in err
 
 
 def test_storing_a_tracer_in_a_dict_names_the_place_and_the_fix():
@@ -178,7 +178,7 @@ def test_a_tracer_stored_in_a_closure_list_is_caught_at_trace_time():
         leaked.append(y)
         return y
 
-    with pytest.raises(TracerError, match=r"stored a traced value in 0"):
+    with pytest.raises(TracerError, match=r"stored a traced value in leaked\[0\]"):
         f(np.ones(2, dtype="float32"))
 
 

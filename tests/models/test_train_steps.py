@@ -222,7 +222,7 @@ def test_a_changed_module_flag_retraces_and_says_why(capsys, monkeypatch):
     f(x)
     assert f.trace_count == 2
     err = capsys.readouterr().err
-    assert "('p', 0.5)" in err and "('p', 0.25)" in err
+    assert "model.modules[1].modules[1].modules[0].p changed (0.5 -> 0.25)" in err
 
 
 def test_an_unused_parameter_is_skipped_eagerly_and_under_jit():
