@@ -418,7 +418,7 @@ def test_mlp_training_step_kernels():
     assert boundary_violations(kg) == []
     # fusion keeps intermediates out of memory: under a quarter of the bytes one kernel per node
     # moves; what is left is mostly W1 (read by 3 GEMMs and the update) and the outputs
-    assert cost.bytes < unfused / 4
+    assert cost.bytes < unfused / 3.5  # (4x before strided conv gradients interleaved phases)
     _same_numbers(graph, kg, _step_inputs(graph, np.arange(8) % 10), rtol=1e-4, atol=1e-6)
 
 
@@ -436,7 +436,7 @@ def test_resnet9_training_step_kernels():
     unfused = sum(b.nbytes for s in steps for b in s.reads + s.writes)
     kinds = {
         kind: sum(k.kind == kind for k in kg.kernels)
-        for kind in ("conv", "gemm", "reduce", "copy", "elementwise")
+        for kind in ("conv", "gemm", "reduce", "copy", "elementwise", "fill")
     }
     print(f"\nResNet9 step: {len(graph.nodes)} nodes, {len(steps)} unfused steps ({unfused:,} B)")
     print(f"  {len(kg.kernels)} kernels {kinds}, {cost.bytes:,} bytes moved, {cost.flops:,} flops")
@@ -447,10 +447,14 @@ def test_resnet9_training_step_kernels():
     # kernel holds a reduction (batch-norm statistics forward and backward, bias gradients),
     # or is a stack interleaving a strided conv's gradient phases, or the SGD update of a
     # strided conv's weight (which reads an interleaved gradient), or the input's gradient
+    # (a stack selects each operand by a mask of its own, filled once per stack operand)
+    masks = sum(len(n.src) - 1 for n in graph.nodes if n.op is Op.STACK)
     assert kinds["conv"] + kinds["gemm"] == cores
     assert kinds["copy"] + kinds["elementwise"] <= interleaves + strided + 1
-    assert len(kg.kernels) == cores + kinds["reduce"] + kinds["copy"] + kinds["elementwise"]
+    assert kinds["fill"] <= masks
+    other = kinds["reduce"] + kinds["copy"] + kinds["elementwise"] + kinds["fill"]
+    assert len(kg.kernels) == cores + other
     assert kinds["reduce"] <= 4 * 8 + 2  # 8 batch norms (forward + backward) and 2 linear biases
     assert boundary_violations(kg) == []
-    assert cost.bytes < unfused / 4
+    assert cost.bytes < unfused / 3.5  # (4x before strided conv gradients interleaved phases)
     _same_numbers(graph, kg, _step_inputs(graph, np.arange(2)), rtol=2e-3, atol=2e-4)
