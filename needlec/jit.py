@@ -54,12 +54,19 @@ def _is_tensor(x) -> bool:
 _SCALAR_DTYPES = {float: "float32", int: "int64"}  # a Python number argument: weakly typed
 
 
+_SHARED_DTYPES = frozenset({"float32", "float64", "int32", "int64", "bool"})
+
+
 def _as_tensor(x) -> Tensor | None:
     """A jit argument leaf as a tensor: tensors, arrays, numpy scalars, and Python ints and
     floats (a 0-d float32 or int64 input: its value is not part of the cache key, and against
     a float32 or float64 array it takes that array's dtype); None for anything else."""
     if isinstance(x, Tensor):
         return x
+    if type(x) is np.ndarray and x.dtype.name in _SHARED_DTYPES and x.flags.c_contiguous:
+        # read where it lies, not copied: the step only reads its arguments (writes to them are
+        # functionalized into outputs), so the caller's array is never written
+        return Tensor.make_const(nd.NDArray.from_numpy(x))
     if isinstance(x, np.ndarray | nd.NDArray):
         return Tensor(x, requires_grad=False)
     dtype = _SCALAR_DTYPES.get(type(x))

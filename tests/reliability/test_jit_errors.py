@@ -110,3 +110,22 @@ def test_list_of_numbers_is_a_pytree_of_scalars():
     np.testing.assert_allclose(jf(x, [1.0, 2.0, 3.0]).numpy(), 1 + 2 * x + 3 * x**2, rtol=1e-6)
     np.testing.assert_allclose(jf(x, [0.5, 0.0, -1.0]).numpy(), 0.5 - x**2, rtol=1e-6)
     assert jf.trace_count == 1
+
+
+def test_numpy_arguments_are_read_in_place_and_never_written():
+    """A contiguous numpy argument is read where it lies (no copy per call); a function that
+    writes its argument writes the jit's tensor for it, never the caller's array."""
+    import needlec as nc
+
+    @nc.jit
+    def bump(x):
+        x.data = x + 1.0
+        return x * 2.0
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    before = a.copy()
+    for _ in range(3):
+        np.testing.assert_array_equal(bump(a).numpy(), (before + 1.0) * 2.0)
+    np.testing.assert_array_equal(a, before)
+    b = np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3))  # copied: not C-order
+    np.testing.assert_array_equal(bump(b).numpy(), (b + 1.0) * 2.0)
