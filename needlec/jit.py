@@ -54,7 +54,7 @@ def _is_tensor(x) -> bool:
 _SCALAR_DTYPES = {float: "float32", int: "int64"}  # a Python number argument: weakly typed
 
 
-_SHARED_DTYPES = frozenset({"float32", "float64", "int32", "int64", "bool"})
+_SHARED_DTYPES = frozenset(map(np.dtype, ("float32", "float64", "int32", "int64", "bool")))
 
 
 def _as_tensor(x) -> Tensor | None:
@@ -63,7 +63,7 @@ def _as_tensor(x) -> Tensor | None:
     a float32 or float64 array it takes that array's dtype); None for anything else."""
     if isinstance(x, Tensor):
         return x
-    if type(x) is np.ndarray and x.dtype.name in _SHARED_DTYPES and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype in _SHARED_DTYPES and x.flags.c_contiguous:
         # read where it lies, not copied: the step only reads its arguments (writes to them are
         # functionalized into outputs), so the caller's array is never written
         return Tensor.make_const(nd.NDArray.from_numpy(x))
@@ -324,7 +324,7 @@ def call_graph(
         return inline(graph, tensors)
     arrays = [np.asarray(t.realize_cached_data()) for t in tensors]
     for a, n in zip(arrays, graph.inputs, strict=True):
-        if a.shape != n.shape or str(a.dtype) != n.dtype:  # never run a trace on wrong inputs
+        if a.shape != n.shape or a.dtype != n.dtype:  # never run a trace on wrong inputs
             raise RuntimeError(
                 f"jit: input {n.arg} is {a.dtype}{a.shape}, the trace expects {n.dtype}{n.shape}"
             )
