@@ -146,7 +146,7 @@ SCALARS = {
     Op.ADD_SCALAR: (1.5, 0.0, -0.0, 3, -7),
     Op.MUL_SCALAR: (3.0, 0.5, 0.0, -1, 1, 0),
     Op.DIV_SCALAR: (4.0, 3, 0.1, -0.0),
-    Op.POW_SCALAR: (3, 2, 0.5, 2.5, -1, 0, 1),
+    Op.POW_SCALAR: (3, 4, 2, 0.5, 2.5, -1, 0, 1),
 }
 
 
