@@ -20,10 +20,15 @@ from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import View
+from . import runtime
 from .loops import counted_loop
 
-GEMM_GRAIN_FLOPS = 1 << 22  # a GEMM smaller than two of these runs as one call
-GEMM_SPLIT = 4  # a larger one is cut into at most this many row blocks, one BLAS call each
+# A GEMM smaller than two of these runs as one call; a larger one is cut into row blocks, one
+# per pool thread when the step compiles (more blocks would pack B again for each: 4 blocks on
+# 2 threads cost 4-8%), each one BLAS call. The cut is fixed in the compiled code, so changing
+# the thread count later changes nothing; and BLAS sums each element over K in the same order
+# whatever rows a block holds.
+GEMM_GRAIN_FLOPS = 1 << 22
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
@@ -149,7 +154,8 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     out_shape = core.shape
     batch = out_shape[:-2]
     itemsize = 4 if dtype == "float32" else 8
-    rows_grain = max(-(-m // GEMM_SPLIT), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
+    blocks = runtime.num_threads()  # one row block per pool thread (fixed when compiled)
+    rows_grain = max(-(-m // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
     split = pool_may_call_blas(r) and m > rows_grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
 
     def rows(bidx, lo=None, hi=None):
