@@ -157,16 +157,8 @@ def test_stack_keeps_the_sign_of_zero(mode, axis, monkeypatch):
 
 # ---------------------------------------------------------------- int ** negative int
 
-COMPILED_INT_POW = pytest.mark.xfail(
-    strict=True,
-    reason="the compiled executor computes int ** negative int as an integer (2 ** -1 gives 0) "
-    "where numpy, eager and both interpreters raise",
-)
 
-
-@pytest.mark.parametrize(
-    "mode", [m if m != "compiled" else pytest.param(m, marks=COMPILED_INT_POW) for m in MODES]
-)
+@pytest.mark.parametrize("mode", MODES)
 def test_int_to_a_negative_int_power_raises(mode, monkeypatch):
     a, b = np.array([2, 3], dtype="int64"), np.array([-1, 2], dtype="int64")
     with pytest.raises((ValueError, RuntimeError), match="negative integer powers"):

@@ -136,8 +136,9 @@ def maximum(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
 
 
 def _ipow(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
-    """Integer power by squaring over every bit of the exponent (branch-free); a negative
-    exponent gives 0 (numpy refuses it)."""
+    """Integer power by squaring over every bit of the exponent (branch-free), for constant
+    non-negative exponents (a kernel with an integer tensor power runs on the interpreter,
+    which raises for a negative exponent as numpy does); a negative one would give 0."""
     t = REG[dtype]
     result, base = ir.Constant(t, 1), x
     for k in range(t.width - 1):
@@ -245,6 +246,9 @@ def unsupported(s: KernelSchedule) -> str | None:
     if k.core is not None and not gemm.supported(k.core):
         c = k.core
         return f"{c.op.name.lower()} core on {c.dtype} has no native lowering yet"
+    for e in k.exprs:  # numpy raises for a negative exponent, which compiled code cannot
+        if e.op is Op.POW and compute_dtype(e) not in FLOATS:
+            return "an integer power of an integer tensor (numpy refuses negative exponents)"
     return None
 
 
