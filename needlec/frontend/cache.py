@@ -9,6 +9,18 @@ from .pytree import flatten
 _SCALARS = (bool, int, float, complex, str, bytes)
 
 
+def _nan_free(value):
+    """`value` as a key equal to itself: NaN floats (at any depth of tuples and frozensets)
+    become a marker, since NaN != NaN would miss the cache on every call."""
+    if isinstance(value, float) and value != value:
+        return ("nan",)
+    if type(value) is tuple:
+        return tuple(_nan_free(v) for v in value)
+    if type(value) is frozenset:
+        return frozenset(_nan_free(v) for v in value)
+    return value
+
+
 def signature(
     name: str,
     args: Sequence,
@@ -49,9 +61,7 @@ def signature(
             raise TypeError(
                 f"jit({name}): static {where} ({type(value).__name__}) must be hashable"
             ) from None
-        if isinstance(value, float) and value != value:  # NaN: equal to itself as a key
-            return ("static", float, "nan")
-        return ("static", type(value), value)
+        return ("static", type(value), _nan_free(value))
 
     for i, a in enumerate(args):
         where = f"argument {i}"

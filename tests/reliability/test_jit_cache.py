@@ -50,6 +50,19 @@ def test_nan_static_argument_hits_the_cache():
     assert jf.trace_count == 1
 
 
+def test_nan_inside_a_static_tuple_hits_the_cache():
+    def f(x, cfg):
+        return x + 1.0 if cfg[1] != cfg[1] else x
+
+    jf = nc.jit(f, static_argnums=(1,))
+    x = _a(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            np.testing.assert_allclose(jf(x, (2, float("nan"), (float("nan"),))).numpy(), x + 1)
+    assert jf.trace_count == 1
+
+
 def test_cache_is_bounded_least_recently_used():
     jf = nc.jit(lambda x: x * 2.0, cache_size=4)
     keep = _a(1)
