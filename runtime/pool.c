@@ -23,6 +23,7 @@
 #define MAX_THREADS 256
 #define MAX_CHUNKS 64 /* a parallel loop is cut into at most this many chunks */
 #define SPIN_NS 200000 /* how long an idle worker spins before it sleeps */
+#define CLOSED 0xFFFFFFFFu /* a ticket's chunk index while its job is being set up */
 
 static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;  /* guards the condition variables */
@@ -57,7 +58,9 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Claim and run chunks of job `gen` until none is left. */
+/* Claim and run chunks of job `gen` until none is left. A claim is a compare-and-swap of the
+ * whole ticket, so it succeeds only while the ticket still holds job `gen` open: the job's fields
+ * were written before it opened and cannot change before this chunk is done. */
 static void run_chunks(uint32_t gen) {
     for (;;) {
         uint64_t t = atomic_load(&ticket);
@@ -135,14 +138,17 @@ void needlec_parallel_for(needlec_task fn, void *ctx, int64_t n, int64_t grain) 
         for (int64_t lo = 0; lo < n; lo += chunk) fn(ctx, lo, lo + chunk < n ? lo + chunk : n);
         return;
     }
+    /* close the ticket under the new generation first: a worker still looking at the last job
+     * can then never claim a chunk while the fields below change under it */
+    uint32_t gen = ++generation;
+    atomic_store(&ticket, (uint64_t)gen << 32 | CLOSED);
     job_fn = fn;
     job_ctx = ctx;
     job_n = n;
     job_chunk = chunk;
     job_chunks = (uint32_t)chunks;
     atomic_store(&remaining, (long)job_chunks);
-    uint32_t gen = ++generation;
-    atomic_store(&ticket, (uint64_t)gen << 32);
+    atomic_store(&ticket, (uint64_t)gen << 32); /* open: chunk 0 is next */
     atomic_store(&published, gen);
     pthread_mutex_lock(&lock);
     pthread_cond_broadcast(&wake);

@@ -5,6 +5,8 @@ memory of their own run in parallel."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -208,3 +210,35 @@ def test_outputs_alive_are_never_reused_and_dropped_ones_are():
     (again,) = ex.run([a + 1])
     assert again.ctypes.data == address  # nothing referred to the block: reused
     np.testing.assert_array_equal(again, (a + 1) * 3)
+
+
+_STRESS = """
+import numpy as np
+from needlec.codegen.llvm import runtime
+from needlec.codegen.llvm.program import compile_program as compile_llvm
+from needlec.ir import Graph, Node, Op
+from needlec.passes import compile_program
+
+runtime.set_num_threads(3)  # more threads than cores: workers are often late
+sizes = [70_000, 150_000, 400_000, 90_000, 260_000] * 4  # jobs of 5 to 25 chunks
+xs = [Node.leaf(Op.INPUT, "float32", (n,), ("arg", i)) for i, n in enumerate(sizes)]
+# one kernel per input, run back to back in one native step: a worker finishing one job's last
+# chunk races the caller setting up the next
+outs = [Node.make(Op.ADD_SCALAR, Node.make(Op.MUL_SCALAR, x, arg=2.0), arg=1.0) for x in xs]
+ex = compile_llvm(compile_program(Graph(xs, outs)))
+assert ex.source("llvm-unoptimized").count('call void @"needlec_parallel_for"') == len(set(sizes))
+arrays = [np.arange(n, dtype=np.float32) + i for i, n in enumerate(sizes)]
+want = [a * 2 + 1 for a in arrays]
+for i in range(3000):
+    got = ex.run(arrays)
+    if i % 100 == 0 and not all(np.array_equal(g, w) for g, w in zip(got, want)):
+        raise SystemExit(f"wrong result at {i}")
+print("ok")
+"""
+
+
+def test_back_to_back_jobs_of_different_sizes_never_hang_or_overlap():
+    """Thousands of small parallel loops in a row, their chunk counts changing from job to job,
+    on more threads than cores (late workers): each job's chunks run once, within its call."""
+    r = subprocess.run([sys.executable, "-c", _STRESS], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
