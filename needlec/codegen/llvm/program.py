@@ -194,14 +194,25 @@ class Executable:
         b.ret_void()
 
     # ------------------------------------------------------------ run
-    def _thread_memory(self):
+    def _thread_state(self):
+        """This thread's arena, workspace and pointer table (made on its first call): concurrent
+        calls never share them. The table's arena, workspace and constant slots are set once;
+        a call patches only the output block and the inputs."""
         loc = self._local
-        if getattr(loc, "arena", None) is None:  # per thread: concurrent calls never share
-            loc.arena = _aligned(max(self.arena_bytes, 1))
-            loc.workspace = _aligned(max(self.workspace_bytes, 1))
-        return loc.arena, loc.workspace
+        state = getattr(loc, "state", None)
+        if state is None:
+            arena = _aligned(max(self.arena_bytes, 1))
+            workspace = _aligned(max(self.workspace_bytes, 1))
+            table = np.zeros(self.n_slots, np.uintp)
+            table[ARENA] = arena.ctypes.data
+            table[WORKSPACE] = workspace.ctypes.data
+            first_constant = FIRST_INPUT + len(self.kg.inputs)
+            for i, c in enumerate(self.constants):
+                table[first_constant + i] = c.ctypes.data
+            state = loc.state = (arena, workspace, table, table.ctypes.data)
+        return state
 
-    def _output_block(self) -> np.ndarray:
+    def _output_block(self) -> tuple[np.ndarray, int]:
         """Memory for this call's outputs: a block of an earlier call that nothing refers to any
         more (the arrays handed out are views of their block, so while any of them lives the
         block is not free), else a new one. A training step's outputs replace the parameters
@@ -211,17 +222,18 @@ class Executable:
         if pool is None:
             pool = loc.blocks = []
         nbytes = max(self.output_bytes, 1)
-        for raw in pool:
-            # referenced by the pool's list, the loop variable and getrefcount's argument only:
+        for entry in pool:
+            raw, start, address = entry
+            # referenced by the pool's entry, the local `raw` and getrefcount's argument only:
             # every array handed out is a view whose base is `raw`, so none is alive
             if sys.getrefcount(raw) <= 3:
-                start = (-raw.ctypes.data) % ALIGN
-                return raw[start : start + nbytes]
+                return raw[start : start + nbytes], address
         raw = np.empty(nbytes + ALIGN, np.uint8)
-        if len(pool) < MAX_OUTPUT_BLOCKS:
-            pool.append(raw)
         start = (-raw.ctypes.data) % ALIGN
-        return raw[start : start + nbytes]
+        address = raw.ctypes.data + start
+        if len(pool) < MAX_OUTPUT_BLOCKS:
+            pool.append((raw, start, address))
+        return raw[start : start + nbytes], address
 
     def run(self, arrays) -> list[np.ndarray]:
         """Run the program on numpy arrays (one per kernel-graph input); its outputs."""
@@ -233,19 +245,14 @@ class Executable:
                     f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
                 )
         runtime.ensure_started()
-        arena, workspace = self._thread_memory()
-        outputs = self._output_block()
-        table = np.empty(self.n_slots, np.uintp)
-        table[ARENA] = arena.ctypes.data
-        table[OUTPUTS] = outputs.ctypes.data
-        table[WORKSPACE] = workspace.ctypes.data
-        keep = arrays + self.constants
-        for i, a in enumerate(keep):
+        arena, _, table, table_address = self._thread_state()
+        outputs, table[OUTPUTS] = self._output_block()
+        for i, a in enumerate(arrays):
             table[FIRST_INPUT + i] = a.ctypes.data
         regions = {ARENA: arena, OUTPUTS: outputs}
         for j, seg in enumerate(self.segments):
             if seg[0] == "native":
-                self._calls[j](table.ctypes.data)
+                self._calls[j](table_address)
             else:
                 self._fallback(seg[1], arrays, regions)
         out = []
