@@ -21,15 +21,15 @@ prod = math.prod  # needle's name for the product of a shape
 
 
 def _dtype(dtype: Any) -> str:
-    """Normalise a dtype (string, numpy dtype or type; None is float32): `np.int32` -> "int32"."""
-    dt = np.dtype("float32" if dtype is None else dtype)
-    if dt not in _NAMES:
-        raise TypeError(f"unsupported dtype {dt.name!r}; NDArray supports {', '.join(DTYPES)}")
-    return _NAMES[dt]
+    """Normalise a dtype (string, numpy dtype or type; None is float32): `np.int32` -> "int32";
+    other integer and float dtypes widen as `_infer_dtype` says (`"uint8"` -> "int64")."""
+    return _infer_dtype(np.dtype("float32" if dtype is None else dtype))
 
 
 def _infer_dtype(dtype: np.dtype) -> str:
-    """The supported dtype closest to a numpy one (uint8 -> int64, float16 -> float32)."""
+    """The supported dtype that holds every value of a numpy one: any other integer dtype
+    (int8, uint8, int16, uint16, uint32, uint64) -> int64, float16 -> float32, wider floats
+    -> float64; uint64 values above 2**63 are refused where the data is converted."""
     if dtype in _NAMES:
         return _NAMES[dtype]
     if dtype.kind == "f":

@@ -1,0 +1,106 @@
+"""needle code runs unchanged: the inputs needle's homework and tests pass (uint8 pixels and
+labels, numpy scalars and size-1 arrays as scalars, Python lists), identity ops that still
+make a new tensor, and NDArray's helpers that needle's tests call."""
+
+import numpy as np
+import pytest
+
+import needlec as ndl
+from needlec.backend_ndarray import NDArray
+
+# ---------------------------------------------------------------- 1. every numpy dtype
+
+# numpy dtype -> the dtype needlec holds it in (the rule in the README and Tensor's docstring)
+WIDEN = {
+    "uint8": "int64",
+    "int8": "int64",
+    "int16": "int64",
+    "uint16": "int64",
+    "uint32": "int64",
+    "uint64": "int64",
+    "int32": "int32",
+    "int64": "int64",
+    "float16": "float32",
+    "float32": "float32",
+    "float64": "float64",
+}
+
+
+def _sample(dtype: str) -> np.ndarray:
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is None:
+        return np.array([[-1.5, 0.25, 3.0], [100.0, -0.5, 7.0]], dtype=dtype)
+    lo, hi = max(info.min, -(2**40)), min(info.max, 2**40)
+    return np.array([[lo, 0, 1], [hi, 7, lo + 1]], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", list(WIDEN))
+def test_numpy_dtype_eager_keeps_values(dtype):
+    a = _sample(dtype)
+    t = ndl.Tensor(a)
+    assert t.dtype == WIDEN[dtype]
+    np.testing.assert_array_equal(t.numpy(), a.astype(WIDEN[dtype]))
+    np.testing.assert_array_equal((t * 2).numpy(), a.astype(WIDEN[dtype]) * 2)
+
+
+@pytest.mark.parametrize("dtype", list(WIDEN))
+def test_numpy_dtype_as_jit_argument(dtype):
+    a = _sample(dtype)
+    f = ndl.jit(lambda x: x * 2)
+    want = a.astype(WIDEN[dtype]) * 2
+    for arg in (a, ndl.Tensor(a)):
+        out = f(arg)
+        assert out.dtype == WIDEN[dtype]
+        np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint32", "float16"])
+def test_requested_dtype_widens(dtype):
+    a = np.arange(6).reshape(2, 3)
+    t = ndl.Tensor(a, dtype=dtype)
+    assert t.dtype == WIDEN[dtype]
+    np.testing.assert_array_equal(t.numpy(), a)
+    assert NDArray(a, dtype=dtype).dtype == WIDEN[dtype]
+    assert ndl.init.zeros(2, 3, dtype=dtype).dtype == WIDEN[dtype]
+
+
+def test_uint64_out_of_int64_range_is_refused():
+    with pytest.raises(ValueError, match="does not fit int64"):
+        ndl.Tensor(np.array([2**64 - 1], dtype=np.uint64))
+
+
+def test_uint8_pixels_and_labels_train_a_softmax_loss():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(8, 5)).astype(np.uint8)
+    labels = rng.integers(0, 3, size=8).astype(np.uint8)
+    x = ndl.Tensor(pixels, dtype="float32") / 255.0
+    w = ndl.Tensor(rng.standard_normal((5, 3)).astype(np.float32))
+    loss = ndl.nn.SoftmaxLoss()(x @ w, ndl.Tensor(labels))
+    z = (pixels.astype(np.float32) / 255.0) @ w.numpy()
+    lse = np.log(np.exp(z).sum(axis=1))
+    want = np.mean(lse - z[np.arange(8), labels])
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- 4. lists
+
+LISTS = {
+    "ints": ([1, 2, 3], (3,)),
+    "nested ints": ([[1, 2], [3, 4], [5, 6]], (3, 2)),
+    "mixed": ([[1, 2.5], [3, 4]], (2, 2)),
+    "numpy scalars": ([np.float32(1.5), np.int64(2), np.uint8(255)], (3,)),
+    "nested numpy scalars": ([[np.float64(0.5)], [np.int32(-3)]], (2, 1)),
+    "0-d arrays": ([np.array(1.0), np.array(2.0)], (2,)),
+    "rows of arrays": ([np.array([1, 2]), np.array([3, 4])], (2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(LISTS))
+def test_list_input(name):
+    data, shape = LISTS[name]
+    want = np.array(data, dtype=np.float64).astype(np.float32)
+    t = ndl.Tensor(data)
+    assert t.dtype == "float32" and t.shape == shape
+    np.testing.assert_array_equal(t.numpy(), want)
+    np.testing.assert_array_equal(ndl.jit(lambda x: x + 1)(t).numpy(), want + 1)
+    np.testing.assert_array_equal((t + data).numpy(), want * 2)
