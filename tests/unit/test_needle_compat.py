@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import needlec as ndl
+from needlec import ops
 from needlec.backend_ndarray import NDArray
 
 # ---------------------------------------------------------------- 1. every numpy dtype
@@ -80,6 +81,75 @@ def test_uint8_pixels_and_labels_train_a_softmax_loss():
     lse = np.log(np.exp(z).sum(axis=1))
     want = np.mean(lse - z[np.arange(8), labels])
     np.testing.assert_allclose(loss.numpy(), want, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- 2. numpy scalars
+
+SCALARS = {
+    "randn(1)": lambda: np.random.randn(1),
+    "0-d": lambda: np.array(1.75),
+    "(1,1)": lambda: np.array([[0.5]]),
+    "float32": lambda: np.float32(2.5),
+    "float64": lambda: np.float64(-1.25),
+    "int64": lambda: np.int64(3),
+    "uint8": lambda: np.uint8(2),
+}
+SCALAR_OPS = {
+    "add_scalar": (ops.add_scalar, np.add),
+    "mul_scalar": (ops.mul_scalar, np.multiply),
+    "divide_scalar": (ops.divide_scalar, np.divide),
+    "power_scalar": (ops.power_scalar, np.power),
+}
+
+
+def _positive(shape=(3, 4)) -> np.ndarray:
+    return np.random.rand(*shape).astype(np.float32) + 0.5
+
+
+@pytest.mark.parametrize("kind", list(SCALARS))
+@pytest.mark.parametrize("name", list(SCALAR_OPS))
+def test_numpy_scalar_in_scalar_ops(name, kind):
+    fn, ref = SCALAR_OPS[name]
+    c = SCALARS[kind]()
+    a = _positive()
+    want = ref(a, float(np.asarray(c).reshape(())))
+    eager = fn(ndl.Tensor(a), c)
+    assert eager.dtype == "float32" and eager.shape == a.shape
+    np.testing.assert_allclose(eager.numpy(), want, rtol=1e-5)
+    closed = ndl.jit(lambda x: fn(x, c))(ndl.Tensor(a))  # a constant of the trace
+    np.testing.assert_allclose(closed.numpy(), want, rtol=1e-5)
+    passed = ndl.jit(fn)(ndl.Tensor(a), c)  # an argument of the jitted function
+    assert passed.shape == a.shape
+    np.testing.assert_allclose(passed.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(SCALARS))
+def test_numpy_scalar_in_operators(kind):
+    c = SCALARS[kind]()
+    v = float(np.asarray(c).reshape(()))
+    a = _positive((2, 3))
+    t = ndl.Tensor(a)
+    for got, want in [
+        (t + c, a + v),
+        (t - c, a - v),
+        (t * c, a * v),
+        (t / c, a / v),
+        (t**c, a**v),
+    ]:
+        assert got.shape == a.shape
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+def test_scalar_gradient_with_numpy_scalar():
+    a = _positive()
+    x = ndl.Tensor(a.astype(np.float64))
+    ops.divide_scalar(x, np.array([4.0])).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full(a.shape, 0.25))
+
+
+def test_scalar_with_many_elements_is_refused():
+    with pytest.raises(TypeError, match="one element"):
+        ops.add_scalar(ndl.Tensor(_positive()), np.ones(2))
 
 
 # ---------------------------------------------------------------- 4. lists
