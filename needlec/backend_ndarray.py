@@ -400,6 +400,19 @@ class NDArray:
                 raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
         return NDArray._new(new_shape, tuple(out_strides), self.device, self._handle, self._offset)
 
+    def process_slice(self, sl: slice, dim: int) -> slice:
+        """`sl` with explicit start, stop and step for dim `dim` (needle's helper): None takes
+        the default, a negative start or stop counts from the end, both are clipped to the dim,
+        and stop is never below start. The step must be positive.
+
+        >>> NDArray(np.zeros((5, 4))).process_slice(slice(None, -1), 0)
+        slice(0, 4, 1)
+        """
+        if sl.step is not None and sl.step <= 0:
+            raise ValueError(f"process_slice: step must be positive, got {sl.step}")
+        start, stop, step = sl.indices(self.shape[dim])
+        return slice(start, max(start, stop), step)
+
     def __getitem__(self, idxs: Any) -> NDArray:
         """A view; needle keeps the rank, so an int index i acts as slice(i, i + 1)."""
         if not isinstance(idxs, tuple):

@@ -221,3 +221,48 @@ def test_list_input(name):
     np.testing.assert_array_equal(t.numpy(), want)
     np.testing.assert_array_equal(ndl.jit(lambda x: x + 1)(t).numpy(), want + 1)
     np.testing.assert_array_equal((t + data).numpy(), want * 2)
+
+
+# ---------------------------------------------------------------- 5. NDArray helpers
+
+
+class _SubArray(NDArray):
+    """needle's NDArray tests subclass NDArray and call its helpers."""
+
+    def spans(self, idxs):
+        return [self.process_slice(s, i) for i, s in enumerate(idxs)]
+
+
+@pytest.mark.parametrize(
+    "sl, dim, want",
+    [
+        (slice(None), 0, slice(0, 5, 1)),
+        (slice(None), 1, slice(0, 4, 1)),
+        (slice(1, None, 2), 0, slice(1, 5, 2)),
+        (slice(-3, -1), 0, slice(2, 4, 1)),
+        (slice(None, 10), 1, slice(0, 4, 1)),
+        (slice(3, 1), 0, slice(3, 3, 1)),
+    ],
+)
+def test_process_slice(sl, dim, want):
+    a = _SubArray(np.zeros((5, 4), dtype=np.float32))
+    got = a.process_slice(sl, dim)
+    assert got == want
+    assert list(range(5 if dim == 0 else 4))[got] == list(range(5 if dim == 0 else 4))[sl]
+
+
+def test_process_slice_refuses_non_positive_step():
+    with pytest.raises(ValueError, match="step"):
+        NDArray(np.zeros(3)).process_slice(slice(None, None, -1), 0)
+
+
+def test_compact_of_a_view():
+    a = _SubArray(np.arange(24, dtype=np.float32).reshape(4, 6))
+    assert a.is_compact()
+    assert a.spans((slice(1, 3), slice(None, None, 2))) == [slice(1, 3, 1), slice(0, 6, 2)]
+    v = a.permute((1, 0))[1:5:2, :]
+    assert not v.is_compact()
+    c = v.compact()
+    assert c.is_compact() and c.shape == v.shape
+    np.testing.assert_array_equal(c.numpy(), np.arange(24).reshape(4, 6).T[1:5:2, :])
+    assert a.compact() is a
