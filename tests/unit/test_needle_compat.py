@@ -2,6 +2,9 @@
 labels, numpy scalars and size-1 arrays as scalars, Python lists), identity ops that still
 make a new tensor, and NDArray's helpers that needle's tests call."""
 
+import gzip
+import os
+
 import numpy as np
 import pytest
 
@@ -266,3 +269,43 @@ def test_compact_of_a_view():
     assert c.is_compact() and c.shape == v.shape
     np.testing.assert_array_equal(c.numpy(), np.arange(24).reshape(4, 6).T[1:5:2, :])
     assert a.compact() is a
+
+
+# ---------------------------------------------------------------- 6. the real MNIST test set
+
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "mnist")
+MNIST_DIR = os.environ.get("NEEDLEC_MNIST_T10K_DIR", os.path.normpath(MNIST_DIR))
+T10K = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# the published class counts of MNIST's 10,000 test images
+T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _t10k() -> tuple[str, str]:
+    files = tuple(os.path.join(MNIST_DIR, f) for f in T10K)
+    if not all(os.path.isfile(f) for f in files):
+        pytest.skip(f"the real MNIST t10k files are not in {MNIST_DIR} (or NEEDLEC_MNIST_T10K_DIR)")
+    return files
+
+
+def test_parse_mnist_real_t10k():
+    images, labels = _t10k()
+    X, y = ndl.data.parse_mnist(images, labels)
+    assert X.shape == (10000, 784) and X.dtype == np.float32
+    assert y.shape == (10000,) and y.dtype == np.uint8
+    assert X.min() == 0.0 and X.max() == 1.0
+    assert np.bincount(y, minlength=10).tolist() == T10K_COUNTS
+    assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    with gzip.open(images) as f:  # the raw bytes, scaled by 255, are the parsed values
+        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(10000, 784)
+    np.testing.assert_array_equal(X, raw.astype(np.float32) / 255)
+
+
+def test_mnist_dataset_real_t10k():
+    images, labels = _t10k()
+    ds = ndl.data.MNISTDataset(images, labels)
+    assert len(ds) == 10000
+    x, y = ds[0]
+    assert np.asarray(x).shape in ((28, 28, 1), (784,)) and int(np.asarray(y)) == 7
+    batch = next(iter(ndl.data.DataLoader(ds, batch_size=32)))
+    assert batch[0].shape[0] == 32 and batch[1].shape == (32,)
+    assert batch[1].numpy().tolist() == [int(v) for v in np.asarray(ds[np.arange(32)][1])]
