@@ -39,6 +39,18 @@ def _infer_dtype(dtype: np.dtype) -> str:
     raise TypeError(f"unsupported dtype {dtype.name!r}; NDArray supports {', '.join(DTYPES)}")
 
 
+def _check_fits(data: np.ndarray, dtype: str) -> None:
+    """Integers widened to int32 or int64 must fit (a uint64 above 2**63 would wrap)."""
+    if data.dtype.kind not in "iu" or dtype not in ("int32", "int64") or not data.size:
+        return
+    info = np.iinfo(dtype)
+    lo, hi = int(data.min()), int(data.max())
+    if lo < info.min or hi > info.max:
+        raise ValueError(
+            f"integer {hi if hi > info.max else lo} ({data.dtype}) does not fit {dtype}"
+        )
+
+
 def _shape_arg(shape: tuple) -> Shape:
     """Accept `f(3, 4)` as well as `f((3, 4))`."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -228,6 +240,7 @@ class NDArray:
         else:
             data = np.asarray(other, dtype=_dtype(dtype))
         dtype = _dtype(dtype) if dtype is not None else _infer_dtype(data.dtype)
+        _check_fits(data, dtype)
         arr = NDArray.from_numpy(np.array(data, dtype=dtype, order="C", copy=True), device)
         self.__dict__.update(arr.__dict__)
 

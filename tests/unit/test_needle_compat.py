@@ -69,8 +69,12 @@ def test_requested_dtype_widens(dtype):
 
 
 def test_uint64_out_of_int64_range_is_refused():
+    big = np.array([1, 2**64 - 1], dtype=np.uint64)
     with pytest.raises(ValueError, match="does not fit int64"):
-        ndl.Tensor(np.array([2**64 - 1], dtype=np.uint64))
+        ndl.Tensor(big)
+    with pytest.raises(ValueError, match="does not fit int64"):
+        NDArray(big)
+    assert NDArray(np.array([2**63 - 1], dtype=np.uint64)).numpy()[0] == 2**63 - 1
 
 
 def test_uint8_pixels_and_labels_train_a_softmax_loss():
