@@ -214,13 +214,7 @@ class Dilate(_Shaped):
         self.axes, self.dilation = axes, dilation
 
     def build(self, a):
-        return a.dilate(self._axes(a), self.dilation)
-
-    def _axes(self, a: Tensor) -> tuple:
-        """needle ignores axes beyond the input's rank (a conv's dilate names (2, 3) for NHWC)."""
-        axes = (self.axes,) if isinstance(self.axes, int) else tuple(self.axes)
-        n = len(a.shape)
-        return tuple(i for i in axes if -n <= i < n)
+        return a.dilate(self.axes, self.dilation)
 
 
 class UnDilate(Dilate):
@@ -229,7 +223,7 @@ class UnDilate(Dilate):
     ir_op = Op.SLICE
 
     def build(self, a):
-        return a.undilate(self._axes(a), self.dilation)
+        return a.undilate(self.axes, self.dilation)
 
 
 class Conv(_Fixed):

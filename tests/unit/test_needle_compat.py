@@ -164,7 +164,6 @@ def test_scalar_with_many_elements_is_refused():
 IDENTITY_OPS = {
     "dilate 0": (lambda x: ops.dilate(x, (0, 1), 0), ops.Dilate),
     "dilate no axes": (lambda x: ops.dilate(x, (), 2), ops.Dilate),
-    "dilate axes beyond ndim": (lambda x: ops.dilate(x, (2, 3), 1), ops.Dilate),
     "undilate 0": (lambda x: ops.undilate(x, (1,), 0), ops.UnDilate),
     "reshape same": (lambda x: ops.reshape(x, (3, 4)), ops.Reshape),
     "broadcast same": (lambda x: ops.broadcast_to(x, (3, 4)), ops.BroadcastTo),
@@ -196,14 +195,6 @@ def test_identity_op_makes_a_new_tensor(name):
     numeric = _numeric_grad(lambda v: float((fn(ndl.Tensor(v)).numpy() * w).sum()), a)
     np.testing.assert_allclose(x.grad.numpy(), numeric, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(ndl.jit(fn)(ndl.Tensor(a)).numpy(), a)
-
-
-def test_dilate_ignores_axes_beyond_ndim_but_dilates_the_rest():
-    a = np.arange(6.0).reshape(2, 3)
-    out = ops.dilate(ndl.Tensor(a), (1, 5), 1).numpy()
-    want = np.zeros((2, 6))
-    want[:, ::2] = a
-    np.testing.assert_array_equal(out, want)
 
 
 # ---------------------------------------------------------------- 4. lists
