@@ -85,9 +85,10 @@ def _reraise(e: Exception, message: str) -> Exception:
 
 
 def _ensure_dtype(dtype) -> str | None:
+    """A requested dtype as one needlec has, widened by NDArray's rule (uint8 -> int64)."""
     if dtype is None:
         return None
-    return np.dtype(dtype).name
+    return nd._infer_dtype(np.dtype(dtype))
 
 
 def _checked_array(data) -> np.ndarray:
@@ -162,6 +163,13 @@ class Value:
 
 class Tensor(Value, OpMixin):
     """needle's Tensor.
+
+    `Tensor(array, *, device=None, dtype=None, requires_grad=True)`: `array` is a numpy array,
+    a list (nested, of numbers or numpy scalars), a number, an NDArray or a Tensor. Without a
+    dtype, float32, float64, int32, int64 and bool arrays keep theirs; other numpy integer dtypes
+    (uint8, int8, int16, uint16, uint32, uint64) widen to int64, float16 to float32, so no value
+    changes (a uint64 above 2**63 is refused); lists and numbers become float32. A requested
+    dtype widens by the same rule (`dtype="uint8"` gives int64).
 
     >>> import needlec as nc
     >>> x = nc.Tensor([[1.0, 2.0]])

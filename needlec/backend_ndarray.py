@@ -21,15 +21,15 @@ prod = math.prod  # needle's name for the product of a shape
 
 
 def _dtype(dtype: Any) -> str:
-    """Normalise a dtype (string, numpy dtype or type; None is float32): `np.int32` -> "int32"."""
-    dt = np.dtype("float32" if dtype is None else dtype)
-    if dt not in _NAMES:
-        raise TypeError(f"unsupported dtype {dt.name!r}; NDArray supports {', '.join(DTYPES)}")
-    return _NAMES[dt]
+    """Normalise a dtype (string, numpy dtype or type; None is float32): `np.int32` -> "int32";
+    other integer and float dtypes widen as `_infer_dtype` says (`"uint8"` -> "int64")."""
+    return _infer_dtype(np.dtype("float32" if dtype is None else dtype))
 
 
 def _infer_dtype(dtype: np.dtype) -> str:
-    """The supported dtype closest to a numpy one (uint8 -> int64, float16 -> float32)."""
+    """The supported dtype that holds every value of a numpy one: any other integer dtype
+    (int8, uint8, int16, uint16, uint32, uint64) -> int64, float16 -> float32, wider floats
+    -> float64; uint64 values above 2**63 are refused where the data is converted."""
     if dtype in _NAMES:
         return _NAMES[dtype]
     if dtype.kind == "f":
@@ -37,6 +37,18 @@ def _infer_dtype(dtype: np.dtype) -> str:
     if dtype.kind in "iu":
         return "int64"
     raise TypeError(f"unsupported dtype {dtype.name!r}; NDArray supports {', '.join(DTYPES)}")
+
+
+def _check_fits(data: np.ndarray, dtype: str) -> None:
+    """Integers widened to int32 or int64 must fit (a uint64 above 2**63 would wrap)."""
+    if data.dtype.kind not in "iu" or dtype not in ("int32", "int64") or not data.size:
+        return
+    info = np.iinfo(dtype)
+    lo, hi = int(data.min()), int(data.max())
+    if lo < info.min or hi > info.max:
+        raise ValueError(
+            f"integer {hi if hi > info.max else lo} ({data.dtype}) does not fit {dtype}"
+        )
 
 
 def _shape_arg(shape: tuple) -> Shape:
@@ -228,6 +240,7 @@ class NDArray:
         else:
             data = np.asarray(other, dtype=_dtype(dtype))
         dtype = _dtype(dtype) if dtype is not None else _infer_dtype(data.dtype)
+        _check_fits(data, dtype)
         arr = NDArray.from_numpy(np.array(data, dtype=dtype, order="C", copy=True), device)
         self.__dict__.update(arr.__dict__)
 
@@ -399,6 +412,19 @@ class NDArray:
             else:
                 raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
         return NDArray._new(new_shape, tuple(out_strides), self.device, self._handle, self._offset)
+
+    def process_slice(self, sl: slice, dim: int) -> slice:
+        """`sl` with explicit start, stop and step for dim `dim` (needle's helper): None takes
+        the default, a negative start or stop counts from the end, both are clipped to the dim,
+        and stop is never below start. The step must be positive.
+
+        >>> NDArray(np.zeros((5, 4))).process_slice(slice(None, -1), 0)
+        slice(0, 4, 1)
+        """
+        if sl.step is not None and sl.step <= 0:
+            raise ValueError(f"process_slice: step must be positive, got {sl.step}")
+        start, stop, step = sl.indices(self.shape[dim])
+        return slice(start, max(start, stop), step)
 
     def __getitem__(self, idxs: Any) -> NDArray:
         """A view; needle keeps the rank, so an int index i acts as slice(i, i + 1)."""

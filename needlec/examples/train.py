@@ -10,7 +10,8 @@ Usage::
 The digits (1,797 images, 64 pixels each) come with scikit-learn, so nothing is downloaded;
 20% of them are held out. With `--data DIR`, DIR holds MNIST's `train-images-idx3-ubyte.gz`,
 `train-labels-idx1-ubyte.gz`, `t10k-images-idx3-ubyte.gz` and `t10k-labels-idx1-ubyte.gz`
-(plain idx files work too) and the t10k set is held out.
+(plain idx files work too) and the t10k set is held out. When DIR holds only the two t10k files,
+its 10,000 images are split 8,000 to train and 2,000 held out by a permutation seeded with `--seed`.
 
 The training step (`needlec.apps._loop.make_step`, shared with the homework epoch functions)
 is ordinary needle code, `opt.reset_grad(); loss = loss_fn(model(x), y); loss.backward();
@@ -80,15 +81,28 @@ def load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return X_train, y_train, X_test, y_test
 
 
-def load_mnist(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MNIST's training and t10k sets from idx files (gzipped or not) in `data_dir`."""
-    paths = []
-    for name in MNIST_FILES:
-        candidates = [os.path.join(data_dir, name + ext) for ext in (".gz", "")]
-        found = [p for p in candidates if os.path.exists(p)]
-        if not found:
+def _find(data_dir: str, name: str) -> str | None:
+    """The path of idx file `name` in `data_dir`, gzipped or not; None when neither is there."""
+    found = [
+        p for p in (os.path.join(data_dir, name + ext) for ext in (".gz", "")) if os.path.exists(p)
+    ]
+    return found[0] if found else None
+
+
+def load_mnist(
+    data_dir: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST's training and t10k sets from idx files (gzipped or not) in `data_dir`; when only
+    the t10k files are there, those split 80/20 (8,000 and 2,000) by a permutation seeded with
+    `seed`."""
+    paths = [_find(data_dir, name) for name in MNIST_FILES]
+    if paths[0] is None and paths[1] is None and None not in paths[2:]:
+        X, y = nc.data.parse_mnist(paths[2], paths[3])
+        X_train, X_test, y_train, y_test = nc.data.train_test_split(X, y, test_size=0.2, seed=seed)
+        return X_train, y_train, X_test, y_test
+    for name, path in zip(MNIST_FILES, paths, strict=True):
+        if path is None:
             raise SystemExit(f"--data {data_dir}: no {name}.gz (or {name}) there")
-        paths.append(found[0])
     X_train, y_train = nc.data.parse_mnist(paths[0], paths[1])
     X_test, y_test = nc.data.parse_mnist(paths[2], paths[3])
     return X_train, y_train, X_test, y_test
@@ -137,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     `jit_ms` (median per step) and `seconds` (training time)."""
     args = parse_args(argv)
     if args.data:
-        X_train, y_train, X_test, y_test = load_mnist(args.data)
+        X_train, y_train, X_test, y_test = load_mnist(args.data, args.seed)
         name = f"MNIST from {args.data}"
     else:
         try:

@@ -6,6 +6,10 @@ Every function works eagerly and inside a trace; the gradients come from the VJP
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
+
 from ..autograd import Primitive, Tensor, TensorOp, TensorTuple
 from ..ir import Op, ShapeError
 from ..ir import stack as _stack
@@ -29,11 +33,30 @@ class EWiseAdd(_Fixed):
     ir_op = Op.ADD
 
 
+def as_scalar(c):
+    """A scalar operand as a Python number: numpy scalars, 0-d arrays and size-1 arrays are
+    accepted as needle's tests pass them (`divide_scalar(t, np.random.randn(1))`).
+
+    >>> as_scalar(np.array([2.5]))
+    2.5
+    """
+    if isinstance(c, np.ndarray | np.generic):
+        if c.size != 1:
+            raise TypeError(f"a scalar operand must have one element, got shape {c.shape}")
+        return c.reshape(()).item()
+    return c
+
+
 class AddScalar(_Fixed):
     ir_op = Op.ADD_SCALAR
 
     def __init__(self, scalar) -> None:
-        self.scalar = self.arg = scalar
+        self.scalar = self.arg = as_scalar(scalar)
+
+    def __call__(self, a: Tensor) -> Tensor:
+        if isinstance(self.scalar, Tensor):  # a size-1 tensor (a jit argument): broadcast it
+            return _TENSOR_SCALAR[self.ir_op](a, _scalar_tensor(a, self.scalar))
+        return super().__call__(a)
 
 
 class EWiseMul(_Fixed):
@@ -58,6 +81,25 @@ class EWiseDiv(_Fixed):
 
 class DivScalar(AddScalar):
     ir_op = Op.DIV_SCALAR
+
+
+def _scalar_tensor(a: Tensor, c: Tensor) -> Tensor:
+    """A size-1 tensor used as a scalar: 0-d, in `a`'s dtype when `a` is a float tensor (as
+    a Python number would be)."""
+    if any(d != 1 for d in c.shape):
+        raise TypeError(f"a scalar operand must have one element, got shape {c.shape}")
+    c = c.reshape(())
+    if a.dtype.startswith("float") and c.dtype != a.dtype:
+        c = c.cast(a.dtype)
+    return c
+
+
+_TENSOR_SCALAR = {
+    Op.ADD_SCALAR: lambda a, c: a + c,
+    Op.MUL_SCALAR: lambda a, c: a * c,
+    Op.DIV_SCALAR: lambda a, c: a / c,
+    Op.POW_SCALAR: lambda a, c: a**c,
+}
 
 
 class Negate(_Fixed):
@@ -97,7 +139,16 @@ class _Shaped(_Fixed):
 
     def __call__(self, a: Tensor) -> Tensor:
         a = a if isinstance(a, Tensor) else Tensor(a)
-        return self.build(a)
+        out = self.build(a)
+        return self._identity(a) if out is a else out
+
+    def _identity(self, a: Tensor) -> Tensor:
+        """A new tensor made by this op when it leaves `a` unchanged (`dilate(a, axes, 0)`):
+        needle's checks expect `out.op` to be the op. It runs as a reshape to `a`'s shape,
+        which the graph simplifier removes."""
+        op = copy.copy(self)
+        op.ir_op, op.arg = Op.RESHAPE, tuple(a.shape)
+        return Tensor.make_from_op(op, [a])
 
     def build(self, a: Tensor) -> Tensor:
         raise NotImplementedError
