@@ -315,11 +315,16 @@ class GraphCall(TensorOp):
 
 
 def call_graph(
-    graph: Graph, tensors: Sequence[Tensor], grads: dict | None = None, run=None
+    graph: Graph,
+    tensors: Sequence[Tensor],
+    grads: dict | None = None,
+    run=None,
+    fresh_outputs: bool = False,
 ) -> list:
     """Run `graph` on tensors (with `run(arrays)`, a compiled form of it, when given). Outputs
     stay differentiable (eager backward, grad) when an input requires grad; inside a trace the
-    graph is inlined instead."""
+    graph is inlined instead. `fresh_outputs`: `run` never returns an input's memory (compiled
+    code), so no output is checked against the inputs."""
     if current() is not None:
         return inline(graph, tensors)
     arrays = [np.asarray(t.realize_cached_data()) for t in tensors]
@@ -333,10 +338,9 @@ def call_graph(
     grads = {} if grads is None else grads
     out = []
     outputs = run(arrays) if run is not None else reference.run_graph(graph, arrays)
-    fresh = getattr(run, "fresh_outputs", False)  # compiled code never returns its inputs
     for i, a in enumerate(outputs):
         a = np.asarray(a, order="C")
-        if not fresh and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
+        if not fresh_outputs and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
             a = a.copy()  # through: a copy, so writing one tensor in place never changes another
         data = nd.NDArray.from_numpy(a, device)
         if requires_grad and graph.outputs[i].dtype in FLOATS:
@@ -433,8 +437,6 @@ class Lowered:
     def _run_compiled(self, arrays: list) -> list:
         return self.executable.run(arrays)
 
-    _run_compiled.fresh_outputs = True  # outputs in memory of their own (Executable.run)
-
     @property
     def schedule(self) -> str:
         """The loop nest of every kernel, printed (what the LLVM renderer reads)."""
@@ -479,7 +481,8 @@ class Lowered:
             run = self._run_kernels
         elif self.execute == "compiled" and device != nd.cpu_numpy():
             run = self._run_compiled
-        results = call_graph(self.graph, tensors, self._grads, run)
+        fresh = run is not None and self.execute == "compiled"  # outputs in memory of their own
+        results = call_graph(self.graph, tensors, self._grads, run, fresh)
         n_user = traced.n_results
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])

@@ -22,7 +22,7 @@ import math
 
 from llvmlite import ir
 
-from ...ir.kernel import Core, Load
+from ...ir.kernel import Core
 from ...ir.schedule import Buffer
 from .gemm import Gemm, pool_may_call_blas
 from .loops import counted_loop
@@ -34,25 +34,6 @@ CONV_GRAIN_FLOPS = 1 << 22  # a parallel task does at least this much of a convo
 
 def _in_range(b: ir.IRBuilder, i: ir.Value, lo: int, hi: int) -> ir.Value:
     return b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))
-
-
-def _masked_load(r, ld: Load, index: list[ir.Value], valid: ir.Value | None, dtype: str):
-    """`ld`'s element at logical `index` (i64 values), zero where `valid` or the view's mask
-    says the element is not there."""
-    b, view = r.b, ld.view
-    off = I64(view.offset)
-    for i, st, (lo, hi), n in zip(index, view.strides, view.bounds(), view.shape, strict=True):
-        if st != 0:
-            off = b.add(off, b.mul(i, I64(st)))
-        if (lo, hi) != (0, n):
-            ok = _in_range(b, i, lo, hi)
-            valid = ok if valid is None else b.and_(valid, ok)
-    if valid is not None:
-        off = b.select(valid, off, I64(0))
-    v = r.convert(b.load(r.pointer(ld.buffer, off)), ld.buffer.dtype, dtype)
-    if valid is not None:
-        v = b.select(valid, v, r.const(dtype, 0))
-    return v
 
 
 def emit_conv(r, core: Core, into: Buffer) -> None:
@@ -85,12 +66,11 @@ def emit_conv(r, core: Core, into: Buffer) -> None:
         with counted_loop(b, ext[1], "wk1") as a1:
             with counted_loop(b, ext[2], "wk2") as a2:
                 row = b.add(b.mul(b.add(b.mul(a0, I64(ext[1])), a1), I64(ext[2])), a2)
-                widx = [None] * 4
                 for (d, _, (lo, _)), a in zip(kdims, (a0, a1, a2), strict=True):
-                    widx[d] = b.add(a, I64(lo))
+                    r.idx[d] = b.add(a, I64(lo))  # the weight's dims, read through its view
                 with counted_loop(b, co, "wco") as c:
-                    widx[3] = c
-                    v = _masked_load(r, w, widx, None, dtype)
+                    r.idx[3] = c
+                    v = r.load(w, dtype)
                     b.store(v, r.pointer(wbuf, b.add(b.mul(row, I64(co)), c)))
 
     # tiles: whole images by whole steps of the outermost K dim
@@ -185,10 +165,11 @@ class _Plan:
                                 ):
                                     kidx[d] = b.add(a, I64(lo))
                                 h, w_ = b.add(hs, kidx[0]), b.add(ws, kidx[1])
-                                valid = b.and_(
+                                inside = b.and_(  # not in the padding
                                     _in_range(b, h, h_lo, h_hi), _in_range(b, w_, w_lo, w_hi)
                                 )
-                                v = _masked_load(r, self.x, [n, h, w_, kidx[2]], valid, self.dtype)
+                                r.idx.update({0: n, 1: h, 2: w_, 3: kidx[2]})  # x's own dims
+                                v = r.load(self.x, self.dtype, inside)
                                 b.store(v, b.gep(ptr, [b.add(col0, a2)]))
 
 

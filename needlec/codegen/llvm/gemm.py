@@ -158,6 +158,8 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     rows_grain = max(-(-m // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
     split = pool_may_call_blas(r) and m > rows_grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
 
+    calls = {}
+
     def rows(bidx, lo=None, hi=None):
         """The matrix at batch index `bidx`, or its rows [lo, hi): one BLAS call."""
         a_off = _batch_offset(a.view, bidx, len(batch))
@@ -174,8 +176,6 @@ def emit_core(r, core: Core, into: Buffer) -> None:
         if r.fn not in calls:  # one set of BLAS argument slots per function
             calls[r.fn] = Gemm(r, dtype, ta, tb, lda, ldb, max(n, 1))
         calls[r.fn](rows, I32(n), I32(k), pa, pb, pc)
-
-    calls = {}
 
     for bidx in _indices(batch):
         if split:
@@ -260,10 +260,7 @@ def _pack(r, ld: Load, dtype: str) -> Load:
     nbytes = math.prod(shape) * (4 if dtype == "float32" else 8)
     buf = Buffer(f"{r.k.name}.pack{len(r.base)}", nbytes, "temp", shape, dtype)
     r.scratch_buffer(buf)
-    # a loop nest over the operand's logical dims, reading through the view
-    saved = dict(r.idx)
-    _copy_nest(r, ld, buf, dtype, 0)
-    r.idx = saved
+    _copy_nest(r, ld, buf, dtype, 0)  # a loop nest over the operand's logical dims
     return Load(buf, View.contiguous(shape))
 
 

@@ -366,18 +366,19 @@ class KernelRenderer:
 
     def render(self) -> ir.Function:
         for it in self.s.body:
-            if self.parallel and isinstance(it, Loop) and parallel_work(it, self.s) is not None:
-                self.parallel_loop(it)
+            work = parallel_work(it, self.s) if self.parallel and isinstance(it, Loop) else None
+            if work is not None:
+                self.parallel_loop(it, work)
             else:
                 self.walk([it])
         self.b.ret_void()
         self.alloca_builder.branch(self.start)
         return self.fn
 
-    def parallel_loop(self, lp: Loop) -> None:
-        """Loop `lp`, its iterations handed to the runtime's parallel-for in chunks of at least
-        `grain` iterations."""
-        grain = max(1, -(-GRAIN_WORK // parallel_work(lp, self.s)))
+    def parallel_loop(self, lp: Loop, per_iteration: int) -> None:
+        """Loop `lp` (`per_iteration` operations an iteration), its iterations handed to the
+        runtime's parallel-for in chunks of at least `grain` iterations."""
+        grain = max(1, -(-GRAIN_WORK // per_iteration))
         self.parallel_region(lp.extent, grain, lambda lo, hi: self.loop(lp, lo, hi))
 
     def parallel_region(self, n: int | ir.Value, grain: int, emit: Callable) -> None:
@@ -509,13 +510,17 @@ class KernelRenderer:
         p = self.b.bitcast(self.base[buf], ir.PointerType(MEM[buf.dtype]))
         return self.b.gep(p, [index])
 
-    def load(self, ld: Load, dtype: str) -> ir.Value:
+    def load(self, ld: Load, dtype: str, where: ir.Value | None = None) -> ir.Value:
+        """`ld`'s element at the current indices: zero where its view's mask, or the extra
+        condition `where` (an i1: a convolution's padding), says it is not there."""
         b = self.b
         if ld.buffer.nbytes == 0:
             return const(dtype, 0)
         off, valid, empty = self.address(ld.view)
         if empty:
             return const(dtype, 0)
+        if where is not None:
+            valid = where if valid is None else b.and_(valid, where)
         if valid is not None:
             off = b.select(valid, off, I64(0))
         v = b.load(self.pointer(ld.buffer, off))
@@ -593,7 +598,9 @@ class KernelRenderer:
             elif isinstance(it, RunCore):
                 core = self.k.core
                 emit = conv.emit_conv if core.op is Op.CONV else gemm.emit_core
+                saved = dict(self.idx)  # a core's loops index its operands' own dims
                 emit(self, core, it.into)
+                self.idx = saved
 
     def combine(self, e: Expr, acc: ir.Value, x: ir.Value) -> ir.Value:
         b = self.b
