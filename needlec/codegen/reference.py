@@ -41,19 +41,48 @@ def _logsoftmax(x, _):
     return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
 
 
-def _conv(x, w, arg):
-    stride, pad = arg
+def _windows(x, stride: int, pad: int, kh: int, kw: int):
+    """im2col: (N*Ho*Wo, KH*KW*Cin) rows of x's zero-padded windows, one per conv output."""
     x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     n, h, wd, c = x.shape
-    kh, kw, _, cout = w.shape
     ho, wo = (h - kh) // stride + 1, (wd - kw) // stride + 1
     s = x.strides
     cols = np.lib.stride_tricks.as_strided(
         x, (n, ho, wo, kh, kw, c), (s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3])
     )
-    return (cols.reshape(n * ho * wo, kh * kw * c) @ w.reshape(kh * kw * c, cout)).reshape(
-        n, ho, wo, cout
+    return cols.reshape(n * ho * wo, kh * kw * c)
+
+
+def _conv(x, w, arg):
+    stride, pad = arg
+    kh, kw, cin, cout = w.shape
+    ho, wo = (x.shape[1] + 2 * pad - kh) // stride + 1, (x.shape[2] + 2 * pad - kw) // stride + 1
+    return (_windows(x, stride, pad, kh, kw) @ w.reshape(kh * kw * cin, cout)).reshape(
+        x.shape[0], ho, wo, cout
     )
+
+
+def _conv_input_grad(g, w, arg):
+    """dx[n, oh*s + i - p, ow*s + j - p, c] += sum_o g[n, oh, ow, o] * w[i, j, c, o]: each
+    output's window gets its share back (col2im), cropped to the unpadded input."""
+    stride, pad, h, wd = arg
+    n, ho, wo, cout = g.shape
+    kh, kw, cin, _ = w.shape
+    cols = g.reshape(n * ho * wo, cout) @ w.reshape(kh * kw * cin, cout).T
+    cols = cols.reshape(n, ho, wo, kh, kw, cin)
+    dx = np.zeros((n, h + 2 * pad, wd + 2 * pad, cin), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, :, :, i, j]
+    return dx[:, pad : pad + h, pad : pad + wd]
+
+
+def _conv_weight_grad(x, g, arg):
+    """dw[i, j, c, o] = sum over outputs (n, oh, ow) of x's window value times g."""
+    stride, pad, kh, kw = arg
+    cols = _windows(x, stride, pad, kh, kw)
+    n, ho, wo, cout = g.shape
+    return (cols.T @ g.reshape(n * ho * wo, cout)).reshape(kh, kw, x.shape[3], cout)
 
 
 def _rand(seed, arg, shape, dtype):
@@ -100,6 +129,8 @@ EVAL: dict[Op, Callable] = {
     Op.STACK: lambda *xs: np.stack(xs[:-1], axis=xs[-1]),
     Op.MATMUL: lambda x, y, _: np.matmul(x, y),
     Op.CONV: _conv,
+    Op.CONV_INPUT_GRAD: _conv_input_grad,
+    Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
 }
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ops import ELEMENTWISE, Op, fmt_type
+from .ops import ARG_NAME, CONVS, ELEMENTWISE, Op, fmt_type
 from .schedule import Buffer, Step
 from .view import Dims, Shape, View
 
@@ -131,8 +131,9 @@ class ExprTable:
 @dataclass(frozen=True, eq=False)
 class Core:
     """A kernel's GEMM (MATMUL, batched) or convolution (CONV, arg (stride, padding), NHWC
-    input, (KH, KW, Cin, Cout) weight): operands are views of whole buffers (a transpose is in
-    the strides); the result, of logical `shape`, lies over the kernel dims `dims`."""
+    input, (KH, KW, Cin, Cout) weight; or one of its two gradients, CONV_INPUT_GRAD and
+    CONV_WEIGHT_GRAD): operands are views of whole buffers (a transpose is in the strides); the
+    result, of logical `shape`, lies over the kernel dims `dims`."""
 
     op: Op
     operands: tuple[Load, ...]
@@ -144,6 +145,11 @@ class Core:
     def flops(self) -> int:
         if self.op is Op.MATMUL:
             return 2 * math.prod(self.shape) * self.operands[0].view.shape[-1]
+        if self.op is Op.CONV_INPUT_GRAD:  # as many multiply-adds as the conv it undoes
+            g, w = (ld.view.shape for ld in self.operands)
+            return 2 * math.prod(g) * math.prod(w[:3])
+        if self.op is Op.CONV_WEIGHT_GRAD:
+            return 2 * math.prod(self.operands[1].view.shape) * math.prod(self.shape[:3])
         kh, kw, cin, _ = self.operands[1].view.shape
         return 2 * math.prod(self.shape) * kh * kw * cin
 
@@ -226,7 +232,7 @@ class Kernel:
             if e.op == "core":
                 c = self.core
                 ops = ", ".join(o.as_text() for o in c.operands)
-                arg = f" stride,padding={c.arg}" if c.op is Op.CONV else ""
+                arg = f" {ARG_NAME[c.op]}={c.arg}" if c.op in CONVS else ""
                 at = index_text(c.dims)
                 rhs = f"{c.op.name.lower()}({ops}){arg} at {at}"
             elif e.op == "load":

@@ -308,6 +308,16 @@ class OpMixin:
     def conv(self, weight, stride: int = 1, padding: int = 0):
         return self._apply(Op.CONV, (self, weight), conv_arg(stride, padding))
 
+    def conv_input_grad(self, weight, stride: int, padding: int, hw: tuple[int, int]):
+        """The gradient of `conv(x, weight, stride, padding)` with respect to x (spatial size
+        `hw`), for this output gradient: the adjoint of the conv in x (a transposed conv)."""
+        return self._apply(Op.CONV_INPUT_GRAD, (self, weight), (stride, padding, *hw))
+
+    def conv_weight_grad(self, grad, stride: int, padding: int, khw: tuple[int, int]):
+        """The gradient of `conv(self, w, stride, padding)` with respect to w (a `khw` kernel),
+        for the output gradient `grad`."""
+        return self._apply(Op.CONV_WEIGHT_GRAD, (self, grad), (stride, padding, *khw))
+
 
 def conv_arg(stride, padding) -> tuple[int, int]:
     """(stride, padding) of a conv, checked: ints, stride positive, padding not negative."""

@@ -102,6 +102,10 @@ class Op(Enum):
     # compute
     MATMUL = auto()  # batched, leading dims broadcast
     CONV = auto()  # arg = (stride, padding); NHWC input, (KH, KW, Cin, Cout) weight
+    # a conv's gradients (its adjoints): the input's from (grad, weight), arg = (stride,
+    # padding, H, W); the weight's from (input, grad), arg = (stride, padding, KH, KW)
+    CONV_INPUT_GRAD = auto()
+    CONV_WEIGHT_GRAD = auto()
     LOGSOFTMAX = auto()  # 2-D, over axis 1
 
     def __repr__(self) -> str:
@@ -119,7 +123,8 @@ REDUCE = frozenset({Op.SUM, Op.MAX, Op.LOGSUMEXP})
 MOVEMENT = frozenset(
     {Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.FLIP, Op.PAD, Op.SLICE, Op.DILATE, Op.STACK}
 )
-COMPUTE = frozenset({Op.MATMUL, Op.CONV, Op.LOGSOFTMAX})
+CONVS = frozenset({Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
+COMPUTE = frozenset({Op.MATMUL, Op.LOGSOFTMAX}) | CONVS
 RANDOM = frozenset({Op.RAND})
 
 # the name the printer gives each op's arg
@@ -140,6 +145,8 @@ ARG_NAME = {
     Op.DILATE: "axes,dilation",
     Op.STACK: "axis",
     Op.CONV: "stride,padding",
+    Op.CONV_INPUT_GRAD: "stride,padding,h,w",
+    Op.CONV_WEIGHT_GRAD: "stride,padding,kh,kw",
     **{op: "c" for op in SCALAR},
 }
 
@@ -340,6 +347,37 @@ def _conv(op: Op, x: Shape, w: Shape, arg) -> Shape:
     return (x[0], ho, wo, w[3])
 
 
+def _conv_input_grad(op: Op, g: Shape, w: Shape, arg) -> Shape:
+    stride, pad, h, wd = arg
+    if len(g) != 4 or len(w) != 4 or g[3] != w[3]:
+        raise ShapeError(
+            f"conv_input_grad: gradient {g} (N,Ho,Wo,Cout) and weight {w} (KH,KW,Cin,Cout) "
+            "do not match"
+        )
+    if _conv(op, (g[0], h, wd, w[2]), w, (stride, pad)) != g:
+        raise ShapeError(
+            f"conv_input_grad: gradient {g} is not the output of a conv of an input "
+            f"{(g[0], h, wd, w[2])} by weight {w} with stride {stride}, padding {pad}"
+        )
+    return (g[0], h, wd, w[2])
+
+
+def _conv_weight_grad(op: Op, x: Shape, g: Shape, arg) -> Shape:
+    stride, pad, kh, kw = arg
+    if len(x) != 4 or len(g) != 4 or kh <= 0 or kw <= 0:
+        raise ShapeError(
+            f"conv_weight_grad: input {x} (N,H,W,Cin), gradient {g} (N,Ho,Wo,Cout) and kernel "
+            f"{(kh, kw)} do not match"
+        )
+    w = (kh, kw, x[3], g[3])
+    if _conv(op, x, w, (stride, pad)) != g:
+        raise ShapeError(
+            f"conv_weight_grad: gradient {g} is not the output of a conv of input {x} by a "
+            f"weight {w} with stride {stride}, padding {pad}"
+        )
+    return w
+
+
 def _logsoftmax(op: Op, s: Shape, arg) -> Shape:
     if len(s) != 2:
         raise ShapeError(f"logsoftmax: needs a 2-D input, got {s}")
@@ -373,6 +411,8 @@ SHAPE_RULE: dict[Op, Callable[..., Shape]] = {
     Op.STACK: _stack,
     Op.MATMUL: _matmul,
     Op.CONV: _conv,
+    Op.CONV_INPUT_GRAD: _conv_input_grad,
+    Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
     Op.RAND: _rand,
     Op.INPUT: lambda op, arg: (),
@@ -390,7 +430,7 @@ def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
     if op in SCALAR:
         d = scalar_dtype(dtypes[0], arg)
         return float_of(d) if op is Op.DIV_SCALAR or (op is Op.POW_SCALAR and arg < 0) else d
-    if op in BINARY or op is Op.MATMUL or op is Op.CONV:
+    if op in BINARY or op is Op.MATMUL or op in CONVS:
         d = promote(dtypes[0], dtypes[1])
         return float_of(d) if op is Op.DIV else d
     if op in (Op.EXP, Op.LOG, Op.TANH, Op.SQRT, Op.LOGSUMEXP, Op.LOGSOFTMAX):
@@ -460,6 +500,6 @@ TOLERANCE: dict[Op, tuple[str, float]] = {
     Op.MAX: ("exact", 0),
     Op.LOGSUMEXP: ("order", 8),
     Op.MATMUL: ("order", 2),
-    Op.CONV: ("order", 2),
+    **{op: ("order", 2) for op in CONVS},
     Op.LOGSOFTMAX: ("order", 8),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..ir import Graph, Node, Op, stack, toposort
+from ..ir import Graph, Node, Op, toposort
 from ..ir.ops import FLOATS
 
 
@@ -57,106 +57,22 @@ def _matmul_vjp(g, out, x, y, arg):
     return unbroadcast(gx, x.shape), unbroadcast(gy, y.shape)
 
 
-def _pad_or_crop(g, axes_widths):
-    """Pad (positive width) or crop (negative width) both sides of each given axis."""
-    g = g.pad([(max(axes_widths.get(i, 0), 0),) * 2 for i in range(len(g.shape))])
-    return g.slice(
-        [
-            (max(-axes_widths.get(i, 0), 0), d - max(-axes_widths.get(i, 0), 0), 1)
-            for i, d in enumerate(g.shape)
-        ]
-    )
-
-
 def _conv_vjp(g, out, x, w, arg):
     stride, pad = arg
-    if stride > 1:
-        return _strided_conv_input_grad(g, x, w, stride, pad), _strided_conv_weight_grad(
-            g, x, w, stride, pad
-        )
-    kh, kw = w.shape[0], w.shape[1]
-    # full correlation with the flipped kernel; padding k-1-pad, a crop where that is negative
-    gx = _pad_or_crop(g, {1: kh - 1 - pad, 2: kw - 1 - pad})
-    gx = gx.conv(w.flip((0, 1)).transpose((2, 3)), 1, 0)
-    gw = x.permute((3, 1, 2, 0)).conv(g.permute((1, 2, 0, 3)), 1, pad).permute((1, 2, 0, 3))
-    return gx, gw
+    gx = g.conv_input_grad(w, stride, pad, x.shape[1:3])
+    return gx, x.conv_weight_grad(g, stride, pad, w.shape[:2])
 
 
-# A stride-s convolution's gradients split into s*s phases, one per (row, column) remainder
-# mod s, each a stride-1 convolution over the taps of that phase: no multiply ever meets the
-# zeros that dilating the output gradient to stride 1 would make (15 of 16 at stride 4).
-# In one spatial dim, with xp = x padded by p, y[o] = sum_k xp[o*s + k] w[k]:
-#   input gradient  xp'[t*s + r] = sum_a g[t - a] w[r + a*s]     (a full correlation)
-#   weight gradient w'[r + a*s]  = sum_o xp[(o + a)*s + r] g[o]  (xp's phase r, correlated)
-# and the phases interleave back by a stack, a permute and a reshape (views, no arithmetic).
+# the two gradients are the conv's adjoints, so each one's gradients are the other two ops:
+# <conv(x, w), g> = <x, conv_input_grad(g, w)> = <w, conv_weight_grad(x, g)>
+def _conv_input_grad_vjp(h, out, g, w, arg):
+    stride, pad = arg[:2]
+    return h.conv(w, stride, pad), h.conv_weight_grad(g, stride, pad, w.shape[:2])
 
 
-def _fit(v, axis: int, n: int):
-    """`v` cropped or zero-padded at the end of `axis` to length `n`."""
-    have = v.shape[axis]
-    if have < n:
-        return v.pad([(0, n - have) if a == axis else (0, 0) for a in range(len(v.shape))])
-    spec = [(0, n if a == axis else d, 1) for a, d in enumerate(v.shape)]
-    return v.slice(spec) if have > n else v
-
-
-def _interleave(phases, s: int, lead: int):
-    """phases[rh][rw] of shape (*lead dims, T, U, C...) -> (*lead, T*s, U*s, C...): element
-    (t, u) of phase (rh, rw) lands at (t*s + rh, u*s + rw). Stacked straight into that
-    layout, so the reshapes are views and nothing is copied twice."""
-    t, u = lead, lead + 1
-    rows = []
-    for row in phases:  # (*lead, T, U, s, rest) -> (*lead, T, U*s, rest)
-        z = stack(row, u + 1)
-        rows.append(z.reshape((*z.shape[:u], z.shape[u] * s, *z.shape[u + 2 :])))
-    z = stack(rows, t + 1)  # (*lead, T, s, U*s, rest)
-    return z.reshape((*z.shape[:t], z.shape[t] * s, *z.shape[t + 2 :]))
-
-
-def _strided_conv_input_grad(g, x, w, s: int, pad: int):
-    n, h, wd, ci = x.shape
-    kh, kw = w.shape[0], w.shape[1]
-    th, tw = -(-(h + 2 * pad) // s), -(-(wd + 2 * pad) // s)  # phase lengths covering xp
-    phases = []
-    for rh in range(s):
-        row = []
-        for rw in range(s):
-            ah, aw = len(range(rh, kh, s)), len(range(rw, kw, s))
-            if ah == 0 or aw == 0:
-                row.append(g._const(0.0, (n, th, tw, ci), g.dtype))
-                continue
-            taps = w.slice([(rh, kh, s), (rw, kw, s), (0, ci, 1), (0, w.shape[3], 1)])
-            # G[j] = g[j - (a - 1)]: padded by a-1 in front, fitted to t + a - 1 in all
-            gp = g.pad([(0, 0), (ah - 1, 0), (aw - 1, 0), (0, 0)])
-            gp = _fit(_fit(gp, 1, th + ah - 1), 2, tw + aw - 1)
-            row.append(gp.conv(taps.flip((0, 1)).transpose((2, 3)), 1, 0))
-        phases.append(row)
-    xp = _interleave(phases, s, 1)  # (n, th*s, tw*s, ci): the gradient of x padded
-    return xp.slice([(0, n, 1), (pad, pad + h, 1), (pad, pad + wd, 1), (0, ci, 1)])
-
-
-def _strided_conv_weight_grad(g, x, w, s: int, pad: int):
-    kh, kw, ci, co = w.shape
-    ho, wo = g.shape[1], g.shape[2]
-    am, bm = -(-kh // s), -(-kw // s)  # taps of the largest phase
-    xp = x.pad([(0, 0), (pad, pad), (pad, pad), (0, 0)]) if pad else x
-    gt = g.permute((1, 2, 0, 3))  # (ho, wo, n, co): a kernel over x's phases
-    phases = []
-    for rh in range(s):
-        row = []
-        for rw in range(s):
-            if rh >= kh or rw >= kw:
-                row.append(g._const(0.0, (ci, am, bm, co), g.dtype))
-                continue
-            part = xp.slice(
-                [(0, xp.shape[0], 1), (rh, xp.shape[1], s), (rw, xp.shape[2], s), (0, ci, 1)]
-            )
-            part = _fit(_fit(part, 1, ho + am - 1), 2, wo + bm - 1)  # am x bm taps out
-            row.append(part.permute((3, 1, 2, 0)).conv(gt, 1, 0))  # (ci, am, bm, co)
-        phases.append(row)
-    full = _interleave(phases, s, 1)  # (ci, am*s, bm*s, co)
-    full = full.slice([(0, ci, 1), (0, kh, 1), (0, kw, 1), (0, co, 1)])
-    return full.permute((1, 2, 0, 3))
+def _conv_weight_grad_vjp(h, out, x, g, arg):
+    stride, pad = arg[:2]
+    return g.conv_input_grad(h, stride, pad, x.shape[1:3]), x.conv(h, stride, pad)
 
 
 def _max_vjp(g, out, x, axes):
@@ -225,6 +141,8 @@ VJP: dict[Op, Callable] = {
     Op.STACK: _stack_vjp,
     Op.MATMUL: _matmul_vjp,
     Op.CONV: _conv_vjp,
+    Op.CONV_INPUT_GRAD: _conv_input_grad_vjp,
+    Op.CONV_WEIGHT_GRAD: _conv_weight_grad_vjp,
     Op.LOGSOFTMAX: lambda g, out, x, arg: (
         g - out.exp() * g.sum((1,)).reshape((x.shape[0], 1)).broadcast_to(x.shape),
     ),

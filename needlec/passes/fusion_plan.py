@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 
 from ..ir import ELEMENTWISE, MOVEMENT, REDUCE, Graph, Node, Op
-from ..ir.ops import uniform
+from ..ir.ops import CONVS, uniform
 from ..ir.view import Dims, View
 
-CORES = frozenset({Op.MATMUL, Op.CONV})
+CORES = frozenset({Op.MATMUL}) | CONVS
 IN_KERNEL_MOVES = frozenset({Op.BROADCAST, Op.PERMUTE, Op.RESHAPE})  # relabel dims, no data moved
 # values the rematerialization plan may have a kernel compute again instead of reading
 DUPLICABLE = ELEMENTWISE | IN_KERNEL_MOVES | REDUCE

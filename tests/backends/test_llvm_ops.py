@@ -503,6 +503,9 @@ CONVS = {
     "image_tiles_with_tail": ((9, 30, 30, 8), (3, 3, 8, 4), 1, 1),  # 4 + 4 + 1 images a tile
     "k_tiles": ((1, 40, 40, 64), (5, 5, 64, 3), 1, 2),  # K split over 5 GEMMs (beta 0, 1)
     "kernel_larger_than_input": ((2, 3, 3, 2), (5, 5, 2, 3), 1, 2),
+    "one_pixel": ((4, 1, 1, 8), (3, 3, 8, 5), 1, 1),  # only the centre tap meets the input
+    "two_pixels_stride2": ((3, 2, 2, 4), (3, 3, 4, 6), 2, 1),  # 4 of 9 taps meet it
+    "taps_cut_at_one_side": ((2, 6, 5, 3), (5, 5, 3, 2), 3, 1),
     "empty_batch": ((0, 5, 5, 2), (3, 3, 2, 3), 1, 1),
     "empty_channels": ((2, 5, 5, 0), (3, 3, 0, 3), 1, 1),  # an empty sum: zeros
 }
@@ -525,15 +528,89 @@ def test_conv_matches(name, dtype):
     assert_within(Op.CONV, got2, want2, n=n, scale=scale, what=f"{name} relu")
 
 
+# how the input x and the gradient operand g (N, Ho, Wo, Co) are held: compact NHWC (BLAS reads
+# g in place, the gather copies runs over (w, c)), or as NCHW arrays read through a permute (g
+# packed first, runs over w)
+CONV_VIEWS = {  # (input view, weight view): the gather's and the packing's view addressing
+    "input_rows_strided": (lambda x: x.slice([(1, 3, 1), (1, 9, 2), (0, 9, 1), (0, 3, 1)]), None),
+    "input_cropped_columns": (
+        lambda x: x.slice([(0, 3, 1), (0, 9, 1), (2, 7, 1), (0, 3, 1)]),
+        None,
+    ),
+    "input_held_nchw": (lambda x: x.reshape((3, 3, 9, 9)).permute((0, 2, 3, 1)), None),
+    "weight_padded_rows": (None, lambda w: w.pad([(1, 0), (0, 1), (0, 0), (0, 0)])),
+    "weight_flipped": (None, lambda w: w.flip((0, 1))),
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_VIEWS))
+def test_conv_over_views_matches(name):
+    xv, wv = CONV_VIEWS[name]
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((3, 9, 9, 3)).astype("float32")
+    w = rng.standard_normal((3, 3, 3, 4)).astype("float32")
+    xs, ws = arg("float32", x.shape, 0), arg("float32", w.shape, 1)
+    a, b = (xv or (lambda v: v))(xs), (wv or (lambda v: v))(ws)
+    assert a.shape[3] == 3 and b.shape[2] == 3
+    ex, (got,), (want,) = run_both([xs, ws], [a.conv(b, 2, 1)], [x, w])
+    assert not ex.fallbacks, ex.fallbacks
+    av, bv = run_graph(Graph([xs, ws], [a, b]), [x, w])
+    scale = reference.EVAL[Op.CONV](np.abs(av).astype("f8"), np.abs(bv).astype("f8"), (2, 1))
+    n = math.prod(bv.shape[:3])
+    assert_within(Op.CONV, got, want, n=n, scale=scale, what=name)
+
+
+GRAD_LAYOUTS = {"nhwc": (0, 1, 2, 3), "nchw": (0, 3, 1, 2)}
+
+
+def _conv_grad_case(name, dtype, layout):
+    xs_shape, w_shape, stride, pad = CONVS[name]
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal(xs_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    y_shape = reference.EVAL[Op.CONV](x, w, (stride, pad)).shape
+    perm = GRAD_LAYOUTS[layout]
+    held = rng.standard_normal([y_shape[p] for p in perm]).astype(dtype)
+    x_held = np.ascontiguousarray(x.transpose(perm))
+    xs, ws = arg(dtype, x_held.shape, 0), arg(dtype, w_shape, 1)
+    gs = arg(dtype, held.shape, 2)
+    back = tuple(perm.index(d) for d in range(4))
+    g = gs.permute(back) if perm != (0, 1, 2, 3) else gs
+    xv = xs.permute(back) if perm != (0, 1, 2, 3) else xs
+    return (x, x_held, w, held, held.transpose(back)), (xs, xv, ws, gs), g, (stride, pad)
+
+
+@pytest.mark.parametrize("layout", list(GRAD_LAYOUTS))
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv_gradient_cores_match(name, dtype, layout):
+    """The input gradient (col2im) and the weight gradient (im2col, transposed GEMM) of each
+    conv of the table, compiled natively, within the summation-order budget of the reference."""
+    (x, x_held, w, held, gy), (xs, xv, ws, gs), g, (stride, pad) = _conv_grad_case(
+        name, dtype, layout
+    )
+    dx = g.conv_input_grad(ws, stride, pad, x.shape[1:3])
+    dw = xv.conv_weight_grad(g, stride, pad, w.shape[:2])
+    ex, got, want = run_both([xs, ws, gs], [dx, dw], [x_held, w, held])
+    assert not ex.fallbacks, ex.fallbacks
+    ga = np.abs(gy).astype("f8")
+    abs_x, abs_w = np.abs(x).astype("f8"), np.abs(w).astype("f8")
+    scale_dx = reference.EVAL[Op.CONV_INPUT_GRAD](ga, abs_w, (stride, pad, *x.shape[1:3]))
+    scale_dw = reference.EVAL[Op.CONV_WEIGHT_GRAD](abs_x, ga, (stride, pad, *w.shape[:2]))
+    n_dx = max(w.shape[0] * w.shape[1] * w.shape[3], 1)  # terms of one input element, at most
+    n_dw = max(ga.shape[0] * ga.shape[1] * ga.shape[2], 1)
+    assert_within(Op.CONV_INPUT_GRAD, got[0], want[0], n=n_dx, scale=scale_dx, what=name)
+    assert_within(Op.CONV_WEIGHT_GRAD, got[1], want[1], n=n_dw, scale=scale_dw, what=name)
+
+
 CONV_GRADS = [((2, 9, 9, 3), (3, 3, 3, 4), 1, 1), ((2, 9, 9, 3), (3, 3, 3, 4), 2, 1)]
 CONV_GRADS += [((2, 16, 16, 3), (7, 7, 3, 4), 4, 3), ((1, 6, 6, 2), (1, 1, 2, 2), 2, 0)]
 
 
 @pytest.mark.parametrize("xs_shape,w_shape,stride,pad", CONV_GRADS)
 def test_conv_gradients_read_through_views(xs_shape, w_shape, stride, pad):
-    """Both gradients of a convolution are convolutions over views the passes make (flipped and
-    transposed weights, a transposed input, a dilated gradient behind a mask): compiled natively,
-    each matches numpy's im2col gradients."""
+    """Both gradients of a convolution, and their own gradients (convolutions and gradients
+    again, over the views autodiff makes), compiled natively, match the reference."""
     rng = np.random.default_rng(RNG_SEED)
     x = rng.standard_normal(xs_shape).astype("float32")
     w = rng.standard_normal(w_shape).astype("float32")

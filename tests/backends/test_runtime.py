@@ -164,15 +164,20 @@ def _blas_threads() -> int | None:
 def _gemm_and_conv_graph():
     a, b = arg("float32", (300, 257), 0), arg("float32", (257, 190), 1)
     x, w = arg("float32", (9, 30, 30, 8), 2), arg("float32", (3, 3, 8, 16), 3)
-    return Graph([a, b, x, w], [Node.make(Op.MATMUL, a, b), x.conv(w, 1, 1)])
+    g = arg("float32", (9, 30, 30, 16), 4)
+    # the weight gradient sums 3 image tiles in 3 groups, the input gradient runs 3 tiles
+    outs = [Node.make(Op.MATMUL, a, b), x.conv(w, 1, 1)]
+    outs += [x.conv_weight_grad(g, 1, 1, (3, 3)), g.conv_input_grad(w, 1, 1, (30, 30))]
+    return Graph([a, b, x, w, g], outs)
 
 
 def test_gemm_and_conv_split_over_the_pool_give_the_same_bits(restore_threads):
-    """A large GEMM is cut into row blocks and a convolution into image tiles, one BLAS call
-    each, on the pool: the cut depends on the sizes only, so 1 and 2 threads agree bit for bit."""
+    """A large GEMM is cut into row blocks and a convolution (and its gradients) into image
+    tiles, one BLAS call each, on the pool: the cut depends on the sizes only, so 1 and 2
+    threads agree bit for bit."""
     graph = _gemm_and_conv_graph()
     ex = compile_llvm(compile_program(graph))
-    assert ex.source("llvm").count("needlec_parallel_for") >= 2
+    assert ex.source("llvm").count("needlec_parallel_for") >= 4
     rng = np.random.default_rng(3)
     arrays = [rng.standard_normal(n.shape).astype(np.float32) for n in graph.inputs]
     runs = []
@@ -242,3 +247,22 @@ def test_back_to_back_jobs_of_different_sizes_never_hang_or_overlap():
     on more threads than cores (late workers): each job's chunks run once, within its call."""
     r = subprocess.run([sys.executable, "-c", _STRESS], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+def test_per_kernel_entries_profile_each_kernel_and_give_the_same_results():
+    graph = _gemm_and_conv_graph()
+    program = compile_program(graph)
+    whole, split = compile_llvm(program), compile_llvm(program, per_kernel=True)
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(n.shape).astype(np.float32) for n in graph.inputs]
+    for a, b in zip(whole.run(arrays), split.run(arrays), strict=True):
+        np.testing.assert_array_equal(a, b)
+    times = split.profile(arrays, repeats=3)
+    names = sorted(k.name for k in program.kernels.kernels)
+    assert sorted(t.name for t in times) == names
+    assert all(t.seconds > 0 and t.how == "native" for t in times)
+    assert [t.seconds for t in times] == sorted((t.seconds for t in times), reverse=True)
+    conv = next(t for t in times if t.kind == "conv")
+    assert conv.flops > 0 and "GFLOP/s" in conv.as_text()
+    with pytest.raises(ValueError, match="per_kernel"):
+        whole.profile(arrays)

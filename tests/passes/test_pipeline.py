@@ -17,6 +17,7 @@ from needlec import nn
 from needlec.codegen.kernels import run_kernels
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op
+from needlec.ir.ops import CONVS
 from needlec.passes import GRAPH_STEPS, PIPELINE, compile_program
 
 from .steps import lower_sgd_step
@@ -125,20 +126,15 @@ def test_resnet9_step_kernels_bytes_and_memory(resnet9, capsys):
     with capsys.disabled():
         print(report("resnet9", lowered))
     kinds = [k.kind for k in kg.kernels]
-    convs = sum(1 for n in lowered.graph.nodes if n.op is Op.CONV)
-    assert kinds.count("conv") == convs  # one kernel per convolution, epilogues inside
-    # BatchNorm, ReLU, residual adds fuse into their neighbours: the only elementwise kernels
-    # left are the stacks that interleave a strided conv's gradient phases, and the weight
-    # updates that read such a gradient
-    stacks = sum(1 for n in lowered.graph.nodes if n.op is Op.STACK)
-    strided = sum(1 for n in lowered.graph.nodes if n.op is Op.CONV and n.arg[0] > 1)
-    assert kinds.count("elementwise") <= stacks + strided
-    # the rest: BatchNorm statistics (a reduction each, forward and backward), bias/weight
-    # gradient sums and the loss: at most two more kernels per convolution, plus a few
-    # (and a fill per stack operand: the mask that selects it)
-    masks = sum(len(n.src) - 1 for n in lowered.graph.nodes if n.op is Op.STACK)
-    assert kinds.count("fill") <= masks
-    assert len(kinds) - kinds.count("elementwise") - kinds.count("fill") <= 3 * convs + 8
+    convs = sum(1 for n in lowered.graph.nodes if n.op in CONVS)
+    assert kinds.count("conv") == convs  # one kernel per convolution or gradient, epilogues inside
+    # BatchNorm, ReLU, residual adds and the weight updates fuse into their neighbours: no
+    # elementwise, copy or fill kernel is left
+    assert kinds.count("elementwise") + kinds.count("copy") + kinds.count("fill") == 0
+    # the rest: GEMMs (the linear layer), and reductions: BatchNorm statistics forward and
+    # backward (8 batch norms), bias gradient sums and the loss
+    assert kinds.count("reduce") <= 4 * 8 + 2
+    assert len(kinds) == convs + kinds.count("gemm") + kinds.count("reduce")
     mem = lowered.memory_analysis()
     assert mem.arena_bytes < mem.sum_temp_bytes / 2
 

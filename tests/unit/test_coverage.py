@@ -100,6 +100,16 @@ def _conv():
     return [x, w], x.conv(w, 2, 1)
 
 
+def _conv_input_grad():
+    g, w = _x((1, 3, 3, 4)), _x((3, 3, 2, 4), 1)
+    return [g, w], g.conv_input_grad(w, 2, 1, (5, 6))
+
+
+def _conv_weight_grad():
+    x, g = _x((1, 5, 6, 2)), _x((1, 3, 3, 4), 1)
+    return [x, g], x.conv_weight_grad(g, 2, 1, (3, 3))
+
+
 def _const():
     return [], Node.const(np.arange(6, dtype="float32").reshape(2, 3)) * 2.0
 
@@ -141,6 +151,8 @@ SAMPLES = {
     Op.STACK: _stack,
     Op.MATMUL: _matmul,
     Op.CONV: _conv,
+    Op.CONV_INPUT_GRAD: _conv_input_grad,
+    Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _unary("logsoftmax"),
 }
 

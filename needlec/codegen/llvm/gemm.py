@@ -18,6 +18,7 @@ from llvmlite import ir
 
 from ...ir import Op
 from ...ir.kernel import Core, Load
+from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
 from ...ir.view import View
 from . import runtime
@@ -107,7 +108,7 @@ def pool_may_call_blas(r) -> bool:
 def supported(core: Core) -> bool:
     """Whether this core renders natively: float32/float64 matmul and convolution (integer
     cores run on the kernel interpreter until their loop kernels land)."""
-    return core.op in (Op.MATMUL, Op.CONV) and core.dtype in ("float32", "float64")
+    return (core.op is Op.MATMUL or core.op in CONVS) and core.dtype in ("float32", "float64")
 
 
 def _matrix(view: View) -> tuple[str, int] | None:
@@ -145,7 +146,7 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     for ld in (a_ld, b_ld):
         ok = _matrix(ld.view) if _batch_ok(ld.view) else None
         if ok is None or ld.buffer.dtype != dtype:
-            ld = _pack(r, ld, dtype)
+            ld = pack(r, ld, dtype)
             ok = _matrix(ld.view)
         ops.append((ld, ok))
     (a, (ta, lda)), (bb, (tb, ldb)) = ops
@@ -254,7 +255,7 @@ def _batch_offset(view: View, bidx: tuple, nbatch: int) -> int:
     return off
 
 
-def _pack(r, ld: Load, dtype: str) -> Load:
+def pack(r, ld: Load, dtype: str) -> Load:
     """Copy an operand BLAS cannot read into compact scratch of `dtype`."""
     shape = ld.view.shape
     nbytes = math.prod(shape) * (4 if dtype == "float32" else 8)

@@ -21,11 +21,13 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
+from ...ir.kernel import kernel_cost
 from ...ir.schedule import Buffer
 from ..kernels import run_kernel
 from ..schedule import KernelSchedule, schedule_kernel
@@ -58,10 +60,13 @@ ARENA, OUTPUTS, WORKSPACE, FIRST_INPUT = 0, 1, 2, 3
 
 
 class Executable:
-    """A program compiled for the CPU: `run(arrays) -> outputs`, as `run_kernels` does."""
+    """A program compiled for the CPU: `run(arrays) -> outputs`, as `run_kernels` does. With
+    `per_kernel`, each kernel is an entry point of its own (a native call each, so `profile`
+    can time them; the results are the same)."""
 
-    def __init__(self, program) -> None:
+    def __init__(self, program, per_kernel: bool = False) -> None:
         kg, plan = program.kernels, program.memory
+        self.per_kernel = per_kernel
         self.kg, self.plan = kg, plan
         self.schedules: list[KernelSchedule] = [schedule_kernel(k) for k in kg.kernels]
         if _debug("schedule"):
@@ -138,7 +143,7 @@ class Executable:
                 r = render_kernel(module, s, name, noalias, parallel=runtime.available())
                 workspace = max(workspace, r.scratch_bytes)
                 rendered[key] = r
-            if not self.segments or self.segments[-1][0] != "native":
+            if self.per_kernel or not self.segments or self.segments[-1][0] != "native":
                 self.segments.append(("native", []))
             self.segments[-1][1].append(r)
         self.workspace_bytes = workspace
@@ -235,8 +240,9 @@ class Executable:
             pool.append((raw, start, address))
         return raw[start : start + nbytes], address
 
-    def run(self, arrays) -> list[np.ndarray]:
-        """Run the program on numpy arrays (one per kernel-graph input); its outputs."""
+    def run(self, arrays, timings: list | None = None) -> list[np.ndarray]:
+        """Run the program on numpy arrays (one per kernel-graph input); its outputs. With a
+        list `timings`, appends (segment index, seconds) for each segment run."""
         kg = self.kg
         arrays = [np.asarray(a, order="C") for a in arrays]
         for a, (shape, dtype), b in zip(arrays, self._in_specs, kg.inputs, strict=True):
@@ -251,10 +257,13 @@ class Executable:
             table[FIRST_INPUT + i] = a.ctypes.data
         regions = {ARENA: arena, OUTPUTS: outputs}
         for j, seg in enumerate(self.segments):
+            t0 = time.perf_counter() if timings is not None else 0.0
             if seg[0] == "native":
                 self._calls[j](table_address)
             else:
                 self._fallback(seg[1], arrays, regions)
+            if timings is not None:
+                timings.append((j, time.perf_counter() - t0))
         out = []
         for b, (offset, dtype) in zip(kg.outputs, self._out_specs, strict=True):
             if offset is None:  # an input or a constant passed through: a copy of its own
@@ -278,6 +287,27 @@ class Executable:
         for b in k.outputs:
             self._array(b, arrays, regions)[...] = env[b]
 
+    def profile(self, arrays, repeats: int = 10) -> list[KernelTime]:
+        """Time each kernel on `arrays` (compiled with `per_kernel`): the median over `repeats`
+        runs after one warm-up, slowest first. A kernel whose code is shared with identical
+        kernels (an RNN's steps) is reported once per use."""
+        if not self.per_kernel:
+            raise ValueError("profile: compile with per_kernel=True (one entry per kernel)")
+        self.run(arrays)
+        runs: dict[int, list[float]] = {}
+        for _ in range(max(1, repeats)):
+            timings: list = []
+            self.run(arrays, timings)
+            for j, t in timings:
+                runs.setdefault(j, []).append(t)
+        out = []
+        for j, ts in runs.items():
+            kind, seg = self.segments[j]
+            k = seg[0].k if kind == "native" else seg.kernel
+            cost = kernel_cost(k)
+            out.append(KernelTime(k.name, k.kind, float(np.median(ts)), cost.flops, kind))
+        return sorted(out, key=lambda t: -t.seconds)
+
     # ------------------------------------------------------------ reading the code
     def source(self, target_name: str = "llvm") -> str:
         """ "llvm": the module as optimized; "llvm-unoptimized"; "asm": the machine code."""
@@ -291,6 +321,22 @@ class Executable:
 
     def schedule_text(self) -> str:
         return "\n".join(s.as_text() for s in self.schedules)
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel's time in `Executable.profile`: `how` is "native" or "fallback"."""
+
+    name: str
+    kind: str
+    seconds: float
+    flops: int
+    how: str
+
+    def as_text(self) -> str:
+        rate = f"{self.flops / self.seconds / 1e9:7.1f} GFLOP/s" if self.seconds > 0 else ""
+        us = self.seconds * 1e6
+        return f"{self.name:>12} {self.kind:<11} {us:10.1f} us {rate} {self.how}"
 
 
 @dataclass(frozen=True)
@@ -316,9 +362,10 @@ def _shape_of(s: KernelSchedule, noalias: set) -> tuple:
     return body, tuple((b.dtype, b.shape, b in noalias) for b in bufs)
 
 
-def compile_program(program) -> Executable:
-    """Compile a `Program` (after `plan_memory`) for this CPU."""
-    return Executable(program)
+def compile_program(program, per_kernel: bool = False) -> Executable:
+    """Compile a `Program` (after `plan_memory`) for this CPU; `per_kernel`: one entry point
+    per kernel, for `Executable.profile`."""
+    return Executable(program, per_kernel)
 
 
-__all__ = ["Executable", "compile_program"]
+__all__ = ["Executable", "KernelTime", "compile_program"]

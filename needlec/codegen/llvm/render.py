@@ -597,7 +597,7 @@ class KernelRenderer:
                 self.store(st.buffer, view, v, st.value.dtype)
             elif isinstance(it, RunCore):
                 core = self.k.core
-                emit = conv.emit_conv if core.op is Op.CONV else gemm.emit_core
+                emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
                 saved = dict(self.idx)  # a core's loops index its operands' own dims
                 emit(self, core, it.into)
                 self.idx = saved
