@@ -487,7 +487,11 @@ def _infer(op: Op, shapes: tuple, dtypes: tuple, arg) -> tuple[Shape, str]:
 #       inner dim of a matmul; KH*KW*Cin of a conv; the row of a logsoftmax) and scale is
 #       sum(|terms|) (sum, matmul: sum_k |a_ik * b_kj|, conv likewise), or 1 + |reference| for
 #       the log-domain ops (logsumexp, logsoftmax: a relative error of the sum of exp terms is an
-#       absolute error of its log, plus the rounding of the result itself).
+#       absolute error of its log, plus the rounding of the result itself). For a conv's input
+#       gradient n is KH*KW*Cout, for its weight gradient N*Ho*Wo. A compiled conv skips kernel
+#       taps that meet only padding at every output: an inf or NaN weight (or gradient) at such
+#       a tap multiplies nothing there, where the reference multiplies the padding's zeros and
+#       gets NaN.
 TOLERANCE: dict[Op, tuple[str, float]] = {
     **{op: ("exact", 0) for op in MOVEMENT | COMPARE | TERNARY},
     **{op: ("exact", 0) for op in (Op.NEG, Op.RELU, Op.SQRT, Op.CAST, Op.STOP_GRADIENT)},
