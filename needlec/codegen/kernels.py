@@ -3,9 +3,9 @@
 Each kernel is evaluated over its iteration space with numpy's keepdims arrays: a value is an
 array with the full size on the kernel dims it depends on and 1 on the others. Loads read the
 compact input buffer through `np.lib.stride_tricks.as_strided` (the valid box of the mask, then
-zeros around it); elementwise ops, GEMM and conv go through the graph reference's op table
-(`reference.evaluate`), so the two interpreters share every formula. This is how passes are
-checked numerically until the compiled backends exist.
+zeros around it); elementwise ops, GEMM and conv go through the op semantics
+(`needlec.ir.semantics.evaluate`), so the two interpreters share every formula. This is how
+passes are checked numerically until the compiled backends exist.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 
 from ..ir.kernel import Expr, Kernel, KernelGraph
 from ..ir.schedule import Buffer
+from ..ir.semantics import draw_random, evaluate
 from ..ir.view import Dims, View
 from . import reference
 
@@ -79,23 +80,21 @@ def run_kernel(k: Kernel, env: dict[Buffer, np.ndarray]) -> None:
         elif e.op == "core":
             c = k.core
             xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
-            v = to_kernel_space(
-                reference.evaluate(c.op, xs, c.arg, c.shape, c.dtype), c.dims, k.space
-            )
+            v = to_kernel_space(evaluate(c.op, xs, c.arg, c.shape, c.dtype), c.dims, k.space)
         elif e.op == "reduce":
             x = vals[e.src[0]]
             x = np.broadcast_to(x, _zero_dims(x.shape, e.arg.dims, k.space))
             if x.size == 0:  # an empty reduction is its identity (sum: 0, max: -inf)
                 v = np.full(e.shape, e.arg.identity(e.dtype), dtype=e.dtype)
             else:
-                v = reference.evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
+                v = evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
         elif e.op == "rand":
             d = e.arg
             seed = vals[e.src[0]].reshape(())
-            draw = reference._rand(seed, (d.dist, d.stream), d.shape, e.dtype)
+            draw = draw_random(seed, (d.dist, d.stream), d.shape, e.dtype)
             v = to_kernel_space(draw, d.dims, k.space)
         else:
-            v = reference.evaluate(e.op, [vals[s] for s in e.src], e.arg, e.shape, e.dtype)
+            v = evaluate(e.op, [vals[s] for s in e.src], e.arg, e.shape, e.dtype)
         if v.dtype != e.dtype:
             v = v.astype(e.dtype)
         vals[e] = v

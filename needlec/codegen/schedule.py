@@ -38,6 +38,7 @@ import numpy as np
 
 from ..ir.kernel import Expr, Kernel, Load, Store
 from ..ir.schedule import Buffer
+from ..ir.semantics import evaluate
 from ..ir.view import Shape, View
 
 
@@ -439,7 +440,6 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
     """Interpret a schedule element by element (slow; small kernels only): the check that a
     schedule computes what its kernel describes. Reads and writes compact arrays in `env`;
     the GEMM/conv core is evaluated with the reference."""
-    from . import reference
     from .kernels import read_view
 
     k = s.kernel
@@ -469,7 +469,7 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         if e.op == "rand":
             raise NotImplementedError("run_schedule: random draws are checked by the backends")
         xs = [np.array(ev(x, scope)).reshape(1) for x in e.src]
-        out = reference.evaluate(e.op, xs, e.arg, (1,), e.dtype)
+        out = evaluate(e.op, xs, e.arg, (1,), e.dtype)
         return out[0]
 
     def scratch_index(e: Expr) -> int:
@@ -477,7 +477,7 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         return sum(i * st for i, st in zip(idx, v.strides, strict=True))
 
     def combine(e: Expr, a, b):
-        r = reference.evaluate(
+        r = evaluate(
             e.arg.combiner, [np.array(a).reshape(1), np.array(b).reshape(1)], None, (1,), e.dtype
         )
         return r[0]
@@ -518,7 +518,7 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
             elif isinstance(it, RunCore):
                 c = k.core
                 xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
-                v = reference.evaluate(c.op, xs, c.arg, c.shape, c.dtype)
+                v = evaluate(c.op, xs, c.arg, c.shape, c.dtype)
                 flat[it.into] = np.ascontiguousarray(v).reshape(-1)
 
     for st in k.stores:

@@ -15,12 +15,12 @@ import math
 import numpy as np
 import pytest
 
-from needlec.codegen import reference
 from needlec.codegen.llvm import render
 from needlec.codegen.llvm.program import compile_program as compile_llvm
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op, ShapeError, infer, stack
 from needlec.ir.ops import DTYPES, FLOATS, LEAF, TOLERANCE
+from needlec.ir.semantics import EVAL
 from needlec.passes import compile_program
 from needlec.passes.autodiff import differentiate
 
@@ -519,7 +519,7 @@ def test_conv_matches(name, dtype):
     out = xs.conv(ws, stride, pad)
     ex, (got, got2), (want, want2) = run_both([xs, ws], [out, out.relu()], [x, w])
     assert not ex.fallbacks, ex.fallbacks
-    scale = reference.EVAL[Op.CONV](np.abs(x).astype("f8"), np.abs(w).astype("f8"), (stride, pad))
+    scale = EVAL[Op.CONV](np.abs(x).astype("f8"), np.abs(w).astype("f8"), (stride, pad))
     n = max(w_shape[0] * w_shape[1] * w_shape[2], 1)
     assert_within(Op.CONV, got, want, n=n, scale=scale, what=name)
     assert_within(Op.CONV, got2, want2, n=n, scale=scale, what=f"{name} relu")

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from needlec.codegen.kernels import read_view, run_kernels, to_kernel_space
-from needlec.codegen.reference import EVAL, run_graph
+from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Node, Op, stack
+from needlec.ir.semantics import EVAL
 from needlec.ir.view import View
 from needlec.passes.fusion import fuse
 

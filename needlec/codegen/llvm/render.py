@@ -25,8 +25,8 @@ from ...ir import Op
 from ...ir.kernel import Expr, Load
 from ...ir.ops import COMPARE, FLOATS
 from ...ir.schedule import Buffer
+from ...ir.semantics import EVAL
 from ...ir.view import View
-from .. import reference
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
 from . import conv, gemm
 from .loops import counted_loop
@@ -58,7 +58,7 @@ def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
     if op in COMPARE or op is Op.WHERE:
         return str(np.result_type(*dts[-2:]))
     with np.errstate(all="ignore"):
-        out = np.asarray(reference.EVAL[op](*[np.ones(1, d) for d in dts], arg))
+        out = np.asarray(EVAL[op](*[np.ones(1, d) for d in dts], arg))
     return str(out.dtype)
 
 
