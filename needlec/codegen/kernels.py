@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..ir.kernel import Expr, Kernel, KernelGraph
+from ..ir.kernel import Expr, Kernel, KernelGraph, KOp
 from ..ir.schedule import Buffer
 from ..ir.semantics import draw_random, evaluate
 from ..ir.view import Dims, View
@@ -73,22 +73,22 @@ def run_kernel(k: Kernel, env: dict[Buffer, np.ndarray]) -> None:
     """Evaluate one kernel, reading its input buffers from `env` and writing its outputs there."""
     vals: dict[Expr, np.ndarray] = {}
     for e in k.exprs:
-        if e.op == "load":
+        if e.op is KOp.LOAD:
             v = read_view(env[e.arg.buffer], e.arg.view)
-        elif e.op == "const":
+        elif e.op is KOp.CONST:
             v = np.full(e.shape, e.arg, dtype=e.dtype)
-        elif e.op == "core":
+        elif e.op is KOp.CORE:
             c = k.core
             xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
             v = to_kernel_space(evaluate(c.op, xs, c.arg, c.shape, c.dtype), c.dims, k.space)
-        elif e.op == "reduce":
+        elif e.op is KOp.REDUCE:
             x = vals[e.src[0]]
             x = np.broadcast_to(x, _zero_dims(x.shape, e.arg.dims, k.space))
             if x.size == 0:  # an empty reduction is its identity (sum: 0, max: -inf)
                 v = np.full(e.shape, e.arg.identity(e.dtype), dtype=e.dtype)
             else:
                 v = evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
-        elif e.op == "rand":
+        elif e.op is KOp.RAND:
             d = e.arg
             seed = vals[e.src[0]].reshape(())
             draw = draw_random(seed, (d.dist, d.stream), d.shape, e.dtype)

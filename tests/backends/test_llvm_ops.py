@@ -19,6 +19,7 @@ from needlec.codegen.llvm import render
 from needlec.codegen.llvm.program import compile_program as compile_llvm
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op, ShapeError, infer, stack
+from needlec.ir.kernel import KOp
 from needlec.ir.ops import DTYPES, FLOATS, LEAF, TOLERANCE
 from needlec.ir.semantics import EVAL
 from needlec.passes import compile_program
@@ -597,6 +598,21 @@ def test_running_twice_gives_identical_bits():
     second = ex.run([x.copy(), y.copy()])
     for k, (a, b) in enumerate(zip(first, second, strict=True)):
         assert np.array_equal(_bits(a), _bits(b)), f"output {k} differs between runs"
+
+
+def test_every_kernel_value_kind_renders():
+    x, w, seed = arg("float64", (4, 3), 0), arg("float64", (3, 5), 1), arg("int64", (), 2)
+    r = Node.leaf(Op.RAND, "float64", (4, 5), ("uniform", 0), (seed,))
+    c = Node.leaf(Op.CONST, "float64", (4, 5), 1.5)
+    graph = Graph([x, w, seed], [x @ w + r * c, x.sum((1,))])
+    program = compile_program(graph)
+    held = {e.op for k in program.kernels.kernels for e in k.exprs}
+    assert set(KOp) <= held, f"no kernel holds a value of {sorted(set(KOp) - held)}"
+    rng = np.random.default_rng(RNG_SEED)
+    arrays = [rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), np.asarray(7, "int64")]
+    got = compile_llvm(program).run([a.copy() for a in arrays])
+    for a, b in zip(run_graph(graph, arrays), got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
 def test_lowering_error_names_the_node(monkeypatch):
