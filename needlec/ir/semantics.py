@@ -60,7 +60,7 @@ def _conv(x, w, arg):
     )
 
 
-def draw_random(seed, arg, shape, dtype: str) -> np.ndarray:
+def draw_random(seed, arg: tuple[str, int], shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A random node's draws: element i a function of (seed, stream, i) alone, the mapping of
     `needlec.ir.random` that every backend draws the same way."""
     dist, stream = arg
