@@ -13,11 +13,11 @@ from threading import RLock, get_ident
 import numpy as np
 
 from . import backend_ndarray as nd
-from .codegen.reference import evaluate
 from .frontend.pytree import register_container
 from .frontend.trace import TracerError, current, new_serial
 from .ir import Node, Op, OpMixin, infer, toposort
 from .ir.ops import fmt_type, user_frame
+from .ir.semantics import evaluate
 from .passes.autodiff import VJP, backprop
 
 LAZY_MODE = False

@@ -3,9 +3,9 @@
 Each kernel is evaluated over its iteration space with numpy's keepdims arrays: a value is an
 array with the full size on the kernel dims it depends on and 1 on the others. Loads read the
 compact input buffer through `np.lib.stride_tricks.as_strided` (the valid box of the mask, then
-zeros around it); elementwise ops, GEMM and conv go through the graph reference's op table
-(`reference.evaluate`), so the two interpreters share every formula. This is how passes are
-checked numerically until the compiled backends exist.
+zeros around it); elementwise ops, GEMM and conv go through the op semantics
+(`needlec.ir.semantics.evaluate`), so the two interpreters share every formula. This is how
+passes are checked numerically until the compiled backends exist.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..ir.kernel import Expr, Kernel, KernelGraph
+from ..ir.kernel import Expr, Kernel, KernelGraph, KOp
 from ..ir.schedule import Buffer
+from ..ir.semantics import draw_random, evaluate
 from ..ir.view import Dims, View
 from . import reference
 
@@ -72,30 +73,28 @@ def run_kernel(k: Kernel, env: dict[Buffer, np.ndarray]) -> None:
     """Evaluate one kernel, reading its input buffers from `env` and writing its outputs there."""
     vals: dict[Expr, np.ndarray] = {}
     for e in k.exprs:
-        if e.op == "load":
+        if e.op is KOp.LOAD:
             v = read_view(env[e.arg.buffer], e.arg.view)
-        elif e.op == "const":
+        elif e.op is KOp.CONST:
             v = np.full(e.shape, e.arg, dtype=e.dtype)
-        elif e.op == "core":
+        elif e.op is KOp.CORE:
             c = k.core
             xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
-            v = to_kernel_space(
-                reference.evaluate(c.op, xs, c.arg, c.shape, c.dtype), c.dims, k.space
-            )
-        elif e.op == "reduce":
+            v = to_kernel_space(evaluate(c.op, xs, c.arg, c.shape, c.dtype), c.dims, k.space)
+        elif e.op is KOp.REDUCE:
             x = vals[e.src[0]]
             x = np.broadcast_to(x, _zero_dims(x.shape, e.arg.dims, k.space))
             if x.size == 0:  # an empty reduction is its identity (sum: 0, max: -inf)
                 v = np.full(e.shape, e.arg.identity(e.dtype), dtype=e.dtype)
             else:
-                v = reference.evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
-        elif e.op == "rand":
+                v = evaluate(e.arg.op, [x], e.arg.dims, (), e.dtype).reshape(e.shape)
+        elif e.op is KOp.RAND:
             d = e.arg
             seed = vals[e.src[0]].reshape(())
-            draw = reference._rand(seed, (d.dist, d.stream), d.shape, e.dtype)
+            draw = draw_random(seed, (d.dist, d.stream), d.shape, e.dtype)
             v = to_kernel_space(draw, d.dims, k.space)
         else:
-            v = reference.evaluate(e.op, [vals[s] for s in e.src], e.arg, e.shape, e.dtype)
+            v = evaluate(e.op, [vals[s] for s in e.src], e.arg, e.shape, e.dtype)
         if v.dtype != e.dtype:
             v = v.astype(e.dtype)
         vals[e] = v

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.kernel import Expr, Kernel, Load, Store
+from ..ir.kernel import Expr, Kernel, KOp, Load, Store
 from ..ir.schedule import Buffer
+from ..ir.semantics import evaluate
 from ..ir.view import Shape, View
 
 
@@ -113,7 +114,7 @@ class KernelSchedule:
         """How a materialized value (a reduction result, the core) is read: a kernel-space view
         of its buffer."""
         space = self.kernel.space
-        if e.op == "core":
+        if e.op is KOp.CORE:
             buf = self.core_buffer
             return Load(buf, View.contiguous(buf.shape).embed(self.core_dims(), space)[0])
         buf = self.scratch[e]
@@ -213,14 +214,14 @@ class _Builder:
                 continue
             seen.add(x)
             out.append(x)
-            if x.op in ("reduce", "core") and x is not e:
+            if x.op in (KOp.REDUCE, KOp.CORE) and x is not e:
                 continue
             stack.extend(x.src)
         return out
 
     def _prefs(self, exprs: list[Expr], extra_views=()) -> dict[int, int]:
         pref: dict[int, int] = {}
-        views = [x.arg.view for x in exprs if x.op == "load"] + list(extra_views)
+        views = [x.arg.view for x in exprs if x.op is KOp.LOAD] + list(extra_views)
         for v in views:
             for d, s in enumerate(v.strides):
                 if s != 0 and self.space[d] != 1:
@@ -230,17 +231,17 @@ class _Builder:
     def task_of(self, item) -> _Task:
         space = self.space
         if isinstance(item, Store):
-            tree = self._tree(item.value) if item.value.op not in ("reduce", "core") else []
-            needs = {x for x in tree if x.op in ("reduce", "core")}
-            if item.value.op in ("reduce", "core"):
+            tree = self._tree(item.value) if item.value.op not in (KOp.REDUCE, KOp.CORE) else []
+            needs = {x for x in tree if x.op in (KOp.REDUCE, KOp.CORE)}
+            if item.value.op in (KOp.REDUCE, KOp.CORE):
                 needs.add(item.value)
             out_view = View.contiguous(item.buffer.shape).embed(item.dims, space)[0]
             pref = self._prefs(tree, [out_view])
             return _Task(item, _store_dims(item, space), (), "store", frozenset(needs), pref)
         src = item.src[0]
-        tree = self._tree(src) if src.op not in ("reduce", "core") else []
-        needs = {x for x in tree if x.op in ("reduce", "core")}
-        if src.op in ("reduce", "core"):
+        tree = self._tree(src) if src.op not in (KOp.REDUCE, KOp.CORE) else []
+        needs = {x for x in tree if x.op in (KOp.REDUCE, KOp.CORE)}
+        if src.op in (KOp.REDUCE, KOp.CORE):
             needs.add(src)
         inner = tuple(d for d in item.arg.dims if space[d] != 1)
         outer = deps(item, space)
@@ -269,7 +270,7 @@ class _Builder:
         body: list = []
         if k.core is not None:
             c = k.core
-            core_e = next(e for e in k.exprs if e.op == "core")
+            core_e = next(e for e in k.exprs if e.op is KOp.CORE)
             for s in k.stores:  # BLAS writes straight into a buffer that stores the core as is
                 if (
                     s.value is core_e
@@ -286,7 +287,7 @@ class _Builder:
             self.materialized.add(core_e)
         pos = self.pos = {e: i for i, e in enumerate(k.exprs)}
         for e in k.exprs:
-            if e.op == "reduce":
+            if e.op is KOp.REDUCE:
                 items.append((pos[e], 0, e))
         for j, s in enumerate(k.stores):
             if s is core_store:
@@ -381,7 +382,7 @@ class _Builder:
         for depth in range(len(path) - 1, -1, -1):
             if e in self._scope(path[depth]):
                 return depth
-        if e.op in ("reduce", "core"):
+        if e.op in (KOp.REDUCE, KOp.CORE):
             return 0  # read from its buffer wherever it is needed
         return None
 
@@ -439,7 +440,6 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
     """Interpret a schedule element by element (slow; small kernels only): the check that a
     schedule computes what its kernel describes. Reads and writes compact arrays in `env`;
     the GEMM/conv core is evaluated with the reference."""
-    from . import reference
     from .kernels import read_view
 
     k = s.kernel
@@ -460,16 +460,16 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
     def ev(e: Expr, scope: dict):
         if e in scope:
             return scope[e]
-        if e.op in ("reduce", "core"):
+        if e.op in (KOp.REDUCE, KOp.CORE):
             return load(s.load_of(e))
-        if e.op == "load":
+        if e.op is KOp.LOAD:
             return load(e.arg)
-        if e.op == "const":
+        if e.op is KOp.CONST:
             return np.array(e.arg, dtype=e.dtype)[()]
-        if e.op == "rand":
+        if e.op is KOp.RAND:
             raise NotImplementedError("run_schedule: random draws are checked by the backends")
         xs = [np.array(ev(x, scope)).reshape(1) for x in e.src]
-        out = reference.evaluate(e.op, xs, e.arg, (1,), e.dtype)
+        out = evaluate(e.op, xs, e.arg, (1,), e.dtype)
         return out[0]
 
     def scratch_index(e: Expr) -> int:
@@ -477,7 +477,7 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         return sum(i * st for i, st in zip(idx, v.strides, strict=True))
 
     def combine(e: Expr, a, b):
-        r = reference.evaluate(
+        r = evaluate(
             e.arg.combiner, [np.array(a).reshape(1), np.array(b).reshape(1)], None, (1,), e.dtype
         )
         return r[0]
@@ -518,7 +518,7 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
             elif isinstance(it, RunCore):
                 c = k.core
                 xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
-                v = reference.evaluate(c.op, xs, c.arg, c.shape, c.dtype)
+                v = evaluate(c.op, xs, c.arg, c.shape, c.dtype)
                 flat[it.into] = np.ascontiguousarray(v).reshape(-1)
 
     for st in k.stores:

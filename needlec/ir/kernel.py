@@ -3,7 +3,8 @@
 A `KernelGraph` is buffers in, kernels in execution order, buffers out. A `Kernel` is one loop
 nest over its iteration `space` (the dims of size > 1, numbered i0, i1, ...); every value in it is
 a scalar expression (`Expr`) whose kernel-space shape has the full size on the dims it depends on
-and 1 on the others (numpy's keepdims view of a loop nest). Values are:
+and 1 on the others (numpy's keepdims view of a loop nest). Values (`Expr.op`, a `KOp` or an
+elementwise `Op`) are:
 
 - `load`: one element of a buffer through a `View` laid over the kernel space (strides 0 on
   the dims the value does not depend on; masked reads give 0);
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -45,7 +47,19 @@ from .ops import ARG_NAME, CONVS, ELEMENTWISE, Op, fmt_type
 from .schedule import Buffer, Step
 from .view import Dims, Shape, View
 
-SPECIAL = ("load", "const", "reduce", "rand", "core")  # the `Expr.op`s that are not an `Op`
+
+class KOp(str, Enum):
+    """The kinds of kernel value that are not an elementwise `Op` (see the module docstring).
+    A str enum: a member prints as, and compares equal to, its lower-case name."""
+
+    LOAD = "load"
+    CONST = "const"
+    REDUCE = "reduce"
+    RAND = "rand"
+    CORE = "core"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,17 +112,16 @@ class RandDraw:
 
 
 class Expr:
-    """One scalar value of a kernel: `op` is an elementwise `Op` or one of `SPECIAL`; `shape` is
-    its kernel-space shape. Built through an `ExprTable`, which interns them."""
+    """One scalar value of a kernel: `op` is an elementwise `Op` or a `KOp`; `shape` is its
+    kernel-space shape. Built through an `ExprTable`, which interns them."""
 
     __slots__ = ("op", "dtype", "shape", "src", "arg")
 
-    def __init__(self, op, dtype: str, shape: Shape, src: tuple, arg) -> None:
+    def __init__(self, op: Op | KOp, dtype: str, shape: Shape, src: tuple, arg) -> None:
         self.op, self.dtype, self.shape, self.src, self.arg = op, dtype, shape, src, arg
 
     def __repr__(self) -> str:
-        op = self.op if isinstance(self.op, str) else self.op.name.lower()
-        return f"<Expr {op}:{fmt_type(self.dtype, self.shape)}>"
+        return f"<Expr {_opname(self.op)}:{fmt_type(self.dtype, self.shape)}>"
 
 
 class ExprTable:
@@ -119,7 +132,7 @@ class ExprTable:
         self.exprs: list[Expr] = []
         self._memo: dict = {}
 
-    def make(self, op, dtype: str, shape: Shape, src: tuple = (), arg=None) -> Expr:
+    def make(self, op: Op | KOp, dtype: str, shape: Shape, src: tuple = (), arg=None) -> Expr:
         key = (op, dtype, shape, src, type(arg), arg)
         e = self._memo.get(key)
         if e is None:
@@ -178,11 +191,11 @@ def index_text(dims: Dims) -> str:
 
 
 def _arg_text(e: Expr) -> str:
-    if e.op == "reduce":
+    if e.op is KOp.REDUCE:
         r = e.arg
         dims = ",".join(f"i{d}" for d in r.dims)
         return f"over=({dims}) identity={r.identity(e.dtype)} combiner={r.combiner.name.lower()}"
-    if e.op == "rand":
+    if e.op is KOp.RAND:
         d = e.arg
         return f"dist={d.dist} stream={d.stream} shape={d.shape} at {index_text(d.dims)}"
     if e.op is Op.CAST:
@@ -214,7 +227,7 @@ class Kernel:
     def value_names(self) -> dict[Expr, str]:
         names, k = {}, 0
         for e in self.exprs:
-            if e.op == "core":
+            if e.op is KOp.CORE:
                 names[e] = "core"
             else:
                 names[e], k = f"v{k}", k + 1
@@ -229,18 +242,18 @@ class Kernel:
         lines = [f"{self.name} = {self.kind} space=({space}) reads({reads}) writes({writes})"]
         for e in self.exprs:
             lhs = f"  {names[e]}:{fmt_type(e.dtype, e.shape)} = "
-            if e.op == "core":
+            if e.op is KOp.CORE:
                 c = self.core
                 ops = ", ".join(o.as_text() for o in c.operands)
                 arg = f" {ARG_NAME[c.op]}={c.arg}" if c.op in CONVS else ""
                 at = index_text(c.dims)
                 rhs = f"{c.op.name.lower()}({ops}){arg} at {at}"
-            elif e.op == "load":
+            elif e.op is KOp.LOAD:
                 rhs = f"load {e.arg.buffer.name} {e.arg.view.as_text(shape=False)}"
-            elif e.op == "const":
+            elif e.op is KOp.CONST:
                 rhs = f"const {e.arg!r}"
             else:
-                op = f"reduce_{e.arg.op.name.lower()}" if e.op == "reduce" else _opname(e.op)
+                op = f"reduce_{e.arg.op.name.lower()}" if e.op is KOp.REDUCE else _opname(e.op)
                 parts = [op, " ".join(names[s] for s in e.src), _arg_text(e)]
                 rhs = " ".join(p for p in parts if p)
             lines.append(lhs + rhs)
@@ -254,8 +267,8 @@ class Kernel:
     __str__ = as_text
 
 
-def _opname(op) -> str:
-    return op if isinstance(op, str) else op.name.lower()
+def _opname(op: Op | KOp) -> str:
+    return op.name.lower()
 
 
 @dataclass(frozen=True)
@@ -318,12 +331,12 @@ def kernel_cost(k: Kernel) -> KernelCost:
     touch, at most its size) plus every buffer written."""
     flops = k.core.flops() if k.core is not None else 0
     for e in k.exprs:
-        if e.op == "reduce":
+        if e.op is KOp.REDUCE:
             src = e.src[0].shape
             flops += math.prod(k.space[d] if d in e.arg.dims else n for d, n in enumerate(src))
-        elif e.op == "rand" or e.op in ELEMENTWISE:
+        elif e.op is KOp.RAND or e.op in ELEMENTWISE:
             flops += math.prod(e.shape)
-    loads = [e.arg for e in k.exprs if e.op == "load"]
+    loads = [e.arg for e in k.exprs if e.op is KOp.LOAD]
     loads += list(k.core.operands) if k.core is not None else []
     touched: dict[Buffer, int] = {}
     for ld in loads:
@@ -338,12 +351,12 @@ def inplace_pairs(k: Kernel) -> tuple[tuple[Buffer, Buffer], ...]:
     """(input, output) pairs of k where the output may overwrite the input: no reduction in
     the kernel, the input no operand of its core, and every load of it reads the element at
     the very index the output's store writes (same shape, dtype and view)."""
-    if any(e.op == "reduce" for e in k.exprs):
+    if any(e.op is KOp.REDUCE for e in k.exprs):
         return ()
     core = {ld.buffer for ld in k.core.operands} if k.core is not None else set()
     loads: dict[Buffer, set[View]] = {}
     for e in k.exprs:
-        if e.op == "load":
+        if e.op is KOp.LOAD:
             loads.setdefault(e.arg.buffer, set()).add(e.arg.view)
     out = []
     loop = {d for d, n in enumerate(k.space) if n != 1}

@@ -1,7 +1,8 @@
 """The op table: every op of the IR, its trait group, and its shape and dtype rule.
 
-This file is the one truth about an op. Autodiff keeps its VJP rule in a table of its own
-(`needlec.passes.autodiff.VJP`) and each backend its lowering (`needlec.codegen.reference.EVAL`);
+This file is the one truth about an op. Its numpy semantics are one row of
+`needlec.ir.semantics.EVAL`, autodiff keeps its VJP rule in a table of its own
+(`needlec.passes.autodiff.VJP`) and each backend its lowering (`needlec.codegen.llvm.render.LOWER`);
 `tests/unit/test_coverage.py` fails for any op that is missing from one of them.
 """
 

@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import REDUCE, Graph, Node, Op
-from ..ir.kernel import Core, ExprTable, Kernel, KernelGraph, Load, RandDraw, Reduce, Store
+from ..ir.kernel import (
+    Core,
+    ExprTable,
+    Kernel,
+    KernelGraph,
+    KOp,
+    Load,
+    RandDraw,
+    Reduce,
+    Store,
+)
 from ..ir.schedule import Buffer, nbytes
 from ..ir.view import View
 from .fusion_expand import expand_composites
@@ -149,14 +159,14 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
     val: dict = {}
 
     def const(value, dtype: str):
-        return table.make("const", dtype, unit, (), _scalar(value, dtype))
+        return table.make(KOp.CONST, dtype, unit, (), _scalar(value, dtype))
 
     def load(base: Node, view: View, dims, dtype: str):
         v, empty = view.embed(dims, space)
         if empty:
             return const(0, dtype)
         inputs[buffers[base]] = None
-        return table.make("load", dtype, v.shape, (), Load(buffers[base], v))
+        return table.make(KOp.LOAD, dtype, v.shape, (), Load(buffers[base], v))
 
     core = None
     if grp.core is not None:
@@ -167,7 +177,7 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
             inputs[buffers[base]] = None
             operands.append(Load(buffers[base], view))
         core = Core(c.op, tuple(operands), c.arg, c.dtype, c.shape, grp.dims[c])
-        val[c] = table.make("core", c.dtype, grp.ks(c))
+        val[c] = table.make(KOp.CORE, c.dtype, grp.ks(c))
     members = sorted(grp.members, key=plan.index.__getitem__)
     for n in members:
         if n is grp.core:
@@ -197,11 +207,11 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
     exprs = tuple(table.exprs)
     if core is not None:
         kind = "gemm" if core.op is Op.MATMUL else "conv"
-    elif any(e.op == "reduce" for e in exprs):
+    elif any(e.op is KOp.REDUCE for e in exprs):
         kind = "reduce"
-    elif all(e.op == "load" for e in exprs):
+    elif all(e.op is KOp.LOAD for e in exprs):
         kind = "copy"
-    elif all(e.op == "const" for e in exprs):
+    elif all(e.op is KOp.CONST for e in exprs):
         kind = "fill"
     else:
         kind = "elementwise"
@@ -221,11 +231,11 @@ def _value(table: ExprTable, grp: Group, n: Node, srcs: list):
         if not dims:
             return x
         shape = tuple(1 if k in dims else d for k, d in enumerate(x.shape))
-        return table.make("reduce", n.dtype, shape, (x,), Reduce(n.op, dims))
+        return table.make(KOp.REDUCE, n.dtype, shape, (x,), Reduce(n.op, dims))
     if n.op is Op.RAND:
         dist, stream = n.arg
         draw = RandDraw(dist, stream, n.shape, grp.dims[n])
-        return table.make("rand", n.dtype, ks, tuple(srcs), draw)
+        return table.make(KOp.RAND, n.dtype, ks, tuple(srcs), draw)
     if n.op in CORES:
         raise ValueError(f"fusion: {n.op.name.lower()} outside a kernel's core")
     shape = tuple(np.broadcast_shapes(*(s.shape for s in srcs))) if srcs else ks

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..ir import ELEMENTWISE, Graph, Node, Op
 from ..ir.schedule import Buffer, Step, schedule_of_graph
+from ..ir.semantics import LEAF_EVAL, draw_random, evaluate
 
 
 class PlanError(ValueError):
@@ -435,8 +436,6 @@ def run_planned(graph: Graph, plan: MemoryPlan, arrays: Sequence[np.ndarray]) ->
     """Run `graph` with every temp a numpy view into one arena (filled with NaN bytes first),
     every output in the output block or over its donated input: what a runtime following `plan`
     computes. Equal to `run_graph` exactly when no live buffer was clobbered. Copies `arrays`."""
-    from ..codegen.reference import LEAF_EVAL, _rand, evaluate
-
     if plan.buffers is None:
         raise PlanError("run_planned: the plan has no node -> buffer map; build it with plan_graph")
     buffers = plan.buffers
@@ -463,7 +462,7 @@ def run_planned(graph: Graph, plan: MemoryPlan, arrays: Sequence[np.ndarray]) ->
             env[n] = evaluate(n.op, [env[s] for s in n.src], n.arg, n.shape, n.dtype)
         else:
             if n.op is Op.RAND:
-                value = _rand(env[n.src[0]], n.arg, n.shape, n.dtype)
+                value = draw_random(env[n.src[0]], n.arg, n.shape, n.dtype)
             elif n.op in LEAF_EVAL:
                 value = LEAF_EVAL[n.op](n)
             else:

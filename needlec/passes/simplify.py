@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from ..codegen.reference import evaluate
 from ..ir import Graph, Node, Op
 from ..ir.ops import ELEMENTWISE, ConstArray, uniform
+from ..ir.semantics import evaluate
 from .rewrite import P, Rule, rewrite
 
 _FOLD_LIMIT = 4096  # elements: larger non-uniform constants stay computed, not stored in the graph

@@ -15,12 +15,13 @@ import math
 import numpy as np
 import pytest
 
-from needlec.codegen import reference
 from needlec.codegen.llvm import render
 from needlec.codegen.llvm.program import compile_program as compile_llvm
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op, ShapeError, infer, stack
+from needlec.ir.kernel import KOp
 from needlec.ir.ops import DTYPES, FLOATS, LEAF, TOLERANCE
+from needlec.ir.semantics import EVAL
 from needlec.passes import compile_program
 from needlec.passes.autodiff import differentiate
 
@@ -522,7 +523,7 @@ def test_conv_matches(name, dtype):
     out = xs.conv(ws, stride, pad)
     ex, (got, got2), (want, want2) = run_both([xs, ws], [out, out.relu()], [x, w])
     assert not ex.fallbacks, ex.fallbacks
-    scale = reference.EVAL[Op.CONV](np.abs(x).astype("f8"), np.abs(w).astype("f8"), (stride, pad))
+    scale = EVAL[Op.CONV](np.abs(x).astype("f8"), np.abs(w).astype("f8"), (stride, pad))
     n = max(w_shape[0] * w_shape[1] * w_shape[2], 1)
     assert_within(Op.CONV, got, want, n=n, scale=scale, what=name)
     assert_within(Op.CONV, got2, want2, n=n, scale=scale, what=f"{name} relu")
@@ -555,7 +556,7 @@ def test_conv_over_views_matches(name):
     ex, (got,), (want,) = run_both([xs, ws], [a.conv(b, 2, 1)], [x, w])
     assert not ex.fallbacks, ex.fallbacks
     av, bv = run_graph(Graph([xs, ws], [a, b]), [x, w])
-    scale = reference.EVAL[Op.CONV](np.abs(av).astype("f8"), np.abs(bv).astype("f8"), (2, 1))
+    scale = EVAL[Op.CONV](np.abs(av).astype("f8"), np.abs(bv).astype("f8"), (2, 1))
     n = math.prod(bv.shape[:3])
     assert_within(Op.CONV, got, want, n=n, scale=scale, what=name)
 
@@ -568,7 +569,7 @@ def _conv_grad_case(name, dtype, layout):
     rng = np.random.default_rng(RNG_SEED)
     x = rng.standard_normal(xs_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
-    y_shape = reference.EVAL[Op.CONV](x, w, (stride, pad)).shape
+    y_shape = EVAL[Op.CONV](x, w, (stride, pad)).shape
     perm = GRAD_LAYOUTS[layout]
     held = rng.standard_normal([y_shape[p] for p in perm]).astype(dtype)
     x_held = np.ascontiguousarray(x.transpose(perm))
@@ -595,8 +596,8 @@ def test_conv_gradient_cores_match(name, dtype, layout):
     assert not ex.fallbacks, ex.fallbacks
     ga = np.abs(gy).astype("f8")
     abs_x, abs_w = np.abs(x).astype("f8"), np.abs(w).astype("f8")
-    scale_dx = reference.EVAL[Op.CONV_INPUT_GRAD](ga, abs_w, (stride, pad, *x.shape[1:3]))
-    scale_dw = reference.EVAL[Op.CONV_WEIGHT_GRAD](abs_x, ga, (stride, pad, *w.shape[:2]))
+    scale_dx = EVAL[Op.CONV_INPUT_GRAD](ga, abs_w, (stride, pad, *x.shape[1:3]))
+    scale_dw = EVAL[Op.CONV_WEIGHT_GRAD](abs_x, ga, (stride, pad, *w.shape[:2]))
     n_dx = max(w.shape[0] * w.shape[1] * w.shape[3], 1)  # terms of one input element, at most
     n_dw = max(ga.shape[0] * ga.shape[1] * ga.shape[2], 1)
     assert_within(Op.CONV_INPUT_GRAD, got[0], want[0], n=n_dx, scale=scale_dx, what=name)
@@ -674,6 +675,21 @@ def test_running_twice_gives_identical_bits():
     second = ex.run([x.copy(), y.copy()])
     for k, (a, b) in enumerate(zip(first, second, strict=True)):
         assert np.array_equal(_bits(a), _bits(b)), f"output {k} differs between runs"
+
+
+def test_every_kernel_value_kind_renders():
+    x, w, seed = arg("float64", (4, 3), 0), arg("float64", (3, 5), 1), arg("int64", (), 2)
+    r = Node.leaf(Op.RAND, "float64", (4, 5), ("uniform", 0), (seed,))
+    c = Node.leaf(Op.CONST, "float64", (4, 5), 1.5)
+    graph = Graph([x, w, seed], [x @ w + r * c, x.sum((1,))])
+    program = compile_program(graph)
+    held = {e.op for k in program.kernels.kernels for e in k.exprs}
+    assert set(KOp) <= held, f"no kernel holds a value of {sorted(set(KOp) - held)}"
+    rng = np.random.default_rng(RNG_SEED)
+    arrays = [rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), np.asarray(7, "int64")]
+    got = compile_llvm(program).run([a.copy() for a in arrays])
+    for a, b in zip(run_graph(graph, arrays), got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
 def test_lowering_error_names_the_node(monkeypatch):

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from needlec.codegen.kernels import read_view, run_kernels, to_kernel_space
-from needlec.codegen.reference import EVAL, run_graph
+from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Node, Op, stack
+from needlec.ir.kernel import KOp
+from needlec.ir.semantics import EVAL
 from needlec.ir.view import View
 from needlec.passes.fusion import fuse
 
@@ -283,6 +285,28 @@ def test_every_op_fuses_and_runs(op):
     rng = np.random.default_rng(0)
     xs = [np.asarray(rng.uniform(0.5, 2.0, n.shape)).astype(n.dtype) for n in graph.inputs]
     for a, b in zip(run_graph(graph, xs), run_kernels(fuse(graph), xs), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def every_kernel_value() -> Graph:
+    """A graph whose kernels hold every kind of kernel value (`KOp`): a GEMM core with a random
+    draw and a constant in its epilogue, loads, and a reduction."""
+    x, w = _x((4, 3), 0), _x((3, 5), 1)
+    seed = Node.leaf(Op.INPUT, "int64", (), ("arg", 2))
+    r = Node.leaf(Op.RAND, "float64", (4, 5), ("uniform", 0), (seed,))
+    c = Node.leaf(Op.CONST, "float64", (4, 5), 1.5)
+    return Graph([x, w, seed], [x @ w + r * c, x.sum((1,))])
+
+
+@pytest.mark.parametrize("kop", list(KOp), ids=lambda k: k.name)
+def test_every_kernel_value_kind_is_made_and_interpreted(kop):
+    graph = every_kernel_value()
+    kg = fuse(graph)
+    assert any(e.op is kop for k in kg.kernels for e in k.exprs), f"no kernel holds a {kop} value"
+    xs = _inputs(graph)
+    xs[2] = np.asarray(7, dtype="int64")
+    for a, b in zip(run_graph(graph, xs), run_kernels(kg, xs), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 

@@ -22,11 +22,11 @@ import numpy as np
 from llvmlite import ir
 
 from ...ir import Op
-from ...ir.kernel import Expr, Load
+from ...ir.kernel import Expr, KOp, Load
 from ...ir.ops import COMPARE, FLOATS
 from ...ir.schedule import Buffer
+from ...ir.semantics import EVAL
 from ...ir.view import View
-from .. import reference
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
 from . import conv, gemm
 from .loops import counted_loop
@@ -58,7 +58,7 @@ def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
     if op in COMPARE or op is Op.WHERE:
         return str(np.result_type(*dts[-2:]))
     with np.errstate(all="ignore"):
-        out = np.asarray(reference.EVAL[op](*[np.ones(1, d) for d in dts], arg))
+        out = np.asarray(EVAL[op](*[np.ones(1, d) for d in dts], arg))
     return str(out.dtype)
 
 
@@ -441,7 +441,7 @@ class KernelRenderer:
                 continue
             seen.add(x)
             todo.append(x)
-            if x.op not in ("reduce", "core"):
+            if x.op not in (KOp.REDUCE, KOp.CORE):
                 stack.extend(x.src)
         for x in sorted(todo, key=self.pos.__getitem__):
             try:
@@ -456,13 +456,13 @@ class KernelRenderer:
         return self.scopes[-1][e]
 
     def _compute(self, e: Expr) -> ir.Value:
-        if e.op in ("reduce", "core"):
+        if e.op in (KOp.REDUCE, KOp.CORE):
             return self.load(self.s.load_of(e), e.dtype)
-        if e.op == "load":
+        if e.op is KOp.LOAD:
             return self.load(e.arg, e.dtype)
-        if e.op == "const":
+        if e.op is KOp.CONST:
             return const(e.dtype, e.arg)
-        if e.op == "rand":  # element i of the node's row-major order: needlec.ir.random's draw
+        if e.op is KOp.RAND:  # element i of the node's row-major order: needlec.ir.random's draw
             d = e.arg
             view = View.contiguous(d.shape).embed(d.dims, self.k.space)[0]
             index, _, _ = self.address(view)
