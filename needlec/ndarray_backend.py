@@ -89,11 +89,13 @@ class Array:
 
     @staticmethod
     def wrap(buffer: np.ndarray) -> Array:
-        """An Array over `buffer` (a 1-D C-contiguous numpy array), sharing its memory."""
-        if buffer.ndim != 1 or not buffer.flags.c_contiguous:
+        """An Array over `buffer` (a 1-D, C-contiguous, writeable numpy array), sharing its
+        memory."""
+        if buffer.ndim != 1 or not buffer.flags.c_contiguous or not buffer.flags.writeable:
             raise ValueError(
-                f"Array.wrap: needs a 1-D C-contiguous buffer, got shape {buffer.shape} "
-                f"with strides {buffer.strides}"
+                f"Array.wrap: needs a 1-D C-contiguous writeable buffer, got shape "
+                f"{buffer.shape} with strides {buffer.strides}"
+                + ("" if buffer.flags.writeable else ", read-only")
             )
         _check_dtype("Array.wrap", buffer.dtype)
         return _wrap(buffer)

@@ -410,8 +410,12 @@ def test_array_buffer():
         Array(-1)
     with pytest.raises(TypeError, match="Array: unsupported dtype 'float16'"):
         Array(2, "float16")
-    with pytest.raises(ValueError, match=r"Array.wrap: needs a 1-D C-contiguous buffer"):
+    with pytest.raises(ValueError, match=r"Array.wrap: needs a 1-D C-contiguous writeable"):
         Array.wrap(np.zeros((2, 2), "float32"))
+    frozen = np.zeros(3, "float32")
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match=r"got shape \(3,\) with strides \(4,\), read-only"):
+        NDArray.make((3,), handle=frozen)
 
 
 def test_make():
