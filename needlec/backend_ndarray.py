@@ -1,4 +1,8 @@
-"""needle's strided NDArray on a device; numpy does the arithmetic on host buffers for now."""
+"""needle's strided NDArray on a device; numpy does the arithmetic on host buffers for now.
+
+An NDArray's `_handle` is a flat `Array` buffer (`ndarray_backend.Array`: `.size`, `.ptr()`),
+shared by every view of it, and each device exposes needle's backend kernels (`Array`, `compact`,
+`ewise_add`, `matmul_tiled`, ...) as attributes, as needle's devices do."""
 
 from __future__ import annotations
 
@@ -10,9 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from . import ndarray_backend
 from .ir.ops import user_frame
+from .ndarray_backend import DTYPES, Array
+from .ndarray_backend import _wrap as _wrap_buffer
 
-DTYPES = ("float32", "float64", "int32", "int64", "bool")
+# needle's names for its backend modules; here one module serves every device
+ndarray_backend_cpu = ndarray_backend_numpy = ndarray_backend
 _NAMES = {np.dtype(d): d for d in DTYPES}  # dtype.name is slow; this is on every op's path
 Shape = tuple[int, ...]
 
@@ -71,18 +79,46 @@ def _cuda_available() -> bool:
 
 
 class BackendDevice:
-    """A device whose memory holds NDArray buffers (host memory for every device, for now)."""
+    """A device whose memory holds NDArray buffers (host memory for every device, for now).
 
-    def __init__(self, name: str, enabled: Callable[[], bool]):
+    As in needle, the device's backend module `mod` answers for attributes the device lacks:
+    `device.Array(n)`, `device.compact(...)`, `device.ewise_add(a, b, out)`,
+    `device.matmul_tiled(...)`, `device.__tile_size__` (see `needlec.ndarray_backend`).
+    """
+
+    _MOD_DUNDERS = frozenset({"__tile_size__"})  # the module's dunders a device passes on
+
+    def __init__(self, name: str, enabled: Callable[[], bool], mod: Any = ndarray_backend):
         self.name = name
         self._enabled = enabled
+        self.mod = mod
+
+    def __getattr__(self, name: str) -> Any:
+        """The backend module's kernels and constants (called only for missing attributes)."""
+        if name.startswith("__") and name not in BackendDevice._MOD_DUNDERS:
+            raise AttributeError(name)  # copy, pickle and numpy probe dunders: never the module's
+        mod = self.__dict__.get("mod")
+        public = getattr(mod, "__all__", None)
+        if public is not None and name not in public and name not in BackendDevice._MOD_DUNDERS:
+            raise AttributeError(f"{self!r} has no attribute {name!r}")
+        try:
+            return getattr(mod, name)
+        except AttributeError:
+            raise AttributeError(f"{self!r} has no attribute {name!r}") from None
+
+    def __dir__(self) -> list[str]:
+        names = set(super().__dir__())
+        mod = self.__dict__.get("mod")
+        names.update(getattr(mod, "__all__", ()))
+        names.update(n for n in BackendDevice._MOD_DUNDERS if hasattr(mod, n))
+        return sorted(names)
 
     def enabled(self) -> bool:
         """Whether arrays can be created on this device."""
         return self._enabled()
 
     def __repr__(self) -> str:
-        return self.name + "()"
+        return self.__dict__.get("name", "?") + "()"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BackendDevice) and self.name == other.name
@@ -254,22 +290,47 @@ class NDArray:
         shape: Sequence[int],
         strides: Sequence[int] | None = None,
         device: BackendDevice | None = None,
-        handle: np.ndarray | None = None,
+        handle: Array | np.ndarray | None = None,
         offset: int = 0,
         dtype: Any = None,
     ) -> NDArray:
-        """Low-level constructor: a new buffer, or a view of `handle` (dtype from the handle)."""
+        """needle's low-level constructor: a new uninitialised compact array (a fresh `Array` of
+        prod(shape) elements, float32 unless `dtype` says), or a view with `strides` and `offset`
+        (in elements) of `handle`, an `Array` (another NDArray's `_handle`) or a 1-D
+        C-contiguous numpy buffer, shared, whose dtype it takes.
+
+        >>> a = NDArray.make((2, 3))
+        >>> b = NDArray.make((3, 2), strides=(1, 3), handle=a._handle)
+        >>> b._handle.ptr() == a._handle.ptr(), b.is_compact()
+        (True, False)
+        """
         shape = tuple(int(s) for s in shape)
         strides = NDArray.compact_strides(shape) if strides is None else tuple(map(int, strides))
+        offset = int(offset)
+        if len(strides) != len(shape):
+            raise ValueError(f"NDArray.make: shape {shape} and strides {strides} differ in length")
         device = _check_device(device or default_device())
         if handle is None:
-            handle = np.empty(prod(shape), dtype=_dtype(dtype))
-        elif dtype is not None and _dtype(dtype) != _NAMES.get(handle.dtype):
-            raise TypeError(f"dtype {_dtype(dtype)} does not match handle dtype {handle.dtype}")
-        return NDArray._new(shape, strides, device, handle, int(offset))
+            handle = Array(prod(shape), _dtype(dtype))
+        else:
+            if isinstance(handle, np.ndarray):
+                handle = Array.wrap(handle)
+            elif not isinstance(handle, Array):
+                raise TypeError(
+                    f"NDArray.make: handle must be an Array (an NDArray's _handle) or a numpy "
+                    f"buffer, got {type(handle).__name__}"
+                )
+            if dtype is not None and _dtype(dtype) != _NAMES.get(handle.dtype):
+                raise TypeError(
+                    f"NDArray.make: dtype {_dtype(dtype)} does not match the handle's "
+                    f"{handle.dtype}"
+                )
+            # the view must stay inside the buffer (raises naming shape, strides and offset)
+            ndarray_backend.strided_view("NDArray.make", handle.array, shape, strides, offset)
+        return NDArray._new(shape, strides, device, handle, offset)
 
     @staticmethod
-    def _new(shape: Shape, strides: Shape, device: BackendDevice, handle: np.ndarray,
+    def _new(shape: Shape, strides: Shape, device: BackendDevice, handle: Array,
              offset: int, view: np.ndarray | None = None) -> NDArray:  # fmt: skip
         """`make` without checks, for the hot paths (every op result, every view)."""
         arr = object.__new__(NDArray)
@@ -289,7 +350,7 @@ class NDArray:
             arr = np.array(arr, order="C", copy=True)
         device = default_device() if device is None else _check_device(device)
         shape = arr.shape
-        return NDArray._new(shape, _compact_strides(shape), device, arr.reshape(-1), 0, arr)
+        return NDArray._new(shape, _compact_strides(shape), device, _wrap_buffer(arr), 0, arr)
 
     # ---- properties -------------------------------------------------------------------------
     @property
@@ -298,7 +359,7 @@ class NDArray:
 
     @property
     def dtype(self) -> str:
-        return _NAMES[self._handle.dtype]
+        return _NAMES[self._handle._data.dtype]
 
     @property
     def ndim(self) -> int:
@@ -314,7 +375,18 @@ class NDArray:
 
     @property
     def handle(self) -> np.ndarray:
-        return self._handle
+        """The flat numpy buffer behind `_handle` (shared by every view of it)."""
+        return self._handle.array
+
+    @property
+    def _shape(self) -> Shape:
+        """needle's field name for `shape`."""
+        return self.shape
+
+    @property
+    def _strides(self) -> Shape:
+        """needle's field name for `strides`."""
+        return self.strides
 
     @property
     def flat(self) -> np.flatiter:
@@ -325,9 +397,9 @@ class NDArray:
     def _view(self) -> np.ndarray:
         """A writeable numpy view over the shared buffer with this array's shape and strides."""
         if self._np is None:
-            item = self._handle.itemsize
+            h = self._handle.array
+            item = h.itemsize
             strides = tuple(s * item for s in self.strides)
-            h = self._handle
             self._np = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
         return self._np
 
@@ -360,7 +432,7 @@ class NDArray:
         return (
             self.strides == _compact_strides(self.shape)
             and self._offset == 0
-            and self._handle.size == self.size
+            and self._handle._data.size == self.size
         )
 
     def compact(self) -> NDArray:
