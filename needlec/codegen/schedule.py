@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.kernel import Expr, Kernel, KOp, Load, Store
+from ..ir.ops import Op
 from ..ir.schedule import Buffer
 from ..ir.semantics import evaluate
 from ..ir.view import Shape, View
@@ -84,6 +85,16 @@ class Finish:
 
 
 @dataclass(frozen=True, eq=False)
+class Keep:
+    """Compute a value here and write it to its scratch, at the current indices: a costly
+    value over a few dims (a per-channel reciprocal square root) computed once per element of
+    those dims and read from scratch wherever else it is needed, instead of recomputed at each
+    index of the loops it would sit inside."""
+
+    expr: Expr
+
+
+@dataclass(frozen=True, eq=False)
 class Write:
     """A store of the kernel, at the current indices."""
 
@@ -109,10 +120,11 @@ class KernelSchedule:
     scratch: dict[Expr, Buffer]
     core_buffer: Buffer | None = None
     core_store: Store | None = None  # the store the core writes directly, if any
+    kept: frozenset = frozenset()  # values computed once into scratch (`Keep`)
 
     def load_of(self, e: Expr) -> Load:
-        """How a materialized value (a reduction result, the core) is read: a kernel-space view
-        of its buffer."""
+        """How a materialized value (a reduction result, the core, a kept value) is read: a
+        kernel-space view of its buffer."""
         space = self.kernel.space
         if e.op is KOp.CORE:
             buf = self.core_buffer
@@ -166,6 +178,8 @@ class KernelSchedule:
                     lines.append(f"{pad}finish {names[it.expr]}")
                 elif isinstance(it, Write):
                     lines.append(f"{pad}store {it.store.buffer.name} = {names[it.store.value]}")
+                elif isinstance(it, Keep):
+                    lines.append(f"{pad}keep {names[it.expr]}")
                 elif isinstance(it, RunCore):
                     lines.append(f"{pad}core {k.core.op.name.lower()} -> {it.into.name}")
 
@@ -189,12 +203,24 @@ def _store_dims(s: Store, space: Shape) -> frozenset[int]:
 
 @dataclass(eq=False)
 class _Task:
-    item: object  # a reduction Expr or a Store
+    item: object  # a reduction Expr, a Store, or a value to keep (`_Kept`)
     outer: frozenset[int]
     inner: tuple[int, ...]
     mode: str  # "reg", "scratch" or "store"
     needs: frozenset  # reductions it reads (directly, not through other reductions)
     pref: dict[int, int]  # dim -> smallest |stride| of what the task reads or writes
+
+
+# A value is kept (`Keep`) when it is costly and varies over dims covering at most 1/KEEP_RATIO
+# of the kernel's largest value, so inside the loops it is recomputed at least KEEP_RATIO times
+# as often as it changes
+COSTLY = frozenset({Op.EXP, Op.LOG, Op.TANH, Op.SQRT, Op.POW, Op.POW_SCALAR, Op.DIV, Op.DIV_SCALAR})
+KEEP_RATIO = 16
+
+
+@dataclass(frozen=True, eq=False)
+class _Kept:
+    expr: Expr
 
 
 class _Builder:
@@ -204,6 +230,8 @@ class _Builder:
         self.materialized: set[Expr] = set()  # values with a buffer: reductions, the core
         self.scratch: dict[Expr, Buffer] = {}
         self.modes: dict[Expr, str] = {}
+        self.kept: set[Expr] = set()
+        self._fresh: Expr | None = None  # the kept value a Keep is computing
 
     # what a value's tree reads, up to materialized values
     def _tree(self, e: Expr) -> list[Expr]:
@@ -214,7 +242,7 @@ class _Builder:
                 continue
             seen.add(x)
             out.append(x)
-            if x.op in (KOp.REDUCE, KOp.CORE) and x is not e:
+            if (x.op in (KOp.REDUCE, KOp.CORE) or x in self.kept) and x is not e:
                 continue
             stack.extend(x.src)
         return out
@@ -228,20 +256,30 @@ class _Builder:
                     pref[d] = min(pref.get(d, abs(s)), abs(s))
         return pref
 
+    def _materialized(self, x: Expr) -> bool:
+        return x.op in (KOp.REDUCE, KOp.CORE) or x in self.kept
+
     def task_of(self, item) -> _Task:
         space = self.space
+        if isinstance(item, _Kept):
+            tree = [y for x in item.expr.src for y in self._tree(x) if not self._materialized(y)]
+            needs = {y for x in item.expr.src for y in self._tree(x) if self._materialized(y)}
+            needs |= {x for x in item.expr.src if self._materialized(x)}
+            return _Task(
+                item, deps(item.expr, space), (), "keep", frozenset(needs), self._prefs(tree)
+            )
         if isinstance(item, Store):
-            tree = self._tree(item.value) if item.value.op not in (KOp.REDUCE, KOp.CORE) else []
-            needs = {x for x in tree if x.op in (KOp.REDUCE, KOp.CORE)}
-            if item.value.op in (KOp.REDUCE, KOp.CORE):
+            tree = self._tree(item.value) if not self._materialized(item.value) else []
+            needs = {x for x in tree if self._materialized(x)}
+            if self._materialized(item.value):
                 needs.add(item.value)
             out_view = View.contiguous(item.buffer.shape).embed(item.dims, space)[0]
             pref = self._prefs(tree, [out_view])
             return _Task(item, _store_dims(item, space), (), "store", frozenset(needs), pref)
         src = item.src[0]
-        tree = self._tree(src) if src.op not in (KOp.REDUCE, KOp.CORE) else []
-        needs = {x for x in tree if x.op in (KOp.REDUCE, KOp.CORE)}
-        if src.op in (KOp.REDUCE, KOp.CORE):
+        tree = self._tree(src) if not self._materialized(src) else []
+        needs = {x for x in tree if self._materialized(x)}
+        if self._materialized(src):
             needs.add(src)
         inner = tuple(d for d in item.arg.dims if space[d] != 1)
         outer = deps(item, space)
@@ -296,7 +334,22 @@ class _Builder:
             items.append((pos[s.value], 1 + j, s))
         items.sort(key=lambda t: (t[0], t[1]))
         tasks = [self.task_of(it) for _, _, it in items]
+        self._choose_kept(tasks)
+        if self.kept:  # kept values become tasks of their own; the others read them
+            items += [(pos[e], -1, _Kept(e)) for e in self.kept]
+            items.sort(key=lambda t: (t[0], t[1]))
+            tasks = [self.task_of(it) for _, _, it in items]
         for t in tasks:
+            if isinstance(t.item, _Kept):
+                e = t.item.expr
+                self.scratch[e] = Buffer(
+                    f"{k.name}.{k.value_names()[e]}",
+                    math.prod(e.shape) * np.dtype(e.dtype).itemsize,
+                    "temp",
+                    tuple(e.shape),
+                    e.dtype,
+                )
+                continue
             if isinstance(t.item, Expr):
                 e = t.item
                 self.modes[e] = t.mode
@@ -311,7 +364,27 @@ class _Builder:
                     body.append(Init(e, "scratch"))
         self._placed: dict[int, dict[Expr, int]] = {}
         self._emit(tasks, frozenset(), [body])
-        return KernelSchedule(k, body, self.modes, self.scratch, core_buffer, core_store)
+        return KernelSchedule(
+            k, body, self.modes, self.scratch, core_buffer, core_store, frozenset(self.kept)
+        )
+
+    def _choose_kept(self, tasks: list[_Task]) -> None:
+        """The costly values over few dims (see KEEP_RATIO), except those that read a
+        reduction accumulated in a register: that one is only known inside its loop, and
+        keeping the value would split the loop the two now share."""
+        space = self.space
+        # the largest value's elements: a kernel's space may be larger than any of its values
+        volume = max(math.prod(space[d] for d in deps(x, space)) for x in self.k.exprs)
+        reg = {t.item for t in tasks if t.mode == "reg"}
+        for e in self.k.exprs:
+            if e.op not in COSTLY:
+                continue
+            dims = deps(e, space)
+            if not dims or math.prod(space[d] for d in dims) * KEEP_RATIO > volume:
+                continue
+            if any(x in reg for x in self._tree(e)):
+                continue
+            self.kept.add(e)
 
     # ------------------------------------------------------------ the loop tree
     def _runs(self, tasks: list[_Task], bound: frozenset[int]) -> list[tuple[list, frozenset]]:
@@ -323,7 +396,8 @@ class _Builder:
             if cur:
                 new = common & rest
                 blocked = any(u.mode == "scratch" and u.item in t.needs for u in cur)
-                if new and not blocked:
+                alone = t.mode == "keep" or cur[0].mode == "keep"  # a small loop of its own
+                if new and not blocked and not alone:
                     cur.append(t)
                     common = new
                     continue
@@ -350,6 +424,14 @@ class _Builder:
             self._emit(run, bound | frozenset(dims), path + [lp.body for lp in loops])
 
     def _leaf(self, t: _Task, bound: frozenset[int], path: list[list]) -> None:
+        if isinstance(t.item, _Kept):
+            e = t.item.expr
+            self._fresh = e
+            for x in e.src:
+                self._need(x, path, bound)
+            self._fresh = None
+            path[-1].append(Keep(e))
+            return
         if isinstance(t.item, Store):
             v = t.item.value
             self._need(v, path, bound)
@@ -382,7 +464,7 @@ class _Builder:
         for depth in range(len(path) - 1, -1, -1):
             if e in self._scope(path[depth]):
                 return depth
-        if e.op in (KOp.REDUCE, KOp.CORE):
+        if e.op in (KOp.REDUCE, KOp.CORE) or (e in self.kept and e is not self._fresh):
             return 0  # read from its buffer wherever it is needed
         return None
 
@@ -457,10 +539,10 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
                 return np.zeros((), flat[ld.buffer].dtype)[()]
         return flat[ld.buffer][v.offset + sum(i * st for i, st in zip(at, v.strides, strict=True))]
 
-    def ev(e: Expr, scope: dict):
+    def ev(e: Expr, scope: dict, fresh: bool = False):
         if e in scope:
             return scope[e]
-        if e.op in (KOp.REDUCE, KOp.CORE):
+        if e.op in (KOp.REDUCE, KOp.CORE) or (e in s.kept and not fresh):
             return load(s.load_of(e))
         if e.op is KOp.LOAD:
             return load(e.arg)
@@ -515,6 +597,8 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
                 view = View.contiguous(st.buffer.shape).embed(st.dims, k.space)[0]
                 j = view.offset + sum(i * x for i, x in zip(idx, view.strides, strict=True))
                 flat[st.buffer][j] = ev(st.value, scope)
+            elif isinstance(it, Keep):
+                flat[s.scratch[it.expr]][scratch_index(it.expr)] = ev(it.expr, scope, fresh=True)
             elif isinstance(it, RunCore):
                 c = k.core
                 xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
@@ -531,4 +615,4 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         env[s.core_store.buffer] = flat[s.core_buffer].reshape(s.core_buffer.shape)
 
 
-__all__ = ["KernelSchedule", "run_schedule", "schedule_kernel"]
+__all__ = ["Keep", "KernelSchedule", "run_schedule", "schedule_kernel"]

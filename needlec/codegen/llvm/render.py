@@ -27,7 +27,18 @@ from ...ir.ops import COMPARE, FLOATS
 from ...ir.schedule import Buffer
 from ...ir.semantics import EVAL
 from ...ir.view import View
-from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
+from ..schedule import (
+    Accumulate,
+    Finish,
+    Init,
+    Keep,
+    KernelSchedule,
+    Let,
+    Loop,
+    RunCore,
+    Write,
+    deps,
+)
 from . import conv, gemm
 from .loops import counted_loop
 from .mathlib import math_function
@@ -268,6 +279,8 @@ def _work(items: list) -> int:
             total += 20 if it.expr.op in _HEAVY else 1
         elif isinstance(it, (Accumulate, Write, Finish)):
             total += 1
+        elif isinstance(it, Keep):
+            total += 20 if it.expr.op in _HEAVY else 1
     return total
 
 
@@ -295,6 +308,8 @@ def parallel_work(lp: Loop, s: KernelSchedule) -> int | None:
         elif isinstance(it, Write) and lp.dim not in {d for kd in it.store.dims for d in kd}:
             return None
         elif isinstance(it, Finish) and space[lp.dim] != it.expr.shape[lp.dim]:
+            return None
+        elif isinstance(it, Keep) and lp.dim not in deps(it.expr, space):
             return None
     per_iteration = max(1, _work(lp.body))
     if per_iteration * lp.extent < PARALLEL_MIN_WORK:
@@ -441,7 +456,7 @@ class KernelRenderer:
                 continue
             seen.add(x)
             todo.append(x)
-            if x.op not in (KOp.REDUCE, KOp.CORE):
+            if x.op not in (KOp.REDUCE, KOp.CORE) and x not in self.s.kept:
                 stack.extend(x.src)
         for x in sorted(todo, key=self.pos.__getitem__):
             try:
@@ -455,8 +470,10 @@ class KernelRenderer:
                 ) from err
         return self.scopes[-1][e]
 
-    def _compute(self, e: Expr) -> ir.Value:
-        if e.op in (KOp.REDUCE, KOp.CORE):
+    def _compute(self, e: Expr, fresh: bool = False) -> ir.Value:
+        """`e` from its sources (in scope or computed now); a materialized value (a reduction,
+        the core, a kept value unless `fresh`) is read from its buffer."""
+        if e.op in (KOp.REDUCE, KOp.CORE) or (e in self.s.kept and not fresh):
             return self.load(self.s.load_of(e), e.dtype)
         if e.op is KOp.LOAD:
             return self.load(e.arg, e.dtype)
@@ -590,6 +607,10 @@ class KernelRenderer:
                 self.scopes[-1][e] = v
                 ld = self.s.load_of(e)
                 self.store(ld.buffer, ld.view, v, e.dtype)
+            elif isinstance(it, Keep):
+                e = it.expr
+                ld = self.s.load_of(e)
+                self.store(ld.buffer, ld.view, self._compute(e, fresh=True), e.dtype)
             elif isinstance(it, Write):
                 st = it.store
                 v = self.value(st.value)

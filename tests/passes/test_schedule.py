@@ -1,0 +1,75 @@
+"""Schedules against the kernel interpreter: `run_schedule` walks each kernel's loop nest element
+by element (its loops, shared sweeps, register and scratch accumulators, hoisted and kept values)
+and must give what `run_kernel` computes from the kernel's description."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from needlec import nn
+from needlec.codegen.kernels import run_kernel
+from needlec.codegen.schedule import Keep, Loop, run_schedule, schedule_kernel
+
+from .steps import lower_sgd_step
+
+
+def _items(body):
+    for it in body:
+        yield it
+        if isinstance(it, Loop):
+            yield from _items(it.body)
+
+
+def _check_every_kernel(kg, arrays) -> list:
+    """Run each kernel both ways on the same inputs (the interpreter's results feed the next
+    kernel); returns the schedules."""
+    env = dict(zip(kg.inputs, (np.asarray(a, order="C") for a in arrays), strict=True))
+    env.update(kg.constants)
+    schedules = []
+    for k in kg.kernels:
+        s = schedule_kernel(k)
+        schedules.append(s)
+        mine = {b: env[b] for b in k.inputs}
+        run_schedule(s, mine)
+        run_kernel(k, env)
+        for b in k.outputs:
+            want, got = env[b], mine[b]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=k.as_text())
+    return schedules
+
+
+MODELS = {
+    "mlp": lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
+    "batchnorm1d": lambda: nn.Sequential(
+        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)
+    ),
+    "layernorm": lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm1d(8), nn.Linear(8, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_training_step_schedules_match_the_kernel_interpreter(name):
+    np.random.seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 6)).astype("float32")
+    y = rng.integers(0, 3, 5).astype("float32")
+    lowered, arrays = lower_sgd_step(MODELS[name](), x, y)
+    _check_every_kernel(lowered.kernels, arrays)
+
+
+def test_batchnorm_keeps_its_per_channel_values():
+    """BatchNorm's reciprocal standard deviation varies over the channels only: its kernels
+    compute it once per channel into scratch (`keep`) instead of at every element."""
+    np.random.seed(0)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(6, 40), nn.BatchNorm1d(40), nn.ReLU(), nn.Linear(40, 3))
+    x = rng.standard_normal((64, 6)).astype("float32")
+    lowered, arrays = lower_sgd_step(model, x, rng.integers(0, 3, 64).astype("float32"))
+    schedules = _check_every_kernel(lowered.kernels, arrays)
+    kept = [it for s in schedules for it in _items(s.body) if isinstance(it, Keep)]
+    assert kept, "\n".join(s.as_text() for s in schedules)
+    assert all(
+        it.expr in s.kept for s in schedules for it in _items(s.body) if isinstance(it, Keep)
+    )
+    assert any("keep" in s.as_text() for s in schedules)
