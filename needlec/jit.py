@@ -120,7 +120,7 @@ class Lowered:
         return self._executable
 
     def _run_compiled(self, arrays: list) -> list:
-        return self.executable.run(arrays)
+        return self.executable.run(arrays, checked=True)
 
     @property
     def schedule(self) -> str:
@@ -155,10 +155,9 @@ class Lowered:
                     f"{type(obj).__name__}.{name} = {value!r}: jit({traced.trace.name}) reads it as a "
                     "number at every call; set it to an int or a float"
                 )
-            tensors.append(Tensor(np.array(value, dtype="float64"), requires_grad=False))
+            tensors.append(np.array(value, dtype="float64"))  # an array: no tensor needed
         if traced.random:  # a new seed each call: fresh random numbers, reproducible
-            seed = np.array(np.random.randint(0, 2**62), dtype="int64")  # np.random.seed applies
-            tensors.append(Tensor(seed, requires_grad=False))
+            tensors.append(np.array(np.random.randint(0, 2**62), dtype="int64"))
         if traced.arg_writes or traced.written:
             check_unaliased(traced, tensors, len(leaves))
         run = None  # the reference interpreter

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.kernel import Expr, Kernel, KOp, Load, Store
+from ..ir.kernel import Expr, Kernel, KOp, Load, Store, inplace_pairs
 from ..ir.ops import Op
 from ..ir.schedule import Buffer
 from ..ir.semantics import evaluate
@@ -370,12 +370,17 @@ class _Builder:
 
     def _choose_kept(self, tasks: list[_Task]) -> None:
         """The costly values over few dims (see KEEP_RATIO), except those that read a
-        reduction accumulated in a register: that one is only known inside its loop, and
-        keeping the value would split the loop the two now share."""
+        reduction accumulated in a register (that one is only known inside its loop, and
+        keeping the value would split the loop the two now share). None in a kernel whose
+        outputs may be written over its inputs (`inplace_pairs`): a kept value's loop would
+        split its stores into loops of their own, and a later one recomputing a value from an
+        input would read it after an earlier one had written the new value over it."""
         space = self.space
         # the largest value's elements: a kernel's space may be larger than any of its values
         volume = max(math.prod(space[d] for d in deps(x, space)) for x in self.k.exprs)
         reg = {t.item for t in tasks if t.mode == "reg"}
+        if inplace_pairs(self.k):  # its stores must share one loop nest (see below)
+            return
         for e in self.k.exprs:
             if e.op not in COSTLY:
                 continue

@@ -294,36 +294,46 @@ class GraphCall(TensorOp):
 
 def call_graph(
     graph: Graph,
-    tensors: Sequence[Tensor],
+    tensors: Sequence,
     grads: dict | None = None,
     run=None,
     fresh_outputs: bool = False,
 ) -> list:
-    """Run `graph` on tensors (with `run(arrays)`, a compiled form of it, when given). Outputs
-    stay differentiable (eager backward, grad) when an input requires grad; inside a trace the
-    graph is inlined instead. `fresh_outputs`: `run` never returns an input's memory (compiled
-    code), so no output is checked against the inputs."""
+    """Run `graph` on tensors (numpy arrays too: hyperparameters, seeds), with `run(arrays)`, a
+    compiled form of it, when given. Outputs stay differentiable (eager backward, grad) when an
+    input requires grad; inside a trace the graph is inlined instead. `fresh_outputs`: `run`
+    returns no input's memory (compiled code) except an input it updated in place (a donated
+    parameter), whose output is that input's own tensor."""
     if current() is not None:
-        return inline(graph, tensors)
-    arrays = [np.asarray(t.realize_cached_data()) for t in tensors]
+        return inline(graph, [_as_tensor(t) for t in tensors])
+    arrays = [t if type(t) is np.ndarray else np.asarray(t.realize_cached_data()) for t in tensors]
     for a, n in zip(arrays, graph.inputs, strict=True):
         if a.shape != n.shape or a.dtype != n.dtype:  # never run a trace on wrong inputs
             raise RuntimeError(
                 f"jit: input {n.arg} is {a.dtype}{a.shape}, the trace expects {n.dtype}{n.shape}"
             )
-    device = tensors[0].device if tensors else nd.default_device()
-    requires_grad = any(t.requires_grad for t in tensors)
+    tensors = [t for t in tensors]
+    first = next((t for t in tensors if type(t) is not np.ndarray), None)
+    device = first.device if first is not None else nd.default_device()
+    requires_grad = any(type(t) is not np.ndarray and t.requires_grad for t in tensors)
     grads = {} if grads is None else grads
     out = []
     outputs = run(arrays) if run is not None else reference.run_graph(graph, arrays)
+    same = {id(a): k for k, a in enumerate(arrays)} if fresh_outputs else {}
+    inputs = None  # the tensors a differentiable output's GraphCall holds (made once)
     for i, a in enumerate(outputs):
+        k = same.get(id(a))
+        if k is not None and type(tensors[k]) is not np.ndarray:
+            out.append(tensors[k])  # updated in place: its tensor holds the new value
+            continue
         a = np.asarray(a, order="C")
         if not fresh_outputs and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
             a = a.copy()  # through: a copy, so writing one tensor in place never changes another
         data = nd.NDArray.from_numpy(a, device)
         if requires_grad and graph.outputs[i].dtype in FLOATS:
             t = Tensor.__new__(Tensor)
-            t._init(GraphCall(graph, i, grads), tensors, cached_data=data, requires_grad=True)
+            inputs = inputs or [_as_tensor(x) for x in tensors]
+            t._init(GraphCall(graph, i, grads), inputs, cached_data=data, requires_grad=True)
         else:
             t = Tensor.make_const(data)
         out.append(t)

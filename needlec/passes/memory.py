@@ -189,9 +189,18 @@ def _decide(
     s, r = written[out], last_read.get(inp, -1)
     if r > s:
         return f"{inp.name} is read by step {r} ({steps[r].name}), after step {s} writes {out.name}"
-    if r == s and not (steps[s].meta.get("elementwise") and out.nbytes == inp.nbytes):
+    if r == s and not _in_place(steps[s], inp, out):
         return f"step {s} ({steps[s].name}) reads {inp.name} while writing {out.name} and is not marked elementwise"
     return None
+
+
+def _in_place(step: Step, inp: Buffer, out: Buffer) -> bool:
+    """Whether `step` may write `out` over `inp`, which it reads: every same-sized pair may
+    ("elementwise"), or this pair is one of its `inplace` pairs (it reads `inp` only at the
+    element it writes `out`)."""
+    if (inp, out) in step.meta.get("inplace", ()):
+        return True
+    return bool(step.meta.get("elementwise")) and out.nbytes == inp.nbytes
 
 
 def _place(items: list[tuple[Buffer, int, int]], alignment: int) -> dict[Buffer, int]:
@@ -228,7 +237,8 @@ def plan_memory(
     """Place every temp in one arena and every output in the output block or, donated, over its
     input. `donations` maps an output to the input it replaces; `keep` lists inputs that are
     returned unchanged (never donated). A donation is accepted when no step after the one writing
-    the output reads the input (the writing step itself may, if its meta says "elementwise").
+    the output reads the input (the writing step itself may, if its meta says "elementwise" or
+    lists the pair among its "inplace" pairs).
 
     >>> a, b = Buffer("a", 100), Buffer("b", 100)
     >>> c, out = Buffer("c", 100), Buffer("out", 4, "output")
@@ -351,7 +361,7 @@ def verify_plan(steps: Sequence[Step], plan: MemoryPlan) -> MemoryPlan:
                 f"verify_plan: {out.name} is written over {inp.name} at step {s}, "
                 f"but step {late[0]} ({steps[late[0]].name}) reads {inp.name} later"
             )
-        if s in reads.get(inp, []) and not steps[s].meta.get("elementwise"):
+        if s in reads.get(inp, []) and not _in_place(steps[s], inp, out):
             raise PlanError(
                 f"verify_plan: step {s} ({steps[s].name}) writes {out.name} over {inp.name}, "
                 "which it reads, and is not marked elementwise"

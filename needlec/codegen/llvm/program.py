@@ -15,6 +15,7 @@ output block: the caller's arrays are never written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ...ir.kernel import kernel_cost
+from ...ir.kernel import KOp, kernel_cost
 from ...ir.schedule import Buffer
 from ..kernels import run_kernel
-from ..schedule import KernelSchedule, schedule_kernel
+from ..schedule import Keep, KernelSchedule, Let, Loop, Write, schedule_kernel
 from . import gemm, runtime, target
 from .render import render_kernel, unsupported
 
@@ -84,26 +85,61 @@ class Executable:
         out_end = plan.output_block_bytes
         for b, off in plan.output_offsets.items():
             self.places[b] = Place(OUTPUTS, off)
-        for out in plan.aliases:  # donated: memory of its own, the caller's input stays intact
-            out_end = -(-out_end // ALIGN) * ALIGN
-            self.places[out] = Place(OUTPUTS, out_end)
-            out_end += out.nbytes
+        # donated: written over the input it replaces (a parameter's new value over the old),
+        # so the caller's array holds the new value after the call, as PyTorch's in-place
+        # optimizer updates do
+        index = {b: i for i, b in enumerate(kg.inputs)}
+        self.donated: dict[Buffer, int] = {}  # donated output -> the input index it takes
+        # a donation the plan or the schedule refuses is copied over its input after the step
+        self.copied: dict[Buffer, int] = {
+            d.output: index[d.input] for d in plan.donations if not d.accepted
+        }
+        writer = {b: s for s in self.schedules for b in s.kernel.outputs}
+        for out, inp in plan.aliases.items():
+            if not _reads_before_writing(writer[out], inp, out):
+                out_end = -(-out_end // ALIGN) * ALIGN  # memory of its own after all
+                self.places[out] = Place(OUTPUTS, out_end)
+                out_end += out.nbytes
+                self.copied[out] = index[inp]
+                continue
+            self.places[out] = self.places[inp]
+            self.donated[out] = index[inp]
+        self._donated_inputs = frozenset(self.donated.values())
+        self._updated_inputs = self._donated_inputs | frozenset(self.copied.values())
+        self._lock = threading.Lock()  # steps updating their inputs in place run one at a time
         self.output_bytes = out_end
         self.arena_bytes = plan.arena_bytes
         self.fallbacks: dict[str, str] = {}
         self._local = threading.local()
         self._in_specs = [(b.shape, np.dtype(b.dtype)) for b in kg.inputs]
-        self._out_specs = []  # (offset in the output block or None, dtype) per output
+        # (offset in the output block, input updated in place, input copied over, dtype)
+        self._out_specs = []
         for b in kg.outputs:
             p = self.places[b]
             at = p.offset if p.slot == OUTPUTS else None
-            self._out_specs.append((at, np.dtype(b.dtype)))
+            spec = (at, self.donated.get(b), self.copied.get(b), np.dtype(b.dtype))
+            self._out_specs.append(spec)
         self._build()
 
     # ------------------------------------------------------------ compile
-    def _noalias(self, s: KernelSchedule) -> set[Buffer]:
-        """The kernel's buffers whose bytes no other buffer of the kernel shares."""
-        bufs = list(dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs]))
+    def _merged(self, s: KernelSchedule) -> dict[Buffer, Buffer]:
+        """The kernel's buffers that lie exactly over an earlier one of its buffers (a donated
+        output over its input) -> that buffer."""
+        first: dict[tuple, Buffer] = {}
+        out = {}
+        for b in dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs]):
+            p = self.places[b]
+            at = (p.slot, p.offset, b.nbytes)
+            if at in first:
+                out[b] = first[at]
+            else:
+                first[at] = b
+        return out
+
+    def _noalias(self, s: KernelSchedule, merged: dict) -> set[Buffer]:
+        """The kernel's buffers (merged ones counted once) whose bytes no other buffer of the
+        kernel shares."""
+        bufs = [b for b in dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs]) if b not in merged]
         spans = []
         for b in bufs:
             p = self.places[b]
@@ -131,16 +167,17 @@ class Executable:
                 self.fallbacks[s.kernel.name] = why
                 self.segments.append(("fallback", s))
                 continue
-            noalias = self._noalias(s)
-            key = _shape_of(s, noalias)
+            merged = self._merged(s)
+            noalias = self._noalias(s, merged)
+            key = _shape_of(s, noalias, merged)
             if key in rendered:  # the same code over other buffers (an RNN's steps): one function
                 same = rendered[key]
-                r = _Call(
-                    same.fn, list(dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs])), s.kernel
-                )
+                bufs = dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs])
+                r = _Call(same.fn, [b for b in bufs if b not in merged], s.kernel)
             else:
                 name = f"kernel_{s.kernel.name}"
-                r = render_kernel(module, s, name, noalias, parallel=runtime.available())
+                parallel = runtime.available()
+                r = render_kernel(module, s, name, noalias, parallel, merged)
                 workspace = max(workspace, r.scratch_bytes)
                 rendered[key] = r
             if self.per_kernel or not self.segments or self.segments[-1][0] != "native":
@@ -240,37 +277,78 @@ class Executable:
             pool.append((raw, start, address))
         return raw[start : start + nbytes], address
 
-    def run(self, arrays, timings: list | None = None) -> list[np.ndarray]:
+    def run(self, arrays, timings: list | None = None, checked: bool = False) -> list[np.ndarray]:
         """Run the program on numpy arrays (one per kernel-graph input); its outputs. With a
-        list `timings`, appends (segment index, seconds) for each segment run."""
+        list `timings`, appends (segment index, seconds) for each segment run; `checked`: the
+        caller has checked the arrays' shapes and dtypes."""
         kg = self.kg
         arrays = [np.asarray(a, order="C") for a in arrays]
-        for a, (shape, dtype), b in zip(arrays, self._in_specs, kg.inputs, strict=True):
-            if a.shape != shape or a.dtype != dtype:
-                raise ValueError(
-                    f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
-                )
+        if not checked:
+            for a, (shape, dtype), b in zip(arrays, self._in_specs, kg.inputs, strict=True):
+                if a.shape != shape or a.dtype != dtype:
+                    raise ValueError(
+                        f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
+                    )
         runtime.ensure_started()
         arena, _, table, table_address = self._thread_state()
         outputs, table[OUTPUTS] = self._output_block()
         for i, a in enumerate(arrays):
             table[FIRST_INPUT + i] = a.ctypes.data
+        shared = self._own_donated(arrays, table) if self._updated_inputs else ()
         regions = {ARENA: arena, OUTPUTS: outputs}
-        for j, seg in enumerate(self.segments):
-            t0 = time.perf_counter() if timings is not None else 0.0
-            if seg[0] == "native":
-                self._calls[j](table_address)
-            else:
-                self._fallback(seg[1], arrays, regions)
-            if timings is not None:
-                timings.append((j, time.perf_counter() - t0))
+        with self._lock if self._donated_inputs else contextlib.nullcontext():
+            for j, seg in enumerate(self.segments):
+                t0 = time.perf_counter() if timings is not None else 0.0
+                if seg[0] == "native":
+                    self._calls[j](table_address)
+                else:
+                    self._fallback(seg[1], arrays, regions)
+                if timings is not None:
+                    timings.append((j, time.perf_counter() - t0))
         out = []
-        for b, (offset, dtype) in zip(kg.outputs, self._out_specs, strict=True):
-            if offset is None:  # an input or a constant passed through: a copy of its own
+        for b, (offset, donated, copied, dtype) in zip(kg.outputs, self._out_specs, strict=True):
+            if donated is not None:  # the caller's array, updated in place
+                out.append(arrays[donated])
+            elif offset is None:  # an input or a constant passed through: a copy of its own
                 out.append(self._array(b, arrays, regions).copy())
             else:
-                out.append(np.ndarray(b.shape, dtype, buffer=outputs, offset=offset))
+                new = np.ndarray(b.shape, dtype, buffer=outputs, offset=offset)
+                if copied is not None and copied not in shared:
+                    np.copyto(arrays[copied], new)  # the caller's array takes the new value
+                    new = arrays[copied]
+                out.append(new)
         return out
+
+    def _own_donated(self, arrays: list, table: np.ndarray) -> set[int]:
+        """An input a step updates must be memory no other input shares, or writing the new
+        value over it would change what the step reads (or returns) through the other. A
+        donated one is copied first (its new value then lands in the copy); one copied over
+        after the step is not. Returns the updated inputs that share (or are read-only)."""
+        spans = sorted(
+            (int(table[FIRST_INPUT + i]), a.nbytes, i) for i, a in enumerate(arrays) if a.nbytes
+        )
+        shared = {i for i in self._updated_inputs if not arrays[i].flags.writeable}
+        end, last = -1, None
+        for start, nbytes, i in spans:
+            if start < end:
+                shared |= {i, last}
+            if start + nbytes > end:
+                end, last = start + nbytes, i
+        for i in sorted(shared & self._donated_inputs):
+            if _debug("donation"):
+                why = (
+                    "is read-only"
+                    if not arrays[i].flags.writeable
+                    else "shares memory with another input"
+                )
+                print(
+                    f"needlec: input {self.kg.inputs[i].name} {why}; its new value goes to a "
+                    "copy instead of over it",
+                    file=sys.stderr,
+                )
+            arrays[i] = arrays[i].copy()
+            table[FIRST_INPUT + i] = arrays[i].ctypes.data
+        return shared
 
     def _array(self, b: Buffer, arrays, regions) -> np.ndarray:
         p = self.places[b]
@@ -323,6 +401,37 @@ class Executable:
         return "\n".join(s.as_text() for s in self.schedules)
 
 
+def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
+    """Whether kernel `s` reads `inp` only before it writes `out` over it, element by element:
+    every read of `inp` is one value (`let`) in the loop body that stores `out`, or in a body
+    around it, so no later loop reads an element the store has overwritten."""
+    lets, store = [], None
+
+    def walk(body: list, path: tuple) -> None:
+        nonlocal store
+        for it in body:
+            if isinstance(it, Loop):
+                walk(it.body, (*path, id(it.body)))
+            elif isinstance(it, Let) and it.expr.op is KOp.LOAD and it.expr.arg.buffer is inp:
+                lets.append(path)
+            elif isinstance(it, Write) and it.store.buffer is out:
+                store = path
+
+    walk(s.body, (id(s.body),))
+    if store is None or any(
+        isinstance(it, Keep) for it in _items(s.body)
+    ):  # a kept value reads in a loop of its own
+        return False
+    return len(lets) == 1 and store[: len(lets[0])] == lets[0]
+
+
+def _items(body: list):
+    for it in body:
+        yield it
+        if isinstance(it, Loop):
+            yield from _items(it.body)
+
+
 @dataclass(frozen=True)
 class KernelTime:
     """One kernel's time in `Executable.profile`: `how` is "native" or "fallback"."""
@@ -351,7 +460,7 @@ class _Call:
 _BUFFER_NAME = re.compile(r"%[\w.]+")
 
 
-def _shape_of(s: KernelSchedule, noalias: set) -> tuple:
+def _shape_of(s: KernelSchedule, noalias: set, merged: dict) -> tuple:
     """What a kernel's code depends on: its text with buffers named by position, their dtypes and
     shapes, and which are `noalias`. Kernels with equal shapes share one function."""
     k = s.kernel
@@ -359,7 +468,9 @@ def _shape_of(s: KernelSchedule, noalias: set) -> tuple:
     names = {b.name: f"%arg{i}" for i, b in enumerate(bufs)}
     body = k.as_text().split(" = ", 1)[1]  # without the kernel's name
     body = _BUFFER_NAME.sub(lambda m: names.get(m.group(0), m.group(0)), body)
-    return body, tuple((b.dtype, b.shape, b in noalias) for b in bufs)
+    where = {b: i for i, b in enumerate(bufs)}
+    same = tuple(where.get(merged.get(b), -1) for b in bufs)  # which buffers are one
+    return body, tuple((b.dtype, b.shape, b in noalias) for b in bufs), same
 
 
 def compile_program(program, per_kernel: bool = False) -> Executable:

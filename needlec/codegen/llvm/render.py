@@ -331,11 +331,21 @@ class KernelRenderer:
     """Renders one `KernelSchedule` as `void name(buffers..., scratch)` in `module`."""
 
     def __init__(
-        self, module: ir.Module, s: KernelSchedule, name: str, noalias: set, parallel: bool = False
+        self,
+        module: ir.Module,
+        s: KernelSchedule,
+        name: str,
+        noalias: set,
+        parallel: bool = False,
+        merged: dict | None = None,
     ) -> None:
         self.s, self.k = s, s.kernel
         self.module, self.name, self.noalias, self.parallel = module, name, noalias, parallel
-        self.buffers: list[Buffer] = list(dict.fromkeys([*self.k.inputs, *self.k.outputs]))
+        # a buffer lying exactly over another (an output written over the input it replaces)
+        # is reached through that one's argument: one pointer, so it may still be noalias
+        self.merged: dict[Buffer, Buffer] = dict(merged or {})
+        every = dict.fromkeys([*self.k.inputs, *self.k.outputs])
+        self.buffers: list[Buffer] = [b for b in every if b not in self.merged]
         heavy = sum(
             e.op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR) for e in s.kernel.exprs
         )
@@ -366,6 +376,8 @@ class KernelRenderer:
         self.b = ir.IRBuilder(self.start)
         self.b.inline_math = self.inline_math
         self.base: dict[Buffer, ir.Value] = dict(zip(self.buffers, fn.args, strict=False))
+        for b, same in self.merged.items():
+            self.base[b] = self.base[same]
         for buf, off in [*self.s.scratch_offsets().items(), *self.extra_scratch.items()]:
             self.base[buf] = self.b.gep(scratch, [I64(off)])
         if self.s.core_store is not None:
@@ -651,12 +663,18 @@ class KernelRenderer:
 
 
 def render_kernel(
-    module: ir.Module, s: KernelSchedule, name: str, noalias: set, parallel: bool = False
+    module: ir.Module,
+    s: KernelSchedule,
+    name: str,
+    noalias: set,
+    parallel: bool = False,
+    merged: dict | None = None,
 ) -> KernelRenderer:
     """Add kernel `s` to `module` as function `name`; returns the renderer (its `.fn` and the
     order of its buffer arguments, `.buffers`). With `parallel`, its large outer loops run on
-    the runtime's thread pool."""
-    r = KernelRenderer(module, s, name, noalias, parallel)
+    the runtime's thread pool; `merged` maps a buffer to another whose bytes it is (it gets no
+    argument of its own)."""
+    r = KernelRenderer(module, s, name, noalias, parallel, merged)
     r.render()
     return r
 
