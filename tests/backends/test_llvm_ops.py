@@ -227,6 +227,19 @@ def test_elementwise_op_matches_reference(op, dtype, scalar):
         assert_within(node.op, g, w, what=what, sources=(x, y, cond))
 
 
+def test_int_and_float_scalars_of_equal_value_compute_apart():
+    """int64 * 3 computes in int64 (wrapping) and int64 * 3.0 in float64, in one process in
+    either order: 3 == 3.0 and they hash alike, so no cache may hold one for the other."""
+    big = np.array([2**62 + 12345, -(2**62) - 7, 5], np.int64)
+    for first, second in ((3.0, 3), (3, 3.0), (3.0, 3)):
+        xs = arg("int64", big.shape, 0)
+        outs = [xs * first, xs * second]
+        _, got, want = run_both([xs], outs, [big])
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_maximum_and_relu_on_signed_zero_ties(dtype):
     x = np.array([-0.0, 0.0, -0.0, 0.0, 1.0], dtype)

@@ -53,7 +53,7 @@ def compute_dtype(e: Expr) -> str:
     return _compute_dtype(e.op, tuple(s.dtype for s in e.src), e.arg)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096, typed=True)  # 3 and 3.0 compute differently
 def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
     if op in COMPARE or op is Op.WHERE:
         return str(np.result_type(*dts[-2:]))
