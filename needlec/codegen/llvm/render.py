@@ -28,7 +28,7 @@ from ...ir.schedule import Buffer
 from ...ir.semantics import EVAL
 from ...ir.view import View
 from ..schedule import Accumulate, Finish, Init, KernelSchedule, Let, Loop, RunCore, Write
-from . import conv, gemm
+from . import conv, gemm, intcore
 from .loops import counted_loop
 from .mathlib import math_function
 from .random import emit_draw
@@ -597,7 +597,10 @@ class KernelRenderer:
                 self.store(st.buffer, view, v, st.value.dtype)
             elif isinstance(it, RunCore):
                 core = self.k.core
-                emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
+                if intcore.supported(core):  # integer and bool cores: loop kernels
+                    emit = intcore.emit_int_core
+                else:
+                    emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
                 saved = dict(self.idx)  # a core's loops index its operands' own dims
                 emit(self, core, it.into)
                 self.idx = saved
