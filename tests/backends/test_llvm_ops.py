@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from needlec.codegen.llvm import render
+from needlec.codegen.llvm import render, runtime
 from needlec.codegen.llvm.program import compile_program as compile_llvm
 from needlec.codegen.reference import run_graph
 from needlec.ir import ELEMENTWISE, Graph, Node, Op, ShapeError, infer, stack
@@ -225,6 +225,19 @@ def test_elementwise_op_matches_reference(op, dtype, scalar):
     for node, g, w in zip(outs, got, want, strict=True):
         what = f"c={node.arg!r}" if node.arg is not None else ""
         assert_within(node.op, g, w, what=what, sources=(x, y, cond))
+
+
+def test_int_and_float_scalars_of_equal_value_compute_apart():
+    """int64 * 3 computes in int64 (wrapping) and int64 * 3.0 in float64, in one process in
+    either order: 3 == 3.0 and they hash alike, so no cache may hold one for the other."""
+    big = np.array([2**62 + 12345, -(2**62) - 7, 5], np.int64)
+    for first, second in ((3.0, 3), (3, 3.0), (3.0, 3)):
+        xs = arg("int64", big.shape, 0)
+        outs = [xs * first, xs * second]
+        _, got, want = run_both([xs], outs, [big])
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -474,16 +487,96 @@ def test_matmul_of_strided_or_masked_operands(name):
     assert_within(Op.MATMUL, got, want, n=n, scale=scale, what=name)
 
 
-@pytest.mark.parametrize("a_dtype,b_dtype", [("int32", "int32"), ("int64", "int64")])
-def test_integer_matmul_falls_back_and_matches(a_dtype, b_dtype):
+def int_values(dtype: str, shape, rng, wide: bool = False) -> np.ndarray:
+    """Seeded values of an int or bool dtype: small ones, or (`wide`) over the dtype's whole
+    range, so products and sums overflow and must wrap as numpy's do."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    ii = np.iinfo(dtype)
+    lo, hi = (ii.min, ii.max) if wide else (-50, 50)
+    return rng.integers(lo, hi, shape, dtype=dtype, endpoint=True)
+
+
+# name: (a shape, b shape, a permute, b permute)
+INT_MATMULS = {
+    "1x1x1": ((1, 1), (1, 1), None, None),
+    "7x9x33": ((7, 9), (9, 33), None, None),
+    "33x1x7": ((33, 1), (1, 7), None, None),
+    "9x33x1": ((9, 33), (33, 1), None, None),
+    "batched": ((2, 7, 9), (2, 9, 5), None, None),
+    "batch_broadcast": ((3, 1, 7, 9), (4, 9, 5), None, None),
+    "vector_broadcast": ((2, 3, 1, 9), (9, 7), None, None),
+    "a_transposed": ((9, 7), (9, 33), (1, 0), None),
+    "b_transposed": ((7, 9), (33, 9), None, (1, 0)),
+    "both_transposed_batched": ((3, 9, 7), (3, 5, 9), (0, 2, 1), (0, 2, 1)),
+    "batch_permuted": ((7, 2, 9), (9, 5), (1, 0, 2), None),
+    "parallel_rows": ((3, 70, 129), (129, 65), None, None),
+    "empty_k": ((4, 0), (0, 5), None, None),
+    "empty_rows": ((0, 3), (3, 5), None, None),
+    "empty_cols": ((4, 3), (3, 0), None, None),
+    "empty_batch": ((0, 2, 3), (3, 4), None, None),
+}
+
+
+def _int_matmul_cases():
+    for name in INT_MATMULS:
+        for dtype in INTS:
+            for wide in (False, True):
+                yield pytest.param(
+                    name, dtype, wide, id=f"{name}-{dtype}-{'wide' if wide else 'small'}"
+                )
+
+
+@pytest.mark.parametrize("name,dtype,wide", list(_int_matmul_cases()))
+def test_integer_matmul_is_native_and_exact(name, dtype, wide):
+    """Integer matmul renders as a loop kernel (no fallback), bit for bit numpy's: with values
+    over the whole range, products and sums wrap around as numpy's do."""
+    a_shape, b_shape, pa, pb = INT_MATMULS[name]
     rng = np.random.default_rng(RNG_SEED)
-    x = rng.integers(-50, 50, (2, 7, 9)).astype(a_dtype)
-    y = rng.integers(-50, 50, (9, 5)).astype(b_dtype)
-    a, b = arg(a_dtype, x.shape, 0), arg(b_dtype, y.shape, 1)
-    ex, got, want = run_both([a, b], [a @ b, (a @ b) * 3], [x, y])
-    assert any("matmul" in why for why in ex.fallbacks.values()), ex.fallbacks
+    x, y = int_values(dtype, a_shape, rng, wide), int_values(dtype, b_shape, rng, wide)
+    a, b, av, bv = _matmul_graph(a_shape, b_shape, pa, pb, dtype)
+    out = av @ bv
+    ex, got, want = run_both([a, b], [out, (out * 3).relu()], [x, y])
+    assert not ex.fallbacks, ex.fallbacks
     for g, w in zip(got, want, strict=True):
-        assert_within(Op.MATMUL, g, w)
+        assert g.dtype == w.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(g, w)
+
+
+def test_integer_matmul_wraps_like_numpy():
+    """A sum that overflows int32 (and each product of int32.max with itself) wraps exactly."""
+    x = np.full((3, 5), np.iinfo(np.int32).max, np.int32)
+    y = np.full((5, 2), np.iinfo(np.int32).max, np.int32)
+    a, b = arg("int32", x.shape, 0), arg("int32", y.shape, 1)
+    ex, (got,), (want,) = run_both([a, b], [a @ b], [x, y])
+    assert not ex.fallbacks, ex.fallbacks
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np.matmul(x, y))
+
+
+@pytest.mark.parametrize(
+    "a_dtype,b_dtype", [("int32", "int64"), ("bool", "int32"), ("bool", "bool")]
+)
+def test_mixed_integer_and_bool_matmul(a_dtype, b_dtype):
+    """Operands of different integer dtypes (or bool) compute in the promoted dtype; bool @ bool
+    is numpy's OR of ANDs."""
+    rng = np.random.default_rng(RNG_SEED)
+    x, y = int_values(a_dtype, (2, 7, 9), rng, True), int_values(b_dtype, (9, 5), rng, True)
+    a, b = arg(a_dtype, x.shape, 0), arg(b_dtype, y.shape, 1)
+    ex, (got,), (want,) = run_both([a, b], [a @ b], [x, y])
+    assert not ex.fallbacks, ex.fallbacks
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", list(MATMUL_VIEWS))
+def test_integer_matmul_of_strided_or_masked_operands(name):
+    rng = np.random.default_rng(RNG_SEED)
+    x, y = int_values("int64", (9, 9), rng, True), int_values("int64", (9, 4), rng, True)
+    a, b = arg("int64", (9, 9), 0), arg("int64", (9, 4), 1)
+    ex, (got,), (want,) = run_both([a, b], [MATMUL_VIEWS[name](a) @ b], [x, y])
+    assert not ex.fallbacks, ex.fallbacks
+    np.testing.assert_array_equal(got, want)
 
 
 def test_mixed_dtype_matmul():
@@ -627,13 +720,96 @@ def test_conv_gradients_read_through_views(xs_shape, w_shape, stride, pad):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=str(k))
 
 
-def test_integer_conv_falls_back_and_matches():
-    x = np.arange(2 * 5 * 5 * 2, dtype=np.int32).reshape(2, 5, 5, 2) % 7 - 3
-    w = np.arange(3 * 3 * 2 * 3, dtype=np.int32).reshape(3, 3, 2, 3) % 5 - 2
+INT_CONVS = {
+    **CONVS,
+    "3x3_stride2_pad2": ((2, 8, 7, 3), (3, 3, 3, 5), 2, 2),
+    "odd_channels": ((1, 7, 9, 7), (2, 3, 7, 9), 1, 0),
+    "one_by_one_image": ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
+    "empty_out_channels": ((2, 5, 5, 3), (3, 3, 3, 0), 1, 1),
+}
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["small", "wide"])
+@pytest.mark.parametrize("layout", list(GRAD_LAYOUTS))
+@pytest.mark.parametrize("dtype", list(INTS))
+@pytest.mark.parametrize("name", list(INT_CONVS))
+def test_integer_conv_and_gradients_are_native_and_exact(name, dtype, layout, wide):
+    """An integer convolution and both its gradient cores render as loop kernels (no
+    fallback), bit for bit numpy's (wrapping where the values overflow), over NHWC arrays or
+    NCHW ones read through a permute."""
+    xs_shape, w_shape, stride, pad = INT_CONVS[name]
+    rng = np.random.default_rng(RNG_SEED)
+    x, w = int_values(dtype, xs_shape, rng, wide), int_values(dtype, w_shape, rng, wide)
+    y_shape = EVAL[Op.CONV](x, w, (stride, pad)).shape
+    perm = GRAD_LAYOUTS[layout]
+    back = tuple(perm.index(d) for d in range(4))
+    x_held = np.ascontiguousarray(x.transpose(perm))
+    g_held = int_values(dtype, [y_shape[p] for p in perm], rng, wide)
+    xs, ws, gs = arg(dtype, x_held.shape, 0), arg(dtype, w_shape, 1), arg(dtype, g_held.shape, 2)
+    xv = xs.permute(back) if perm != (0, 1, 2, 3) else xs
+    g = gs.permute(back) if perm != (0, 1, 2, 3) else gs
+    y = xv.conv(ws, stride, pad)
+    dx = g.conv_input_grad(ws, stride, pad, x.shape[1:3])
+    dw = xv.conv_weight_grad(g, stride, pad, w.shape[:2])
+    ex, got, want = run_both([xs, ws, gs], [y, y * 2 + 1, dx, dw], [x_held, w, g_held])
+    assert not ex.fallbacks, ex.fallbacks
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == b.dtype == np.dtype(dtype), k
+        np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
+
+
+@pytest.mark.parametrize("name", list(CONV_VIEWS))
+def test_integer_conv_over_views(name):
+    xv, wv = CONV_VIEWS[name]
+    rng = np.random.default_rng(RNG_SEED)
+    x, w = (
+        int_values("int32", (3, 9, 9, 3), rng, True),
+        int_values("int32", (3, 3, 3, 4), rng, True),
+    )
     xs, ws = arg("int32", x.shape, 0), arg("int32", w.shape, 1)
-    ex, (got,), (want,) = run_both([xs, ws], [xs.conv(ws, 1, 1)], [x, w])
-    assert any("conv" in why for why in ex.fallbacks.values()), ex.fallbacks
+    a, b = (xv or (lambda v: v))(xs), (wv or (lambda v: v))(ws)
+    ex, (got,), (want,) = run_both([xs, ws], [a.conv(b, 2, 1)], [x, w])
+    assert not ex.fallbacks, ex.fallbacks
     np.testing.assert_array_equal(got, want)
+
+
+def test_bool_and_mixed_integer_convs():
+    """A conv of bools is numpy's OR of ANDs; int32 with int64 computes in int64."""
+    rng = np.random.default_rng(RNG_SEED)
+    for xd, wd in (("bool", "bool"), ("int32", "int64")):
+        x, w = int_values(xd, (2, 6, 6, 3), rng, True), int_values(wd, (3, 3, 3, 2), rng, True)
+        xs, ws = arg(xd, x.shape, 0), arg(wd, w.shape, 1)
+        y = xs.conv(ws, 1, 1)
+        g = int_values(y.dtype, y.shape, rng, True)
+        gs = arg(y.dtype, g.shape, 2)
+        dx = gs.conv_input_grad(ws, 1, 1, (6, 6))
+        dw = xs.conv_weight_grad(gs, 1, 1, (3, 3))
+        ex, got, want = run_both([xs, ws, gs], [y, dx, dw], [x, w, g])
+        assert not ex.fallbacks, ex.fallbacks
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_integer_conv_on_the_thread_pool():
+    """A convolution and its input gradient large enough to be split over images on the pool,
+    and the weight gradient beside them, give numpy's exact results."""
+    rng = np.random.default_rng(RNG_SEED)
+    x, w = (
+        int_values("int64", (8, 20, 20, 16), rng, True),
+        int_values("int64", (3, 3, 16, 8), rng, True),
+    )
+    xs, ws = arg("int64", x.shape, 0), arg("int64", w.shape, 1)
+    y = xs.conv(ws, 1, 1)
+    g = int_values("int64", y.shape, rng, True)
+    gs = arg("int64", g.shape, 2)
+    dx, dw = gs.conv_input_grad(ws, 1, 1, (20, 20)), xs.conv_weight_grad(gs, 1, 1, (3, 3))
+    ex, got, want = run_both([xs, ws, gs], [y, dx, dw], [x, w, g])
+    assert not ex.fallbacks, ex.fallbacks
+    if runtime.available():  # each of the three cores is split over the pool
+        assert ex.source("llvm").count("call void @needlec_parallel_for") >= 3
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------- logsoftmax

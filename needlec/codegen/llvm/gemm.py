@@ -21,7 +21,7 @@ from ...ir.kernel import Core, Load
 from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
 from ...ir.view import View
-from . import runtime
+from . import intcore, runtime
 from .loops import counted_loop
 
 # A GEMM smaller than two of these runs as one call; a larger one is cut into row blocks, one
@@ -106,9 +106,12 @@ def pool_may_call_blas(r) -> bool:
 
 
 def supported(core: Core) -> bool:
-    """Whether this core renders natively: float32/float64 matmul and convolution (integer
-    cores run on the kernel interpreter until their loop kernels land)."""
-    return (core.op is Op.MATMUL or core.op in CONVS) and core.dtype in ("float32", "float64")
+    """Whether this core renders natively: a float32/float64 matmul or convolution through
+    BLAS (`emit_core`, `conv.emit_conv`), or one computed in int32, int64 or bool as a loop
+    kernel of its own (`intcore.emit_int_core`)."""
+    if core.op is not Op.MATMUL and core.op not in CONVS:
+        return False
+    return core.dtype in ("float32", "float64") or intcore.supported(core)
 
 
 def _matrix(view: View) -> tuple[str, int] | None:

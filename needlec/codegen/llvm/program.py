@@ -5,8 +5,8 @@ them in the planned order, each with pointers into the memory the plan gave its 
 table holds a few base addresses: the arena (temporaries, reused across calls), the output block
 (fresh each call, handed to the caller), the scratch workspace, then one per input and per
 constant; a buffer is its base plus the offset the memory plan chose. A program whose kernels all
-render runs as one native call; a kernel that has no native lowering yet (convolution, random
-draws, integer GEMM) runs on the kernel interpreter between native segments, and
+render runs as one native call; a kernel that has no native lowering (an integer tensor raised
+to an integer tensor power) runs on the kernel interpreter between native segments, and
 `Executable.fallbacks` says which and why.
 
 Outputs the plan would write over an input (a parameter's update) get memory of their own in the

@@ -39,7 +39,7 @@ from ..schedule import (
     Write,
     deps,
 )
-from . import conv, gemm
+from . import conv, gemm, intcore
 from .loops import counted_loop
 from .mathlib import math_function
 from .random import emit_draw
@@ -64,7 +64,7 @@ def compute_dtype(e: Expr) -> str:
     return _compute_dtype(e.op, tuple(s.dtype for s in e.src), e.arg)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096, typed=True)  # 3 and 3.0 compute differently
 def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
     if op in COMPARE or op is Op.WHERE:
         return str(np.result_type(*dts[-2:]))
@@ -630,7 +630,10 @@ class KernelRenderer:
                 self.store(st.buffer, view, v, st.value.dtype)
             elif isinstance(it, RunCore):
                 core = self.k.core
-                emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
+                if intcore.supported(core):  # integer and bool cores: loop kernels
+                    emit = intcore.emit_int_core
+                else:
+                    emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
                 saved = dict(self.idx)  # a core's loops index its operands' own dims
                 emit(self, core, it.into)
                 self.idx = saved
