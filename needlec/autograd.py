@@ -274,13 +274,13 @@ class Tensor(Value, OpMixin):
         if trace is None:
             for x in inputs:
                 if x._node is not None:
-                    x._tracer_node(op.ir_op.name.lower())  # raises: an escaped tracer
+                    what = type(op).__name__ if op.ir_op is None else op.ir_op.name.lower()
+                    x._tracer_node(what)  # raises: an escaped tracer
         if trace is not None:
-            if op.ir_op is None:
-                raise TracerError(
-                    f"{type(op).__name__} at {user_frame()}: an op without an IR op (a needle "
-                    "TensorOp with only compute/gradient) runs eagerly but cannot be traced"
-                )
+            if op.ir_op is None:  # a user's needle op: a Python callback in the graph
+                from .custom_ops import traced_op
+
+                op = traced_op(op, inputs)
             nodes = [trace.node_of(x) for x in inputs]
             node = Node.make(op.ir_op, *nodes, arg=op.arg)
             if not requires_grad:
