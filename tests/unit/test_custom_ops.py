@@ -259,3 +259,33 @@ def test_a_compute_whose_shape_follows_values_is_a_clear_error():
     x = np.array([1.0, -1.0, 2.0])
     with pytest.raises(nc.CallbackError, match=r"custom op Positive .*shape \(2,\).*\(0,\)"):
         nc.jit(lambda a: Positive()(a))(x)
+
+
+class Take(TensorOp):
+    """Rows of `a` at integer indices: a float input and an int one (no gradient)."""
+
+    def compute(self, a, idx):
+        return nc.NDArray(a.numpy()[idx.numpy().astype(int)], device=a.device)
+
+    def gradient(self, out_grad, node):
+        a, idx = node.inputs
+        g = np.zeros(a.shape, out_grad.dtype)
+        np.add.at(g, idx.numpy().astype(int), out_grad.numpy())
+        return nc.Tensor(g, device=out_grad.device), None
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_an_int_input_and_a_transposed_operand(executor, monkeypatch):
+    monkeypatch.setenv("NEEDLEC_EXECUTE", executor)
+    x, _ = _data(6)
+    idx = np.array([2, 0, 2], dtype="int64")
+
+    def f(a, i):
+        return ops.summation(Take()(ops.transpose(a), i) * ops.tanh(ops.transpose(a)) * 3.0)
+
+    df = nc.grad(f)
+    want = df(nc.Tensor(x), nc.Tensor(idx)).numpy()
+    np.testing.assert_allclose(nc.jit(df)(x, idx).numpy(), want, rtol=1e-13)
+    np.testing.assert_allclose(
+        nc.jit(f)(x, idx).numpy(), f(nc.Tensor(x), nc.Tensor(idx)).numpy(), rtol=1e-13
+    )
