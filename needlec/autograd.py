@@ -28,7 +28,11 @@ NDArray = nd.NDArray
 
 
 class TensorOp:
-    """An op applied to tensors: needle's interface over one IR op (`ir_op`) and its `arg`."""
+    """An op applied to tensors: needle's interface over one IR op (`ir_op`) and its `arg`.
+
+    A user's subclass with its own `compute` and `gradient` and no `ir_op` (as needle's
+    homeworks write ops) runs them eagerly; inside a trace it becomes a Python callback node
+    (`needlec.custom_ops`), so it works under `jit` and `grad` too."""
 
     ir_op: Op | None = None
     arg = None
@@ -267,7 +271,8 @@ class Tensor(Value, OpMixin):
 
     @staticmethod
     def make_from_op(op: TensorOp, inputs) -> Tensor:
-        """Apply `op` to `inputs`: run it now (eager) or record a node (inside a trace)."""
+        """Apply `op` to `inputs`: run it now (eager) or record a node (inside a trace; a
+        user's op without an IR op is recorded as a CALLBACK node, see `needlec.custom_ops`)."""
         inputs = [_as_tensor(x, inputs) for x in inputs]
         requires_grad = any(x.requires_grad for x in inputs)
         trace = current()

@@ -289,3 +289,14 @@ def test_an_int_input_and_a_transposed_operand(executor, monkeypatch):
     np.testing.assert_allclose(
         nc.jit(f)(x, idx).numpy(), f(nc.Tensor(x), nc.Tensor(idx)).numpy(), rtol=1e-13
     )
+
+
+def test_the_reference_source_names_and_runs_the_callback():
+    from needlec.codegen.reference import compile_source
+
+    x, w = _data()
+    text = nc.jit(mixed).lower(x, w).source("python")
+    assert "CALLBACKS[0]" in text and "# v" in text and "custom op Square" in text, text
+    graph = nc.make_graph(mixed)(x, w)
+    (got,) = compile_source(graph)(x, w)
+    np.testing.assert_allclose(got, mixed(nc.Tensor(x), nc.Tensor(w)).numpy(), rtol=1e-13)
