@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..ir import Graph, Node, Op
+from ..ir.callback import CallbackError
 from ..ir.printer import format_node
 from ..ir.semantics import LEAF_EVAL, draw_random, evaluate
 
@@ -36,6 +37,8 @@ def run_graph(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
                 env[n] = LEAF_EVAL[n.op](n)
             else:
                 env[n] = evaluate(n.op, [env[s] for s in n.src], n.arg, n.shape, n.dtype)
+        except CallbackError:  # a custom op's own error, which names the op and its line
+            raise
         except Exception as e:
             names = names or {m: i for i, m in enumerate(graph.nodes)}
             raise ExecutionError(

@@ -247,7 +247,10 @@ def test_a_tensor_tuple_op_is_refused_when_traced():
         nc.jit(lambda a: Halves()(a))(x)
 
 
-def test_a_compute_whose_shape_follows_values_is_a_clear_error():
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_compute_whose_shape_follows_values_is_a_clear_error(executor, monkeypatch):
+    monkeypatch.setenv("NEEDLEC_EXECUTE", executor)
+
     class Positive(TensorOp):  # keeps the positive entries: its shape depends on the values
         def compute(self, a):
             x = a.numpy()
