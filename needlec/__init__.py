@@ -20,6 +20,7 @@ from .backend_ndarray import (
 from .frontend.trace import TracerError
 from .init import ones, ones_like, zeros, zeros_like
 from .ir import Graph, ShapeError
+from .ir.callback import CallbackError
 from .jit import StaleTraceError, jit, make_graph
 from .ops import *  # noqa: F403
 from .serialization import load, save

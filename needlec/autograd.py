@@ -28,7 +28,11 @@ NDArray = nd.NDArray
 
 
 class TensorOp:
-    """An op applied to tensors: needle's interface over one IR op (`ir_op`) and its `arg`."""
+    """An op applied to tensors: needle's interface over one IR op (`ir_op`) and its `arg`.
+
+    A user's subclass with its own `compute` and `gradient` and no `ir_op` (as needle's
+    homeworks write ops) runs them eagerly; inside a trace it becomes a Python callback node
+    (`needlec.custom_ops`), so it works under `jit` and `grad` too."""
 
     ir_op: Op | None = None
     arg = None
@@ -267,20 +271,21 @@ class Tensor(Value, OpMixin):
 
     @staticmethod
     def make_from_op(op: TensorOp, inputs) -> Tensor:
-        """Apply `op` to `inputs`: run it now (eager) or record a node (inside a trace)."""
+        """Apply `op` to `inputs`: run it now (eager) or record a node (inside a trace; a
+        user's op without an IR op is recorded as a CALLBACK node, see `needlec.custom_ops`)."""
         inputs = [_as_tensor(x, inputs) for x in inputs]
         requires_grad = any(x.requires_grad for x in inputs)
         trace = current()
         if trace is None:
             for x in inputs:
                 if x._node is not None:
-                    x._tracer_node(op.ir_op.name.lower())  # raises: an escaped tracer
+                    what = type(op).__name__ if op.ir_op is None else op.ir_op.name.lower()
+                    x._tracer_node(what)  # raises: an escaped tracer
         if trace is not None:
-            if op.ir_op is None:
-                raise TracerError(
-                    f"{type(op).__name__} at {user_frame()}: an op without an IR op (a needle "
-                    "TensorOp with only compute/gradient) runs eagerly but cannot be traced"
-                )
+            if op.ir_op is None:  # a user's needle op: a Python callback in the graph
+                from .custom_ops import traced_op
+
+                op = traced_op(op, inputs)
             nodes = [trace.node_of(x) for x in inputs]
             node = Node.make(op.ir_op, *nodes, arg=op.arg)
             if not requires_grad:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..ir.callback import CallbackError
 from ..ir.kernel import Expr, Kernel, KernelGraph, KOp
 from ..ir.schedule import Buffer
 from ..ir.semantics import draw_random, evaluate
@@ -120,6 +121,8 @@ def run_kernels(kg: KernelGraph, arrays: Sequence[np.ndarray]) -> list[np.ndarra
     for k in kg.kernels:
         try:
             run_kernel(k, env)
+        except CallbackError:  # a custom op's own error, which names the op and its line
+            raise
         except Exception as e:
             raise reference.ExecutionError(
                 f"while running kernel {k.name}:\n{k.as_text()}\n{type(e).__name__}: {e}"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..ir import Graph, Node, Op
+from ..ir.callback import CallbackError
 from ..ir.printer import format_node
 from ..ir.semantics import LEAF_EVAL, draw_random, evaluate
 
@@ -36,6 +37,8 @@ def run_graph(graph: Graph, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
                 env[n] = LEAF_EVAL[n.op](n)
             else:
                 env[n] = evaluate(n.op, [env[s] for s in n.src], n.arg, n.shape, n.dtype)
+        except CallbackError:  # a custom op's own error, which names the op and its line
+            raise
         except Exception as e:
             names = names or {m: i for i, m in enumerate(graph.nodes)}
             raise ExecutionError(
@@ -51,7 +54,7 @@ def source(graph: Graph) -> str:
     """
     names = {n: f"v{i}" for i, n in enumerate(graph.nodes)}
     lines = [f"def run({', '.join(names[n] for n in graph.inputs)}):"]
-    consts = 0
+    consts = callbacks = 0
     for n in graph.nodes[len(graph.inputs) :]:
         if n.op is Op.CONST and hasattr(n.arg, "array"):
             rhs, consts = f"CONSTS[{consts}]", consts + 1
@@ -59,6 +62,11 @@ def source(graph: Graph) -> str:
             rhs = f"np.full({n.shape}, {n.arg!r}, dtype={n.dtype!r})"
         elif n.op is Op.RAND:
             rhs = f"philox({names[n.src[0]]}, {n.arg!r}, {n.shape}, {n.dtype!r})"
+        elif n.op is Op.CALLBACK:  # the Python function is named by its place in CALLBACKS
+            srcs = "".join(f"{names[s]}, " for s in n.src)
+            rhs = f"evaluate(Op.CALLBACK, ({srcs}), CALLBACKS[{callbacks}], {n.shape}, {n.dtype!r})"
+            lines.append(f"    # {names[n]}: {n.arg.describe()}")
+            callbacks += 1
         else:
             srcs = "".join(f"{names[s]}, " for s in n.src)
             rhs = f"evaluate(Op.{n.op.name}, ({srcs}), {n.arg!r}, {n.shape}, {n.dtype!r})"
@@ -70,7 +78,15 @@ def source(graph: Graph) -> str:
 def source_namespace(graph: Graph) -> dict:
     """The names the code of `source(graph)` uses."""
     consts = [n.arg.array for n in graph.nodes if n.op is Op.CONST and hasattr(n.arg, "array")]
-    return {"np": np, "Op": Op, "evaluate": evaluate, "philox": draw_random, "CONSTS": consts}
+    callbacks = [n.arg for n in graph.nodes[len(graph.inputs) :] if n.op is Op.CALLBACK]
+    return {
+        "np": np,
+        "Op": Op,
+        "evaluate": evaluate,
+        "philox": draw_random,
+        "CONSTS": consts,
+        "CALLBACKS": callbacks,
+    }
 
 
 def compile_source(graph: Graph) -> Callable:

@@ -209,3 +209,15 @@ def tracing(trace: Trace) -> Iterator[Trace]:
     finally:
         stack.pop()
         trace.alive = False
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run the block with no trace current in this thread, then restore the traces in progress:
+    a custom op's Python code called from inside a graph (a CALLBACK node) runs eagerly even
+    when the graph runs while a trace is in progress."""
+    saved, _local.stack = _local.stack, []
+    try:
+        yield
+    finally:
+        _local.stack = saved

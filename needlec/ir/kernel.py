@@ -43,7 +43,7 @@ from enum import Enum
 
 import numpy as np
 
-from .ops import ARG_NAME, CONVS, ELEMENTWISE, Op, fmt_type
+from .ops import ARG_NAME, CONVS, ELEMENTWISE, OPAQUE, Op, fmt_type
 from .schedule import Buffer, Step
 from .view import Dims, Shape, View
 
@@ -156,6 +156,8 @@ class Core:
     dims: Dims
 
     def flops(self) -> int:
+        if self.op is Op.CALLBACK:  # a Python function: its arithmetic is unknown
+            return 0
         if self.op is Op.MATMUL:
             return 2 * math.prod(self.shape) * self.operands[0].view.shape[-1]
         if self.op is Op.CONV_INPUT_GRAD:  # as many multiply-adds as the conv it undoes
@@ -207,7 +209,8 @@ def _arg_text(e: Expr) -> str:
 
 @dataclass(eq=False)
 class Kernel:
-    """One loop nest: see the module docstring. `kind` is "gemm", "conv", "reduce",
+    """One loop nest: see the module docstring. `kind` is "gemm", "conv", "callback" (a
+    Python function over whole buffers, `core.arg` a `needlec.ir.callback.Callback`), "reduce",
     "elementwise", "copy" (only loads) or "fill" (only constants). `nodes` are the graph nodes it
     computes (for printing and reports; evaluation reads only the rest)."""
 
@@ -245,7 +248,7 @@ class Kernel:
             if e.op is KOp.CORE:
                 c = self.core
                 ops = ", ".join(o.as_text() for o in c.operands)
-                arg = f" {ARG_NAME[c.op]}={c.arg}" if c.op in CONVS else ""
+                arg = f" {ARG_NAME[c.op]}={c.arg}" if c.op in CONVS | OPAQUE else ""
                 at = index_text(c.dims)
                 rhs = f"{c.op.name.lower()}({ops}){arg} at {at}"
             elif e.op is KOp.LOAD:

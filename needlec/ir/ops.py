@@ -108,6 +108,9 @@ class Op(Enum):
     CONV_INPUT_GRAD = auto()
     CONV_WEIGHT_GRAD = auto()
     LOGSOFTMAX = auto()  # 2-D, over axis 1
+    # a Python function (a user's needle TensorOp, or its gradient): arg = a `Callback` that
+    # holds the function and the output's shape and dtype; opaque to every pass
+    CALLBACK = auto()
 
     def __repr__(self) -> str:
         return f"Op.{self.name}"
@@ -125,7 +128,9 @@ MOVEMENT = frozenset(
     {Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.FLIP, Op.PAD, Op.SLICE, Op.DILATE, Op.STACK}
 )
 CONVS = frozenset({Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
-COMPUTE = frozenset({Op.MATMUL, Op.LOGSOFTMAX}) | CONVS
+# ops no pass looks into: never fused with others, duplicated, folded or recomputed
+OPAQUE = frozenset({Op.CALLBACK})
+COMPUTE = frozenset({Op.MATMUL, Op.LOGSOFTMAX}) | CONVS | OPAQUE
 RANDOM = frozenset({Op.RAND})
 
 # the name the printer gives each op's arg
@@ -148,6 +153,7 @@ ARG_NAME = {
     Op.CONV: "stride,padding",
     Op.CONV_INPUT_GRAD: "stride,padding,h,w",
     Op.CONV_WEIGHT_GRAD: "stride,padding,kh,kw",
+    Op.CALLBACK: "fn",
     **{op: "c" for op in SCALAR},
 }
 
@@ -391,6 +397,10 @@ def _where(op: Op, c: Shape, x: Shape, y: Shape, arg) -> Shape:
     return _same(op, [c, x, y])
 
 
+def _callback(op: Op, *shapes_and_arg) -> Shape:
+    return tuple(shapes_and_arg[-1].shape)  # found when the op was traced (see ir/callback.py)
+
+
 def _rand(op: Op, seed: Shape, arg) -> Shape:
     raise ShapeError("rand: the shape of a random node is given, not inferred")
 
@@ -415,6 +425,7 @@ SHAPE_RULE: dict[Op, Callable[..., Shape]] = {
     Op.CONV_INPUT_GRAD: _conv_input_grad,
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
+    Op.CALLBACK: _callback,
     Op.RAND: _rand,
     Op.INPUT: lambda op, arg: (),
     Op.CONST: lambda op, arg: (),
@@ -426,6 +437,8 @@ def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
         return "bool"
     if op is Op.CAST:
         return arg
+    if op is Op.CALLBACK:
+        return arg.dtype
     if op is Op.WHERE:
         return promote(dtypes[1], dtypes[2])
     if op in SCALAR:
@@ -507,4 +520,6 @@ TOLERANCE: dict[Op, tuple[str, float]] = {
     Op.MATMUL: ("order", 2),
     **{op: ("order", 2) for op in CONVS},
     Op.LOGSOFTMAX: ("order", 8),
+    # every backend runs the same Python function on the same inputs
+    Op.CALLBACK: ("exact", 0),
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..ir import Graph
 from ..ir.kernel import KernelGraph
+from ..ir.ops import OPAQUE
 from .autodiff import differentiate
 from .fusion import fuse
 from .layout import assign_layouts
@@ -110,6 +111,18 @@ def _show(name: str, before: Program, after: Program) -> str:
     return f"({len(after.graph.nodes)} nodes)\n{after.graph.as_text()}"
 
 
+def callback_notes(kernels: KernelGraph) -> list[str]:
+    """One line per kernel that is a Python callback (a custom op, or its gradient): what it
+    runs, and what that costs."""
+    return [
+        f"needlec: kernel {k.name} runs {k.core.arg.describe()} as a Python callback: a kernel "
+        "of its own, never fused, its inputs and output in memory; compiled code stops there and "
+        "calls back into Python"
+        for k in kernels.kernels
+        if k.core is not None and k.core.op in OPAQUE
+    ]
+
+
 def compile_program(
     graph: Graph, n_results: int | None = None, donate=None, start: Program | None = None
 ) -> Program:
@@ -121,6 +134,9 @@ def compile_program(
         before, program = program, step(program)
         if _debug("passes"):
             print(f"--- after {name} {_show(name, before, program)}", file=sys.stderr)
+            if name == "fuse":
+                for line in callback_notes(program.kernels):
+                    print(line, file=sys.stderr)
     if _debug("fusion"):
         print(
             f"--- fusion\n{program.kernels.as_text()}\n{program.kernels.report.as_text()}",
@@ -142,6 +158,7 @@ def optimize(graph: Graph) -> Graph:
 
 __all__ = [
     "GRAPH_STEPS",
+    "callback_notes",
     "PIPELINE",
     "Program",
     "assign_layouts",

@@ -8,6 +8,7 @@ eager `Tensor.backward()`; the gradients are themselves differentiable (second o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 from ..ir import Graph, Node, Op, toposort
@@ -101,6 +102,31 @@ def _stack_vjp(g, out, *xs_and_axis):
     return tuple(parts)
 
 
+def _callback_vjp(g, out, *xs_and_arg):
+    """A custom op's gradient: one more CALLBACK node, over (g, out, *xs), that calls the user's
+    `gradient`; with several float inputs it returns their gradients raveled end to end, sliced
+    apart here. Non-float inputs get none. (A gradient callback's own row raises: see
+    `Callback.gradient`.)"""
+    *xs, cb = xs_and_arg
+    floats = [x for x in xs if x.dtype in FLOATS]
+    if not floats:
+        return tuple(None for _ in xs)
+    grad_cb = cb.gradient([tuple(x.shape) for x in xs], [x.dtype for x in xs])
+    packed = g._apply(Op.CALLBACK, (g, out, *xs), grad_cb)
+    if len(floats) == 1:
+        return tuple(packed if x is floats[0] else None for x in xs)
+    grads, start = [], 0
+    for x in xs:
+        if x.dtype not in FLOATS:
+            grads.append(None)
+            continue
+        n = math.prod(x.shape)
+        part = packed.slice([(start, start + n, 1)]).reshape(x.shape)
+        grads.append(part if part.dtype == x.dtype else part.cast(x.dtype))
+        start += n
+    return tuple(grads)
+
+
 def _float(x):
     return x.dtype in FLOATS
 
@@ -147,6 +173,7 @@ VJP: dict[Op, Callable] = {
         g - out.exp() * g.sum((1,)).reshape((x.shape[0], 1)).broadcast_to(x.shape),
     ),
     Op.RAND: lambda g, out, seed, arg: (None,),
+    Op.CALLBACK: _callback_vjp,
 }
 
 

@@ -206,7 +206,7 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
     )
     exprs = tuple(table.exprs)
     if core is not None:
-        kind = "gemm" if core.op is Op.MATMUL else "conv"
+        kind = {Op.MATMUL: "gemm", Op.CALLBACK: "callback"}.get(core.op, "conv")
     elif any(e.op is KOp.REDUCE for e in exprs):
         kind = "reduce"
     elif all(e.op is KOp.LOAD for e in exprs):

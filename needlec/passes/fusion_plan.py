@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 
 from ..ir import ELEMENTWISE, MOVEMENT, REDUCE, Graph, Node, Op
-from ..ir.ops import CONVS, uniform
+from ..ir.ops import CONVS, OPAQUE, uniform
 from ..ir.view import Dims, View
 
-CORES = frozenset({Op.MATMUL}) | CONVS
+# ops whose kernel reads whole buffers: GEMM and convolutions (which may take an elementwise
+# epilogue), and opaque ops (a Python callback: a kernel of its own, never merged)
+CORES = frozenset({Op.MATMUL}) | CONVS | OPAQUE
 IN_KERNEL_MOVES = frozenset({Op.BROADCAST, Op.PERMUTE, Op.RESHAPE})  # relabel dims, no data moved
 # values the rematerialization plan may have a kernel compute again instead of reading
 DUPLICABLE = ELEMENTWISE | IN_KERNEL_MOVES | REDUCE
@@ -267,7 +269,9 @@ class Plan:
                 continue
             blockers, targets = [], {}
             for c in self.users[p]:
-                if c.op in CORES:
+                if c.op in OPAQUE:
+                    blockers.append(f"operand of {self.what(c)} (a Python callback reads memory)")
+                elif c.op in CORES:
                     blockers.append(f"operand of {self.what(c)} (GEMM and conv read memory)")
                 elif self.kind[c] == "virtual":
                     blockers.append(f"read through {self.what(c)} (a view needs a buffer)")
@@ -325,6 +329,12 @@ class Plan:
 
     def _place_compute(self, p: Node, blockers: list, targets: dict) -> None:
         self.kind[p] = "member"
+        if p.op in OPAQUE:  # a Python callback: a kernel of its own, its value written out
+            self.root(p)
+            for gid in targets:
+                why = "a Python callback is a kernel of its own (never fused)"
+                self.refusals.append((self.name(p), gid, why, p))
+            return
         if blockers or not targets:
             self.root(p)
             for reason in blockers[:1]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from needlec.codegen.kernels import read_view, run_kernels, to_kernel_space
 from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Node, Op, stack
+from needlec.ir.callback import Callback
 from needlec.ir.kernel import KOp
 from needlec.ir.semantics import EVAL
 from needlec.ir.view import View
@@ -269,6 +270,9 @@ def _one(op: Op):
         return Graph([x, y], [(x < y).where(x, y)])
     if op is Op.STACK:
         return Graph([x, y], [stack([x, y], 1)])
+    if op is Op.CALLBACK:  # a Python function between two fused neighbours
+        cb = Callback(np.sin, (2, 3), "float64", "Sin", "<test>", key=("sin",))
+        return Graph([x], [Node.make(Op.CALLBACK, x.exp(), arg=cb) * 2.0])
     if op is Op.MATMUL:
         a, b = _x((4, 2, 3), 0, "float64"), _x((3, 5), 1, "float64")
         return Graph([a, b], [a @ b])

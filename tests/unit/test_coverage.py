@@ -12,6 +12,7 @@ import pytest
 import needlec
 import needlec.ops
 from needlec.codegen.reference import run_graph
+from needlec.custom_ops import traced_op
 from needlec.ir import Graph, Node, Op, stack
 from needlec.ir.ops import SHAPE_RULE
 from needlec.ir.semantics import EVAL, LEAF_EVAL
@@ -113,6 +114,22 @@ def _conv_weight_grad():
     return [x, g], x.conv_weight_grad(g, 2, 1, (3, 3))
 
 
+class _Cube(needlec.TensorOp):
+    """A user's needle op (compute and gradient, no IR op): a CALLBACK node when traced."""
+
+    def compute(self, a):
+        return a * a * a
+
+    def gradient(self, out_grad, node):
+        (a,) = node.inputs
+        return out_grad * a * a * 3.0
+
+
+def _callback():
+    x = _x()
+    return [x], Node.make(Op.CALLBACK, x, arg=traced_op(_Cube(), [x]).arg)
+
+
 def _const():
     return [], Node.const(np.arange(6, dtype="float32").reshape(2, 3)) * 2.0
 
@@ -157,6 +174,7 @@ SAMPLES = {
     Op.CONV_INPUT_GRAD: _conv_input_grad,
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _unary("logsoftmax"),
+    Op.CALLBACK: _callback,
 }
 
 

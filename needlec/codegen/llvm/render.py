@@ -254,6 +254,8 @@ LOWER: dict[Op, Callable] = {
 def unsupported(s: KernelSchedule) -> str | None:
     """Why this kernel cannot be rendered yet (None if it can)."""
     k = s.kernel
+    if k.core is not None and k.core.op is Op.CALLBACK:
+        return f"{k.core.arg.describe()} runs as a Python callback"
     if k.core is not None and not gemm.supported(k.core):
         c = k.core
         return f"{c.op.name.lower()} core on {c.dtype} has no native lowering yet"
