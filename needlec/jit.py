@@ -22,7 +22,7 @@ import numpy as np
 from . import backend_ndarray as nd
 from .autograd import Tensor
 from .codegen import reference
-from .codegen.kernels import run_kernels
+from .codegen.backends import BACKENDS, Backend, make_backend
 from .frontend import guards
 from .frontend.pytree import unflatten
 from .frontend.trace import current
@@ -44,7 +44,7 @@ from .passes import Program, compile_program, optimize
 from .passes.memory import MemoryAnalysis
 
 # NEEDLEC_EXECUTE: compiled code (LLVM) by default; the two interpreters stay as oracles
-_EXECUTORS = ("compiled", "reference", "kernels")
+_EXECUTORS = BACKENDS
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
 _CACHE_SIZE = 64  # traces one jitted function keeps (least recently used first out)
 _ticks = itertools.count()  # cache use order (next() is atomic: hits take no lock)
@@ -82,7 +82,7 @@ class Lowered:
             raise ValueError(
                 f"NEEDLEC_EXECUTE={self.execute!r}: use one of {', '.join(_EXECUTORS)}"
             )
-        self._executable = None
+        self._backends: dict[str, Backend] = {}
         if self.execute != "reference" or any(_debug(t) for t in ("passes", "fusion")):
             self.program  # noqa: B018  (compile now: its debug output belongs to this trace)
 
@@ -107,20 +107,18 @@ class Lowered:
         outputs, and bytes of parameters and state updated in place (`.as_text()`)."""
         return self.program.memory.analysis()
 
-    def _run_kernels(self, arrays: list) -> list:
-        return run_kernels(self.kernels, arrays)
+    def backend(self, name: str) -> Backend:
+        """The executable of backend `name` for this program (made on first use)."""
+        made = self._backends.get(name)
+        if made is None:
+            target = self.program if name != "reference" else self._start
+            made = self._backends[name] = make_backend(name, target)
+        return made
 
     @property
     def executable(self):
         """The program compiled for this CPU through LLVM (made on first use)."""
-        if self._executable is None:
-            from .codegen.llvm.program import compile_program as compile_llvm
-
-            self._executable = compile_llvm(self.program)
-        return self._executable
-
-    def _run_compiled(self, arrays: list) -> list:
-        return self.executable.run(arrays, checked=True)
+        return self.backend("compiled").executable
 
     @property
     def schedule(self) -> str:
@@ -160,13 +158,11 @@ class Lowered:
             tensors.append(np.array(np.random.randint(0, 2**62), dtype="int64"))
         if traced.arg_writes or traced.written:
             check_unaliased(traced, tensors, len(leaves))
-        run = None  # the reference interpreter
-        if self.execute == "kernels":
-            run = self._run_kernels
-        elif self.execute == "compiled" and device != nd.cpu_numpy():
-            run = self._run_compiled
-        fresh = run is not None and self.execute == "compiled"  # outputs in memory of their own
-        results = call_graph(self.graph, tensors, self._grads, run, fresh)
+        name = self.execute
+        if name == "compiled" and device == nd.cpu_numpy():  # needle's numpy device: numpy
+            name = "reference"
+        backend = self.backend(name)
+        results = call_graph(self.graph, tensors, self._grads, backend.run, backend.fresh_outputs)
         n_user = traced.n_results
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])
