@@ -339,27 +339,19 @@ class _Builder:
             items += [(pos[e], -1, _Kept(e)) for e in self.kept]
             items.sort(key=lambda t: (t[0], t[1]))
             tasks = [self.task_of(it) for _, _, it in items]
-        for t in tasks:
-            if isinstance(t.item, _Kept):
-                e = t.item.expr
-                self.scratch[e] = Buffer(
-                    f"{k.name}.{k.value_names()[e]}",
-                    math.prod(e.shape) * np.dtype(e.dtype).itemsize,
-                    "temp",
-                    tuple(e.shape),
-                    e.dtype,
-                )
+        for t in tasks:  # a scratch buffer for each reduction result and kept value
+            e = t.item.expr if isinstance(t.item, _Kept) else t.item
+            if not isinstance(e, Expr):
                 continue
+            self.scratch[e] = Buffer(
+                f"{k.name}.{k.value_names()[e]}",
+                math.prod(e.shape) * np.dtype(e.dtype).itemsize,
+                "temp",
+                tuple(e.shape),
+                e.dtype,
+            )
             if isinstance(t.item, Expr):
-                e = t.item
                 self.modes[e] = t.mode
-                self.scratch[e] = Buffer(
-                    f"{k.name}.{k.value_names()[e]}",
-                    math.prod(e.shape) * np.dtype(e.dtype).itemsize,
-                    "temp",
-                    tuple(e.shape),
-                    e.dtype,
-                )
                 if t.mode == "scratch":
                     body.append(Init(e, "scratch"))
         self._placed: dict[int, dict[Expr, int]] = {}

@@ -37,6 +37,7 @@ from llvmlite import ir
 from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
+from ...ir.view import strides_of
 from .gemm import Gemm, pack, pool_may_call_blas
 from .loops import counted_loop
 
@@ -182,19 +183,11 @@ def _rows(r, g: Load, dtype: str) -> tuple[Buffer, int]:
     the operand's own memory where it is laid out so, else a packed copy."""
     v = g.view
     compact = all(
-        s == c for s, c, d in zip(v.strides, _strides(v.shape), v.shape, strict=True) if d > 1
+        s == c for s, c, d in zip(v.strides, strides_of(v.shape), v.shape, strict=True) if d > 1
     )
     if v.mask is None and v.offset >= 0 and g.buffer.dtype == dtype and compact:
         return g.buffer, v.offset
     return pack(r, g, dtype).buffer, 0
-
-
-def _strides(shape) -> list[int]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return out[::-1]
 
 
 def _at(r, buf: Buffer, elements, itemsize: int) -> ir.Value:
@@ -298,7 +291,7 @@ def _sum_partials(r, part: Buffer, groups: int, kdims, kernel, co: int, into: Bu
     b = r.b
     ext = [hi - lo for _, _, (lo, hi) in kdims]
     k_total = math.prod(ext)
-    strides = _strides(kernel)  # of (kh, kw, ci) in `into`
+    strides = strides_of(kernel)  # of (kh, kw, ci) in `into`
     with counted_loop(b, ext[0], "sk0") as a0:
         with counted_loop(b, ext[1], "sk1") as a1:
             with counted_loop(b, ext[2], "sk2") as a2:

@@ -20,7 +20,7 @@ from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
-from ...ir.view import View
+from ...ir.view import View, strides_of
 from . import intcore, runtime
 from .loops import counted_loop
 
@@ -168,7 +168,7 @@ def emit_core(r, core: Core, into: Buffer) -> None:
         """The matrix at batch index `bidx`, or its rows [lo, hi): one BLAS call."""
         a_off = _batch_offset(a.view, bidx, len(batch))
         b_off = _batch_offset(bb.view, bidx, len(batch))
-        c_off = sum(i * s for i, s in zip(bidx, _strides(out_shape)[: len(batch)], strict=True))
+        c_off = sum(i * s for i, s in zip(bidx, strides_of(out_shape)[: len(batch)], strict=True))
         pa = r.b.gep(r.base[a.buffer], [I64(a_off * itemsize)])
         pb = r.b.gep(r.base[bb.buffer], [I64(b_off * itemsize)])
         pc = r.b.gep(r.base[into], [I64(c_off * itemsize)])
@@ -233,14 +233,6 @@ class Gemm:
         pa, pb, pc = (b.bitcast(p, pty) for p in (pa, pb, pc))
         args = [self.ta, self.tb, self.m, self.n, self.k, self.alpha, pb, self.ld_b, pa, self.ld_a]
         b.call(self.fn, [*args, self.beta, pc, self.ldc])
-
-
-def _strides(shape) -> list[int]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return out[::-1]
 
 
 def _indices(batch):
