@@ -122,3 +122,39 @@ def test_parameters_sharing_memory_are_copied_not_corrupted(capsys, monkeypatch)
     np.testing.assert_allclose(aj, ae, rtol=1e-5)
     np.testing.assert_allclose(bj, be, rtol=1e-5)
     assert "shares memory with another input" in capsys.readouterr().err
+
+
+def test_steady_state_steps_allocate_no_buffers():
+    """Across 100 steps: one arena and workspace, at most two output blocks taking turns, and
+    every parameter and optimizer state array keeps its memory."""
+    batches = digits_batches()
+    model = build_mlp()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.SoftmaxLoss()
+
+    @nc.jit
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step(*batches[0])
+    ex = step.lower(*batches[0]).executable
+    blocks = set()
+    take = ex._output_block
+
+    def spy():
+        block, address = take()
+        blocks.add(address)
+        return block, address
+
+    ex._output_block = spy
+    state = ex._thread_state()
+    where = [np.asarray(p.cached_data).ctypes.data for p in model.parameters()]
+    for i in range(100):
+        step(*batches[i % 3])
+    assert len(blocks) <= 2
+    assert ex._thread_state() is state  # the same arena, workspace and pointer table
+    assert [np.asarray(p.cached_data).ctypes.data for p in model.parameters()] == where

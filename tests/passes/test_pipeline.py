@@ -244,3 +244,29 @@ def test_an_empty_reduction_gives_its_identity_in_kernels():
     got = run_kernels(compile_program(g).kernels, xs)
     np.testing.assert_array_equal(got[0], np.full(3, -np.inf, dtype="float32"))
     np.testing.assert_array_equal(got[1], np.zeros(3, dtype="float32"))
+
+
+def test_strided_conv_gradients_cost_what_the_forward_costs():
+    """The weight and input gradients of a stride-4 7x7 convolution are single cores of their
+    own (no dilated gradient, no phases): each does the forward's multiply-adds, and the
+    SGD update reads the gradient in the weight's own layout."""
+    rng = np.random.default_rng(0)
+    conv = nn.Conv(3, 8, 7, stride=4)
+    x = nc.Tensor(rng.standard_normal((2, 3, 32, 32)).astype("float32"), requires_grad=False)
+    opt = nc.optim.SGD(conv.parameters(), lr=0.1)
+
+    @nc.jit
+    def step(x):
+        opt.reset_grad()
+        loss = conv(x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    low = step.lower(x)
+    kernels = {k.core.op: k for k in low.kernels.kernels if k.core is not None}
+    assert set(kernels) == {Op.CONV, Op.CONV_WEIGHT_GRAD}  # x needs no gradient
+    forward = kernels[Op.CONV].core.flops()
+    assert kernels[Op.CONV_WEIGHT_GRAD].core.flops() == forward
+    text = kernels[Op.CONV_WEIGHT_GRAD].as_text()
+    assert "store" in text and len(low.kernels.kernels) <= 4  # the update is its epilogue
