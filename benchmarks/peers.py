@@ -25,7 +25,8 @@ from .steps import LR, MOMENTUM
 @dataclass
 class Runner:
     """A framework's step on one batch: `step()` runs one training step and returns its loss
-    (synchronized, so timing it times the work); `first_loss` is the loss of its first call."""
+    (synchronized, so timing it times the work); `loss_value` turns that loss into a float;
+    `note` is said under the table."""
 
     step: Callable[[], object]
     loss_value: Callable[[object], float]

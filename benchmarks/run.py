@@ -121,11 +121,6 @@ def first_call_only(name: str) -> dict:
     }
 
 
-def _stat(times: list[float]) -> dict:
-    q1, med, q3 = np.percentile(np.array(times) * 1e3, [25, 50, 75])
-    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3), "n": len(times)}
-
-
 def _measure(fn, repeats: int, budget_s: float) -> dict:
     from .bench_kernels import measure
 
@@ -413,7 +408,7 @@ def chart(result: dict, path: Path) -> bool:
         return False
     steps = result["steps"]
     names = list(RATIOS)
-    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.75 * len(steps)))
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.75 * len(steps)))
     height = 0.8 / len(names)
     ys = np.arange(len(steps))
     for k, name in enumerate(names):
@@ -424,10 +419,10 @@ def chart(result: dict, path: Path) -> bool:
                 ax.text(v, bar.get_y() + height / 2, f" {v:.2f}", va="center", fontsize=6)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_yticks(ys, [r["title"].split(",")[0] + ", " + r["name"].split("-")[-1] for r in steps])
+    ax.set_yticks(ys, [r["name"] for r in steps])
     ax.invert_yaxis()
     ax.set_xlabel("needlec jit time / peer time (below 1: needlec jit faster; log scale)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(names))
     ax.set_title(f"Whole training steps, {result['meta']['date'][:10]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
