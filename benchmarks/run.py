@@ -287,6 +287,7 @@ def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
         "load_average_end": list(os.getloadavg()),
         "wall_s": wall_s,
         "loss_tolerance": f"{LOSS_TOL} * max(1, |loss|)",
+        "quiet": load_before[0] < 0.5 * (os.cpu_count() or 1),  # the end's includes this run
     }
 
 
@@ -324,6 +325,16 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
         f"{m['threads']['needlec']} threads; load average {la0} at the start, {la1} at the "
         f"end; the run took {m['wall_s']:.0f} s.",
         "",
+        *(
+            []
+            if m.get("quiet", True)
+            else [
+                "**Not quiet**: other processes were running (the load average at the start "
+                "above half the CPUs). Threaded code (BLAS, OpenMP, needlec's pool) then waits for descheduled "
+                "threads, so these times are noisy; rerun on a quiet machine.",
+                "",
+            ]
+        ),
         "One step = zero grads, forward, softmax cross-entropy, backward, SGD with momentum "
         "0.9, the same in every column, from the same initial weights. Median ms per step "
         f"(interquartile range), up to {m['repeats']} steps after warm-up.",
@@ -389,7 +400,10 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     lines += [
         "",
-        "jax.jit runs on XLA's own thread pool; torch is set to needlec's thread count.",
+        "jax.jit runs on XLA's own thread pool; torch is set to needlec's thread count. "
+        "torch.compile's first call reads torch's own compile cache on disk when an earlier "
+        "run left one; needlec's cold first call starts from an empty disk cache but shares "
+        "this process's memory of LLVM functions compiled for earlier steps.",
         "",
         f"![needlec jit / peer]({chart_link})",
     ]
