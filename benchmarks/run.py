@@ -145,6 +145,7 @@ def bench_step(s, args, cache_dir: Path, progress) -> dict:
     cols = row["columns"]
     model, step, x, y = build_needlec(s)
     init = [p.numpy().copy() for p in model.parameters()]
+    row["input_shape"], row["parameters"] = list(x.shape), int(sum(a.size for a in init))
 
     def run_column(col: str, make) -> None:
         progress.set_postfix_str(f"{s.name}: {col}")
@@ -264,12 +265,14 @@ def _compare(row: dict) -> None:
 
 
 def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
+    from importlib import metadata
+
     from needlec.codegen.llvm import runtime
 
     versions = {"numpy": np.__version__}
     for mod in ("torch", "jax", "llvmlite"):
         if _installed(mod):
-            versions[mod] = __import__(mod).__version__
+            versions[mod] = metadata.version(mod)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks", *argv]),
