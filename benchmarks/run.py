@@ -269,6 +269,7 @@ def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
 
     from needlec.codegen.llvm import runtime
 
+    cpus = os.cpu_count() or 1
     versions = {"numpy": np.__version__}
     for mod in ("torch", "jax", "llvmlite"):
         if _installed(mod):
@@ -290,7 +291,8 @@ def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
         "load_average_end": list(os.getloadavg()),
         "wall_s": wall_s,
         "loss_tolerance": f"{LOSS_TOL} * max(1, |loss|)",
-        "quiet": load_before[0] < 0.5 * (os.cpu_count() or 1),  # the end's includes this run
+        # at the end the load average includes this run's own threads (up to one per CPU)
+        "quiet": load_before[0] < 0.5 * cpus and os.getloadavg()[0] < 1.5 * cpus,
     }
 
 
@@ -332,8 +334,8 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
             []
             if m.get("quiet", True)
             else [
-                "**Not quiet**: other processes were running (the load average at the start "
-                "above half the CPUs). Threaded code (BLAS, OpenMP, needlec's pool) then waits for descheduled "
+                "**Not quiet**: other processes were running (the load average above half the "
+                "CPUs at the start, or above 1.5 per CPU at the end). Threaded code (BLAS, OpenMP, needlec's pool) then waits for descheduled "
                 "threads, so these times are noisy; rerun on a quiet machine.",
                 "",
             ]
