@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -33,6 +34,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+
+from .steps import StepSpec
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ["needlec jit", "needlec eager", "numpy", "torch", "torch.compile", "jax.jit"]
@@ -134,8 +137,9 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def bench_step(s, args, cache_dir: Path, progress) -> dict:
-    """Every column of one step: first call, first loss, then the timed steps."""
+def bench_step(s: StepSpec, args: argparse.Namespace, cache_dir: Path, progress) -> dict:
+    """Every column of one step (first call, first loss, then the timed steps), needlec's first
+    call cold into `cache_dir` and from it in a new process; `progress` is the tqdm bar."""
     import needlec as nc
 
     from .peers import NotWritten, Runner, jax_runner, numpy_runner, torch_runner
@@ -162,6 +166,7 @@ def bench_step(s, args, cache_dir: Path, progress) -> dict:
             cell["first_loss"] = runner.loss_value(first)
             for _ in range(2):  # warm up
                 runner.step()
+            gc.collect()  # garbage left by earlier columns is not collected on this one's time
             cell.update(_measure(runner.step, args.repeats, args.budget))
             if runner.note:
                 cell["note"] = runner.note
@@ -233,11 +238,14 @@ def bench_step(s, args, cache_dir: Path, progress) -> dict:
             env=env,
             capture_output=True,
             text=True,
-            check=True,
         )
-        fresh = json.loads(out.stdout.strip().splitlines()[-1])
-        fresh["process_ms"] = 1e3 * (time.perf_counter() - t0)
-        row["first_call_disk_cache"] = fresh
+        if out.returncode == 0:
+            fresh = json.loads(out.stdout.strip().splitlines()[-1])
+            fresh["process_ms"] = 1e3 * (time.perf_counter() - t0)
+            row["first_call_disk_cache"] = fresh
+        else:
+            row["first_call_disk_cache_error"] = out.stderr[-2000:]
+            print(out.stderr, file=sys.stderr)
     _compare(row)
     return row
 
@@ -375,6 +383,8 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
             f"{fresh['ready_ms']:.0f} + {fresh['first_step_ms']:.1f} (import "
             f"{fresh['import_ms']:.0f})"
             if fresh
+            else "error"
+            if "first_call_disk_cache_error" in r
             else "-"
         )
         diff = r["max_abs_loss_diff"]
