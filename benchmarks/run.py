@@ -124,11 +124,32 @@ def first_call_only(name: str) -> dict:
     }
 
 
+def others_cpu_s() -> float | None:
+    """CPU seconds every process but this one (and its waited-for children) has used since
+    boot, from /proc/stat; None where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy - (t.user + t.system + t.children_user + t.children_system)
+
+
 def _measure(fn, repeats: int, budget_s: float) -> dict:
+    """Median and quartiles of the timed steps, and the share of the CPUs that other processes
+    took meanwhile (`others_cpu`, 0..1: above 0.1 the cell's time is not to be trusted)."""
     from .bench_kernels import measure
 
+    cpu0, t0 = others_cpu_s(), time.perf_counter()
     s = measure(fn, repeats, budget_s)
-    return {"median_ms": 1e3 * s.median, "q1_ms": 1e3 * s.q1, "q3_ms": 1e3 * s.q3, "n": s.n}
+    cpu1, t1 = others_cpu_s(), time.perf_counter()
+    cell = {"median_ms": 1e3 * s.median, "q1_ms": 1e3 * s.q1, "q3_ms": 1e3 * s.q3, "n": s.n}
+    cell["timed_s"] = t1 - t0
+    if cpu0 is not None and cpu1 is not None and t1 > t0:
+        cell["others_cpu"] = max(0.0, (cpu1 - cpu0) / ((t1 - t0) * (os.cpu_count() or 1)))
+    return cell
 
 
 def _installed(module: str) -> bool:
@@ -272,7 +293,7 @@ def _compare(row: dict) -> None:
         row["ratios"][name] = jit / other if jit and other else None
 
 
-def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
+def _meta(args, argv: list[str], wall_s: float, load_before, others_cpu: float | None) -> dict:
     from importlib import metadata
 
     from needlec.codegen.llvm import runtime
@@ -300,7 +321,12 @@ def _meta(args, argv: list[str], wall_s: float, load_before) -> dict:
         "wall_s": wall_s,
         "loss_tolerance": f"{LOSS_TOL} * max(1, |loss|)",
         # at the end the load average includes this run's own threads (up to one per CPU)
-        "quiet": load_before[0] < 0.5 * cpus and os.getloadavg()[0] < 1.5 * cpus,
+        "quiet": (
+            others_cpu < BUSY
+            if others_cpu is not None
+            else load_before[0] < 0.5 * cpus and os.getloadavg()[0] < 1.5 * cpus
+        ),
+        "others_cpu": others_cpu,
     }
 
 
@@ -314,9 +340,13 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+BUSY = 0.1  # a cell during which other processes took more than this share of the CPUs
+
+
 def _ms(cell: dict) -> str:
     if "median_ms" in cell:
-        return f"{_num(cell['median_ms'])} ({_num(cell['q1_ms'])}-{_num(cell['q3_ms'])})"
+        busy = " *" if cell.get("others_cpu", 0.0) > BUSY else ""
+        return f"{_num(cell['median_ms'])} ({_num(cell['q1_ms'])}-{_num(cell['q3_ms'])}){busy}"
     if "error" in cell:
         return "error"
     return "-"
@@ -342,15 +372,23 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
             []
             if m.get("quiet", True)
             else [
-                "**Not quiet**: other processes were running (the load average above half the "
-                "CPUs at the start, or above 1.5 per CPU at the end). Threaded code (BLAS, OpenMP, needlec's pool) then waits for descheduled "
+                "**Not quiet**: other processes were running (see the * cells; without "
+                "/proc/stat: the load average above half the CPUs at the start, or above 1.5 "
+                "per CPU at the end). Threaded code (BLAS, OpenMP, needlec's pool) then waits for descheduled "
                 "threads, so these times are noisy; rerun on a quiet machine.",
                 "",
             ]
         ),
         "One step = zero grads, forward, softmax cross-entropy, backward, SGD with momentum "
         "0.9, the same in every column, from the same initial weights. Median ms per step "
-        f"(interquartile range), up to {m['repeats']} steps after warm-up.",
+        f"(interquartile range), up to {m['repeats']} steps after warm-up. * marks a cell "
+        f"during which other processes took over {BUSY:.0%} of the CPUs (its time is not to be "
+        "trusted)"
+        + (
+            f"; over all timed steps they took {m['others_cpu']:.0%}."
+            if m.get("others_cpu") is not None
+            else "."
+        ),
         "",
         "| step | " + " | ".join(COLUMNS) + " |",
         "|" + " --- |" * (len(COLUMNS) + 1),
@@ -505,7 +543,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("NEEDLEC_CACHE_DIR", None)
         else:
             os.environ["NEEDLEC_CACHE_DIR"] = saved_cache
-    result = {"meta": _meta(args, argv, time.perf_counter() - t_start, load_before), "steps": rows}
+    # other processes' share of the CPUs while cells were timed (torch.compile's compile
+    # workers, which are processes too, run only before the timed steps)
+    timed = [c for r in rows for c in r["columns"].values() if "others_cpu" in c]
+    total = sum(c["timed_s"] for c in timed)
+    others = sum(c["others_cpu"] * c["timed_s"] for c in timed) / total if total else None
+    wall = time.perf_counter() - t_start
+    result = {"meta": _meta(args, argv, wall, load_before, others), "steps": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_steps.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "train_steps.md").write_text(markdown(result, "ratios.png"))

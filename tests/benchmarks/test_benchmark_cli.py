@@ -44,7 +44,15 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "train_steps.json").read_text())
-    assert {"date", "command", "threads", "load_average_start", "wall_s"} <= set(result["meta"])
+    assert {
+        "date",
+        "command",
+        "threads",
+        "load_average_start",
+        "wall_s",
+        "others_cpu",
+        "quiet",
+    } <= set(result["meta"])
     (row,) = result["steps"]
     assert row["name"] == "mlp-784-256-10-b32"
     for col in ("needlec jit", "needlec eager", "numpy"):
