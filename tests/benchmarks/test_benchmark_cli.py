@@ -1,0 +1,76 @@
+"""`python -m benchmarks` runs end to end on its smallest step and writes its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["NEEDLEC_CACHE_DIR"] = str(tmp_path / "cache")  # never the user's cache
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "mlp-784-256-10-b32",
+            "--peers",
+            "numpy",
+            "--repeats",
+            "5",
+            "--budget",
+            "0.2",
+            "--no-chart",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "train_steps.json").read_text())
+    assert {
+        "date",
+        "command",
+        "threads",
+        "load_average_start",
+        "wall_s",
+        "others_cpu",
+        "quiet",
+    } <= set(result["meta"])
+    (row,) = result["steps"]
+    assert row["name"] == "mlp-784-256-10-b32"
+    for col in ("needlec jit", "needlec eager", "numpy"):
+        cell = row["columns"][col]
+        assert {"median_ms", "q1_ms", "q3_ms", "n", "first_call_ms", "first_loss"} <= set(cell)
+        assert cell["n"] >= 5
+    assert row["losses_agree"] and row["max_abs_loss_diff"] < 1e-4
+    assert {"ready_ms", "first_step_ms"} <= set(row["first_call_cold"])
+    fresh = row["first_call_disk_cache"]
+    assert {"import_ms", "ready_ms", "first_step_ms", "process_ms"} <= set(fresh)
+    assert fresh["disk_cache_hits"] >= 1 and fresh["disk_cache_misses"] == 0
+    assert set(row["ratios"]) == {
+        "jit / jax.jit",
+        "jit / numpy",
+        "jit / torch",
+        "jit / torch.compile",
+        "jit / eager",
+    }
+    assert row["ratios"]["jit / jax.jit"] is None  # peers not run
+    assert "| MLP 784-256-10, batch 32 |" in (out / "train_steps.md").read_text()
+    assert not (out / "ratios.png").exists()
