@@ -306,13 +306,12 @@ def call_graph(
     parameter), whose output is that input's own tensor."""
     if current() is not None:
         return inline(graph, [_as_tensor(t) for t in tensors])
-    arrays = [t if type(t) is np.ndarray else np.asarray(t.realize_cached_data()) for t in tensors]
+    arrays = [_array_of(t) for t in tensors]
     for a, n in zip(arrays, graph.inputs, strict=True):
         if a.shape != n.shape or a.dtype != n.dtype:  # never run a trace on wrong inputs
             raise RuntimeError(
                 f"jit: input {n.arg} is {a.dtype}{a.shape}, the trace expects {n.dtype}{n.shape}"
             )
-    tensors = [t for t in tensors]
     first = next((t for t in tensors if type(t) is not np.ndarray), None)
     device = first.device if first is not None else nd.default_device()
     requires_grad = any(type(t) is not np.ndarray and t.requires_grad for t in tensors)
@@ -338,6 +337,14 @@ def call_graph(
             t = Tensor.make_const(data)
         out.append(t)
     return out
+
+
+def _array_of(t) -> np.ndarray:
+    """A tensor's values as numpy, without a copy (its NDArray's own view); arrays as they are."""
+    if type(t) is np.ndarray:
+        return t
+    data = t.realize_cached_data()
+    return data._view() if type(data) is nd.NDArray else np.asarray(data)
 
 
 def inline(graph: Graph, tensors: Sequence[Tensor]) -> list:

@@ -193,9 +193,9 @@ class Executable:
         self.module_ir = module
         runtime.register_symbols()
         self.library = target.compile_module(str(module))
-        self._calls = {}
+        self._calls, self._addresses = {}, {}
         for j, name in names:
-            addr = self.library.function_address(name)
+            addr = self._addresses[j] = self.library.function_address(name)
             self._calls[j] = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
         if _debug("fallback") and self.fallbacks:
             for k, why in self.fallbacks.items():
@@ -292,17 +292,23 @@ class Executable:
         runtime.ensure_started()
         arena, _, table, table_address = self._thread_state()
         outputs, table[OUTPUTS] = self._output_block()
-        for i, a in enumerate(arrays):
-            table[FIRST_INPUT + i] = a.ctypes.data
+        fast = runtime.run_step  # the runtime's C entry, where it is built
+        if fast is not None:
+            fast(0, table_address, FIRST_INPUT, arrays)
+        else:
+            for i, a in enumerate(arrays):
+                table[FIRST_INPUT + i] = a.ctypes.data
         shared = self._own_donated(arrays, table) if self._updated_inputs else ()
         regions = {ARENA: arena, OUTPUTS: outputs}
         with self._lock if self._donated_inputs else contextlib.nullcontext():
             for j, seg in enumerate(self.segments):
                 t0 = time.perf_counter() if timings is not None else 0.0
-                if seg[0] == "native":
-                    self._calls[j](table_address)
-                else:
+                if seg[0] != "native":
                     self._fallback(seg[1], arrays, regions)
+                elif fast is not None:
+                    fast(self._addresses[j], table_address, 0, ())
+                else:
+                    self._calls[j](table_address)
                 if timings is not None:
                     timings.append((j, time.perf_counter() - t0))
         out = []

@@ -23,6 +23,10 @@ except ImportError:  # not built: loops run serially
 _LOCK = threading.Lock()
 _started = False
 
+# `run_step(step, table, first, arrays)`: point a step's table at its input arrays and run it, in
+# C (an older build without it: None, and the caller uses ctypes)
+run_step = getattr(_runtime, "run_step", None)
+
 
 def available() -> bool:
     """Whether the native runtime is built (compiled loops run in parallel)."""
