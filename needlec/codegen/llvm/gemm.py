@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
+import importlib
+import importlib.util
 import itertools
 import math
+import os
 
 from llvmlite import ir
 
@@ -34,12 +38,38 @@ GEMM_GRAIN_FLOPS = 1 << 22
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 
 
+def _cython_blas():
+    """scipy's `scipy.linalg.cython_blas`, loaded on its own when scipy.linalg is not imported
+    yet (importing that package takes about 170 ms; this extension alone about 2 ms): a private
+    module object, so a later `import scipy.linalg` makes its own as usual."""
+    import sys
+
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules:
+        return importlib.import_module(name)
+    spec = importlib.util.find_spec("scipy")
+    found = []
+    for root in spec.submodule_search_locations or () if spec is not None else ():
+        found += glob.glob(os.path.join(root, "linalg", "cython_blas*.so"))
+        found += glob.glob(os.path.join(root, "linalg", "cython_blas*.pyd"))
+    if not found:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, found[0])
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # anything unexpected: the ordinary import
+        return importlib.import_module(name)
+    finally:
+        if sys.modules.get(name) is module:  # not left where `import scipy.linalg` looks
+            del sys.modules[name]
+    return module
+
+
 @functools.cache
 def blas_address(name: str) -> int:
     """The address of scipy's BLAS routine `name` (for example "sgemm")."""
-    import scipy.linalg.cython_blas as blas
-
-    capsule = blas.__pyx_capi__[name]
+    capsule = _cython_blas().__pyx_capi__[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
