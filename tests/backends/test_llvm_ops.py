@@ -896,3 +896,36 @@ def test_every_op_has_a_tolerance_row(op):
 
 def test_tolerance_has_no_rows_for_leaves():
     assert not set(TOLERANCE) & (LEAF | {Op.RAND})
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape,calls",
+    [
+        ((16, 20, 32), (32, 8), 1),  # a linear layer on (B, T, D): one GEMM over B*T rows
+        ((2, 3, 1, 5), (5, 4), 1),  # one row per batch index
+        ((2, 2, 3, 4), (1, 4, 6), 1),  # B broadcast over a size-1 batch dim
+        ((4, 1, 7), (1, 7, 3), 1),
+        ((3, 5, 7), (3, 7, 2), 3),  # B differs per batch: one GEMM each
+    ],
+)
+def test_batched_matmul_with_one_right_matrix_is_one_gemm(a_shape, b_shape, calls):
+    rng = np.random.default_rng(RNG_SEED)
+    x, y = (rng.standard_normal(s).astype("float32") for s in (a_shape, b_shape))
+    a, b = arg("float32", a_shape, 0), arg("float32", b_shape, 1)
+    ex, (got,), (want,) = run_both([a, b], [a @ b], [x, y])
+    assert ex.source("llvm-unoptimized").count('call void @"needlec_sgemm"') == calls
+    n, scale = _matmul_budget(x, y)
+    assert_within(Op.MATMUL, got, want, n=n, scale=scale)
+
+
+def test_batched_matmul_over_permuted_rows_stays_per_batch():
+    """Rows of consecutive batches that do not follow each other in memory: one GEMM each."""
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((5, 4, 6)).astype("float32")
+    y = rng.standard_normal((6, 3)).astype("float32")
+    a, b = arg("float32", x.shape, 0), arg("float32", y.shape, 1)
+    av = a.permute((1, 0, 2))  # (4, 5, 6): batch stride 6, row stride 24
+    ex, (got,), (want,) = run_both([a, b], [av @ b], [x, y])
+    np.testing.assert_allclose(got, x.transpose(1, 0, 2) @ y, rtol=1e-5, atol=1e-5)
+    n, scale = _matmul_budget(x.transpose(1, 0, 2), y)
+    assert_within(Op.MATMUL, got, want, n=n, scale=scale)

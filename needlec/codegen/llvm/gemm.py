@@ -183,10 +183,17 @@ def emit_core(r, core: Core, into: Buffer) -> None:
             ok = _matrix(ld.view)
         ops.append((ld, ok))
     (a, (ta, lda)), (bb, (tb, ldb)) = ops
-    m, k = a.view.shape[-2:]
-    n = bb.view.shape[-1]
     out_shape = core.shape
     batch = out_shape[:-2]
+    merged = _merged_rows(a.view, bb.view, batch, ta)
+    if merged is not None and _matrix(merged) is not None:
+        # one GEMM over every batch's rows (a linear layer on (B, T, D))
+        a, (ta, lda) = Load(a.buffer, merged), _matrix(merged)
+        v = bb.view
+        bb = Load(bb.buffer, View(v.shape[-2:], v.strides[-2:], v.offset, None))
+        out_shape, batch = merged.shape[:1] + out_shape[-1:], ()
+    m, k = a.view.shape[-2:]
+    n = bb.view.shape[-1]
     itemsize = 4 if dtype == "float32" else 8
     blocks = runtime.num_threads()  # one row block per pool thread (fixed when compiled)
     rows_grain = max(-(-m // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
@@ -216,6 +223,25 @@ def emit_core(r, core: Core, into: Buffer) -> None:
             r.parallel_region(m, rows_grain, lambda lo, hi, bidx=bidx: rows(bidx, lo, hi))
         else:
             rows(bidx)
+
+
+def _merged_rows(a: View, b: View, batch: tuple, ta: str) -> View | None:
+    """A's view as one (batches * M, K) matrix, where B is one matrix for every batch index
+    and A's rows of consecutive batches follow each other at A's row stride (so the batched
+    GEMM is one GEMM, and C, compact, is the same memory either way); else None."""
+    if not batch or ta != "N" or a.mask is not None or b.mask is not None:
+        return None
+    if any(d != 1 for d in b.shape[:-2]) or tuple(a.shape[:-2]) != tuple(batch):
+        return None
+    m, k = a.shape[-2:]
+    outer = [a.strides[d] for d in range(len(batch)) if a.shape[d] != 1]
+    row = a.strides[-2] if m > 1 else (outer[-1] if outer else k)  # from one row to the next
+    expect = row * m
+    for d in reversed(range(len(batch))):
+        if a.shape[d] != 1 and a.strides[d] != expect:
+            return None
+        expect *= a.shape[d]
+    return View((math.prod(batch) * m, k), (row, a.strides[-1]), a.offset, None)
 
 
 class Gemm:
