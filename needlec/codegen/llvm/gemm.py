@@ -28,11 +28,11 @@ from ...ir.view import View, strides_of
 from . import intcore, runtime
 from .loops import counted_loop
 
-# A GEMM smaller than two of these runs as one call; a larger one is cut into row blocks, one
-# per pool thread when the step compiles (more blocks would pack B again for each: 4 blocks on
-# 2 threads cost 4-8%), each one BLAS call. The cut is fixed in the compiled code, so changing
-# the thread count later changes nothing; and BLAS sums each element over K in the same order
-# whatever rows a block holds.
+# A GEMM smaller than two of these runs as one call; a larger one is cut into blocks of rows (or
+# of columns, when it has fewer rows than columns), one per pool thread when the step compiles
+# (more blocks would pack B again for each: 4 blocks on 2 threads cost 4-8%), each one BLAS
+# call. The cut is fixed in the compiled code, so changing the thread count later changes
+# nothing; and BLAS sums each element over K in the same order whatever block holds it.
 GEMM_GRAIN_FLOPS = 1 << 22
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -195,34 +195,42 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     m, k = a.view.shape[-2:]
     n = bb.view.shape[-1]
     itemsize = 4 if dtype == "float32" else 8
-    blocks = runtime.num_threads()  # one row block per pool thread (fixed when compiled)
-    rows_grain = max(-(-m // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * n * k, 1)))
-    split = pool_may_call_blas(r) and m > rows_grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
+    blocks = runtime.num_threads()  # one block per pool thread (fixed when compiled)
+    # cut the longer side: a block of rows packs all of B again, a block of columns only its
+    # share of it (a batch-32 linear layer has 32 rows and hundreds of columns)
+    by_rows = m >= n
+    size, other = (m, n) if by_rows else (n, m)
+    grain = max(-(-size // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * other * k, 1)))
+    split = pool_may_call_blas(r) and size > grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
 
     calls = {}
 
-    def rows(bidx, lo=None, hi=None):
-        """The matrix at batch index `bidx`, or its rows [lo, hi): one BLAS call."""
+    def block(bidx, lo=None, hi=None):
+        """The matrix at batch index `bidx`, or its rows (columns) [lo, hi): one BLAS call."""
         a_off = _batch_offset(a.view, bidx, len(batch))
         b_off = _batch_offset(bb.view, bidx, len(batch))
         c_off = sum(i * s for i, s in zip(bidx, strides_of(out_shape)[: len(batch)], strict=True))
         pa = r.b.gep(r.base[a.buffer], [I64(a_off * itemsize)])
         pb = r.b.gep(r.base[bb.buffer], [I64(b_off * itemsize)])
         pc = r.b.gep(r.base[into], [I64(c_off * itemsize)])
-        rows = I32(m)
-        if lo is not None:  # row i of A is i rows of its view further; of C, i rows of n
+        rows, cols = I32(m), I32(n)
+        if lo is not None and by_rows:  # row i of A is i rows of its view further; of C, i*n
             pa = r.b.gep(pa, [r.b.mul(lo, I64(a.view.strides[-2] * itemsize))])
             pc = r.b.gep(pc, [r.b.mul(lo, I64(n * itemsize))])
             rows = r.b.trunc(r.b.sub(hi, lo), I32)
+        elif lo is not None:  # column j of B is j columns of its view further; of C, j
+            pb = r.b.gep(pb, [r.b.mul(lo, I64(bb.view.strides[-1] * itemsize))])
+            pc = r.b.gep(pc, [r.b.mul(lo, I64(itemsize))])
+            cols = r.b.trunc(r.b.sub(hi, lo), I32)
         if r.fn not in calls:  # one set of BLAS argument slots per function
             calls[r.fn] = Gemm(r, dtype, ta, tb, lda, ldb, max(n, 1))
-        calls[r.fn](rows, I32(n), I32(k), pa, pb, pc)
+        calls[r.fn](rows, cols, I32(k), pa, pb, pc)
 
     for bidx in _indices(batch):
         if split:
-            r.parallel_region(m, rows_grain, lambda lo, hi, bidx=bidx: rows(bidx, lo, hi))
+            r.parallel_region(size, grain, lambda lo, hi, bidx=bidx: block(bidx, lo, hi))
         else:
-            rows(bidx)
+            block(bidx)
 
 
 def _merged_rows(a: View, b: View, batch: tuple, ta: str) -> View | None:
