@@ -106,7 +106,7 @@ class Executable:
             self.donated[out] = index[inp]
         self._donated_inputs = frozenset(self.donated.values())
         self._updated_inputs = self._donated_inputs | frozenset(self.copied.values())
-        self._lock = threading.Lock()  # steps updating their inputs in place run one at a time
+        self._lock = threading.Lock()  # steps updating their inputs run one call at a time
         self.output_bytes = out_end
         self.arena_bytes = plan.arena_bytes
         self.fallbacks: dict[str, str] = {}
@@ -298,9 +298,9 @@ class Executable:
         else:
             for i, a in enumerate(arrays):
                 table[FIRST_INPUT + i] = a.ctypes.data
-        shared = self._own_donated(arrays, table) if self._updated_inputs else ()
-        regions = {ARENA: arena, OUTPUTS: outputs}
-        with self._lock if self._donated_inputs else contextlib.nullcontext():
+        with self._lock if self._updated_inputs else contextlib.nullcontext():
+            shared = self._own_donated(arrays, table) if self._updated_inputs else ()
+            regions = {ARENA: arena, OUTPUTS: outputs}
             for j, seg in enumerate(self.segments):
                 t0 = time.perf_counter() if timings is not None else 0.0
                 if seg[0] != "native":
@@ -311,8 +311,15 @@ class Executable:
                     self._calls[j](table_address)
                 if timings is not None:
                     timings.append((j, time.perf_counter() - t0))
+            return self._outputs(arrays, regions, outputs, shared)
+
+    def _outputs(self, arrays: list, regions: dict, outputs: np.ndarray, shared) -> list:
+        """The call's outputs: views of the output block, inputs updated in place (or copied
+        over), copies of inputs and constants passed through."""
         out = []
-        for b, (offset, donated, copied, dtype) in zip(kg.outputs, self._out_specs, strict=True):
+        for b, (offset, donated, copied, dtype) in zip(
+            self.kg.outputs, self._out_specs, strict=True
+        ):
             if donated is not None:  # the caller's array, updated in place
                 out.append(arrays[donated])
             elif offset is None:  # an input or a constant passed through: a copy of its own
