@@ -3,7 +3,10 @@
 Every rule keeps the numbers bit for bit: `x*1`, `x+(-0.0)`, `--x`; `x+0` is not among them
 (-0.0 + 0.0 is +0.0), nor `exp(log x)` (not exact), `(x*a)*b` is not folded to `x*(a*b)` (rounding differs). Dead code goes with
 the rewrite (a graph holds only what its outputs need) and common subexpressions are shared by
-interning. Random ops are leaves keyed by their stream, so no rule merges or removes one.
+interning. Random ops are leaves keyed by their stream, so no rule merges one; a uniform draw
+compared with a bound it always meets (`rand < 1.0`: draws lie in [0, 1), as needle's dropout
+with p=0 draws its mask) is that constant, and the draw goes with its last use (the other
+draws are functions of their own streams, so none changes).
 """
 
 from __future__ import annotations
@@ -96,6 +99,22 @@ def _full_slice(n: Node) -> bool:
     )
 
 
+def _uniform(n: Node) -> bool:
+    return n.op is Op.RAND and n.arg[0] == "uniform"
+
+
+def _bound(n: Node, test) -> bool:
+    """A fill whose value `test` accepts."""
+    return _is_fill(n) and isinstance(n.arg, int | float) and test(n.arg)
+
+
+_UNIFORM = P(Op.RAND, where=_uniform)
+
+
+def _fill(value, n: Node) -> Node:
+    return Node.const(value, n.shape, n.dtype)
+
+
 RULES: list[Rule] = [
     # ---- constant folding
     (_MOVE_FILL, lambda n, c: Node.const(c.arg, n.shape, n.dtype)),  # movement of a fill: a fill
@@ -114,6 +133,32 @@ RULES: list[Rule] = [
     (P(Op.ADD, P(Op.CONST, where=_fill_minus_zero), _x, name="n"), _keep),  # (-0)+x -> x
     (P(Op.DIV, _x, P(Op.CONST, where=_scalar(1.0)), name="n"), _keep),  # x/1 -> x
     (P(Op.WHERE, P.var("c"), _x, _x, name="n"), lambda c, x, n: _keep(x, n)),  # where(c, x, x) -> x
+    (
+        P(Op.WHERE, P(Op.CONST, where=_scalar(True)), _x, P.var("y"), name="n"),
+        lambda x, y, n: _keep(x, n),
+    ),  # where(True, x, y) -> x
+    (
+        P(Op.WHERE, P(Op.CONST, where=_scalar(False)), P.var("y"), _x, name="n"),
+        lambda y, x, n: _keep(x, n),
+    ),  # where(False, y, x) -> x
+    # ---- uniform draws lie in [0, 1)
+    (
+        P(Op.CMPLT, _UNIFORM, P(Op.CONST, where=lambda c: _bound(c, lambda v: v >= 1)), name="n"),
+        lambda n: _fill(True, n),
+    ),  # u < 1 (or more) -> True
+    (
+        P(Op.CMPLT, _UNIFORM, P(Op.CONST, where=lambda c: _bound(c, lambda v: v <= 0)), name="n"),
+        lambda n: _fill(False, n),
+    ),  # u < 0 (or less) -> False
+    (
+        P(
+            Op.CMPEQ,
+            _UNIFORM,
+            P(Op.CONST, where=lambda c: _bound(c, lambda v: v >= 1 or v < 0)),
+            name="n",
+        ),
+        lambda n: _fill(False, n),
+    ),  # u == 1 (never drawn) -> False
     (P(Op.CAST, _x, name="n"), _keep),  # cast to own dtype
     (P(Op.STOP_GRADIENT, P(Op.STOP_GRADIENT, name="x")), lambda x: x),  # sg(sg(x)) -> sg(x)
     # ---- movement chains

@@ -283,3 +283,43 @@ def test_real_training_steps_keep_their_numbers_and_shrink(make, capsys):
         assert not (n.op is Op.ADD_SCALAR and n.arg == 0.0)
         assert not (n.op in (Op.RESHAPE, Op.BROADCAST) and n.shape == n.src[0].shape)
         assert not (n.op is Op.PERMUTE and n.src[0].op is Op.PERMUTE)
+
+
+def _draw(shape=(3, 4), stream=0):
+    seed = Node.leaf(Op.INPUT, "int64", (), ("seed", 0))
+    return seed, Node.leaf(Op.RAND, "float32", shape, ("uniform", stream), src=(seed,))
+
+
+@pytest.mark.parametrize(
+    "op,bound,value",
+    [(Op.CMPLT, 1.0, True), (Op.CMPLT, 2.0, True), (Op.CMPLT, 0.0, False), (Op.CMPEQ, 1.0, False)],
+)
+def test_a_uniform_draw_against_a_bound_it_always_meets_is_a_constant(op, bound, value):
+    seed, u = _draw()
+    out = Node.make(op, u, Node.const(bound, u.shape, "float32"))
+    g = simplify(Graph([seed], [out]))
+    assert g.outputs[0].op is Op.CONST and g.outputs[0].arg == value
+    assert count_ops(g, [Op.RAND]) == 0  # the draw went with its only use
+
+
+@pytest.mark.parametrize("op,bound", [(Op.CMPLT, 0.5), (Op.CMPEQ, 0.5), (Op.CMPLT, 0.999)])
+def test_a_uniform_draw_against_a_bound_inside_its_range_stays(op, bound):
+    seed, u = _draw()
+    out = Node.make(op, u, Node.const(bound, u.shape, "float32"))
+    g = simplify(Graph([seed], [out]))
+    assert count_ops(g, [Op.RAND]) == 1
+
+
+def test_dropout_with_p_zero_is_the_identity_under_jit_and_other_draws_keep_their_streams():
+    import needlec as nc
+
+    np.random.seed(0)
+    keep, drop = nn.Dropout(0.0), nn.Dropout(0.5)
+    x = np.random.rand(6, 7).astype("float32")
+    f = nc.jit(lambda a: (keep(a), drop(a)))
+    low = f.lower(x)
+    assert count_ops(low.graph, [Op.RAND]) == 1  # only p=0.5's mask is drawn
+    np.random.seed(3)
+    same, dropped = f(x)
+    np.testing.assert_array_equal(same.numpy(), x)
+    assert 0 < (dropped.numpy() == 0).mean() < 1
