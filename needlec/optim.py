@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from . import init
 from .autograd import Tensor
+from .frontend.guards import Watched, WatchedDict, WatchedList, note_change
 from .frontend.trace import current
 from .serialization import copy_into as _copy_into
 
@@ -44,17 +45,19 @@ class _Number:
         obj.__dict__[self.name] = value
 
 
-class Optimizer(ABC):
+class Optimizer(Watched, ABC):
     """Holds parameters; `step()` updates them from their `.grad`, `reset_grad()` clears grads.
 
     A parameter whose `.grad` is None (the loss does not depend on it) is skipped, eagerly and
-    under jit.
+    under jit. Attribute writes, and writes to `params` and the state dicts (a WatchedList and
+    WatchedDicts), are recorded in the jit guards' change log, so a jitted step's guard
+    re-checks an optimizer only after one.
     """
 
     hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Tensor]) -> None:
-        self.params = list(params)
+        self.params = WatchedList(params)
 
     @abstractmethod
     def step(self) -> None:
@@ -114,6 +117,7 @@ class Optimizer(ABC):
         trace = current()
         if trace is None:
             self.__dict__["t"] += 1
+            note_change(self, "t")
             return self.__dict__["t"]
         t = Tensor._make_tracer(trace.scalar(self, "t"), trace) + 1
         trace.write_scalar(self, "t", t._node)
@@ -143,7 +147,7 @@ class SGD(Optimizer):
     ) -> None:
         super().__init__(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.u = {i: self._state(p) for i, p in enumerate(self.params)}
+        self.u = WatchedDict({i: self._state(p) for i, p in enumerate(self.params)})
 
     def step(self) -> None:
         for i, p in enumerate(self.params):
@@ -175,8 +179,8 @@ class Adam(Optimizer):
         self.lr, self.beta1, self.beta2 = lr, beta1, beta2
         self.eps, self.weight_decay = eps, weight_decay
         self.t = 0
-        self.m = {i: self._state(p) for i, p in enumerate(self.params)}
-        self.v = {i: self._state(p) for i, p in enumerate(self.params)}
+        self.m = WatchedDict({i: self._state(p) for i, p in enumerate(self.params)})
+        self.v = WatchedDict({i: self._state(p) for i, p in enumerate(self.params)})
 
     def step(self) -> None:
         t = self._count_step()

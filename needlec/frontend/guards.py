@@ -14,7 +14,17 @@ everything else was baked into the trace. So a guard records:
   defaults): a fingerprint of what it holds, numbers and strings by value, other objects by
   identity. The guard holds these objects, so an identity is never reused while it is cached.
 
-A call reuses the trace only if every root and fingerprint is unchanged. There is no walk limit:
+A call reuses the trace only if every root and fingerprint is unchanged. Most of what a training
+step reaches is modules and optimizers, so those are not re-fingerprinted at every call: their
+classes derive from `Watched`, whose `__setattr__` / `__delattr__` append (id, attribute) to one
+change log, as do the `WatchedList` / `WatchedDict` an optimizer keeps its parameters and state
+in. A guard remembers the newest log entry it has seen; a check compares it with the log's newest
+entry (one comparison when nothing changed) and re-fingerprints only the watched objects named
+by the entries after it, or every watched object if those are too many or have left the bounded
+log. Everything else it holds (lists and dicts the user made, plain objects, functions, classes)
+is checked at every call as before; tuples never change and are not. Writes the log cannot see:
+`vars(module)[k] = v`, `object.__setattr__(module, k, v)`, and a subclass that overrides
+`__setattr__` (its objects are checked at every call instead). There is no walk limit:
 a guard that checks many objects warns once, when it is made. Objects that hold state no
 fingerprint reads (`__slots__`, C extension types) are guarded by identity only and listed by
 `NEEDLEC_DEBUG=guards`.
@@ -28,6 +38,7 @@ import operator
 import sys
 import types
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -42,6 +53,96 @@ _NOT_ENTERED = (types.ModuleType, types.BuiltinFunctionType, types.CodeType, np.
 _DUNDER_SKIP = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"})
 
 Getter = Callable[[], object]
+
+# The change log: (id(obj), attribute name or None) for every write to a Watched object or
+# container, newest last. A guard holds the newest entry it has checked (so that entry is never
+# freed and its identity never reused); one that left the log makes the guard check everything.
+_CHANGES: deque = deque([(-1, None)], maxlen=4096)
+
+
+def note_change(obj: object, name: str | None = None) -> None:
+    """Record that `obj` changed (its attribute `name`; None: its items). Call it after the
+    change: a guard that reads the entry must see the new value. Code that writes an instance
+    `__dict__` of a Watched object directly (bypassing `__setattr__`) calls this."""
+    _CHANGES.append((id(obj), name))
+
+
+class Watched:
+    """A base class whose attribute writes and deletions go to the change log, so guards check
+    its objects only when the log names them (nn.Module and Optimizer derive from it). Setting
+    an attribute to the very object it holds (`model.train()` in training mode) changes no
+    fingerprint and is not logged."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        try:
+            same = self.__dict__.get(name, _MISSING) is value
+        except AttributeError:  # a subclass with __slots__ only
+            same = False
+        object.__setattr__(self, name, value)
+        if not same:
+            _CHANGES.append((id(self), name))
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        _CHANGES.append((id(self), name))
+
+
+def _logged(base: type, name: str) -> Callable:
+    """`base.name`, followed by a change-log entry for the container (even if it raised: a
+    `sort` whose key raises may have moved items)."""
+    method = getattr(base, name)
+
+    def logged(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _CHANGES.append((id(self), None))
+
+    logged.__name__ = logged.__qualname__ = name
+    logged.__doc__ = method.__doc__
+    return logged
+
+
+class WatchedList(list):
+    """A list whose mutating methods go to the change log (an optimizer's `params`). Writes
+    through `list`'s own methods (`list.append(xs, v)`) are not seen."""
+
+    __slots__ = ()
+
+
+class WatchedDict(dict):
+    """A dict whose mutating methods go to the change log (an optimizer's state by parameter
+    index). Writes through `dict`'s own methods (`dict.update(d, ...)`) are not seen."""
+
+    __slots__ = ()
+
+
+for _name in (
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+    "__setitem__", "__delitem__", "__iadd__", "__imul__",
+):  # fmt: skip
+    setattr(WatchedList, _name, _logged(list, _name))
+for _name in (
+    "__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__",
+):  # fmt: skip
+    setattr(WatchedDict, _name, _logged(dict, _name))
+del _name
+
+
+@functools.cache  # one entry per class a guard meets
+def _watched_type(kind: type) -> bool:
+    """Whether every change to an object of this type that a fingerprint reads is logged."""
+    if kind is WatchedList or kind is WatchedDict:
+        return True
+    return (
+        issubclass(kind, Watched)
+        and kind.__setattr__ is Watched.__setattr__
+        and kind.__delattr__ is Watched.__delattr__
+        and not getattr(kind, "_jit_opaque", False)
+        and getattr(kind, "_jit_guard_attrs", None) is None
+    )
 
 
 class Root:
@@ -332,8 +433,10 @@ def _layout(x) -> str:
     kind = type(x)
     if kind is list or kind is tuple:
         return "seq"
-    if kind is dict:
+    if kind is dict or kind is WatchedDict:
         return "item"
+    if kind is WatchedList:
+        return "seq"
     if (
         type(getattr(x, "__dict__", None)) is dict
         and not isinstance(x, types.FunctionType | type | functools.partial)
@@ -388,7 +491,15 @@ def _snapshot(x, layout: str) -> tuple | None:
         return (tuple(x.values()), tuple(x), None)
     if layout == "attr":
         return (tuple(x.__dict__.values()), tuple(x.__dict__), type(x))
+    if type(x) is types.FunctionType:  # its closure variables, then its defaults
+        return (tuple(map(_cell, x.__closure__ or ())) + (x.__defaults__,), (), _FUNCTION_SNAP)
+    if isinstance(x, type):  # a user class: its attributes
+        d = vars(x)
+        return (tuple(d.values()), tuple(d), _CLASS_SNAP)
     return None
+
+
+_FUNCTION_SNAP, _CLASS_SNAP = ("function",), ("class",)  # the kinds of "step" snapshots
 
 
 def _unchanged(x, layout: str, snap: tuple) -> bool:
@@ -397,7 +508,16 @@ def _unchanged(x, layout: str, snap: tuple) -> bool:
     values, keys, kind = snap
     if layout == "seq":
         return len(x) == len(values) and all(map(operator.is_, x, values))
-    if layout == "attr":
+    if kind is _FUNCTION_SNAP:
+        cells = x.__closure__ or ()
+        return (
+            len(cells) + 1 == len(values)
+            and x.__defaults__ is values[-1]
+            and all(map(operator.is_, map(_cell, cells), values))
+        )
+    if kind is _CLASS_SNAP:
+        x = vars(x)
+    elif layout == "attr":
         if type(x) is not kind:
             return False
         x = x.__dict__
@@ -425,6 +545,7 @@ class Guard:
         before: dict | None = None,
     ) -> None:
         self.roots = getters
+        self._last = _CHANGES[-1]  # before the walk: a change made during it is seen later
         self.root_values = [g() for g in getters]  # held: their identity stays theirs
         self.root_keys = [_key(v) for v in self.root_values]
         skips: dict[int, set] = {}
@@ -458,6 +579,15 @@ class Guard:
             snap = None if skip else _snapshot(x, layout)
             self.objects.append((x, skip, layout, fp, name, path, snap))
         self.n_items = n_items + len(getters)
+        # objects whose changes the log records, by id; the rest (but tuples: they never
+        # change) are checked at every call
+        self._watched = {id(e[0]): e for e in self.objects if _watched_type(type(e[0]))}
+        self._walked = [
+            e for e in self.objects if id(e[0]) not in self._watched and type(e[0]) is not tuple
+        ]
+        self._scan = 16 + 2 * len(self._watched)  # log entries worth reading before a full check
+        self._stale_at: tuple | None = None  # (the log's newest entry, what changed) if stale
+        self.visits = 0  # objects fingerprinted or compared by checks so far (for tests)
 
     def check(self) -> str | None:
         """None if the trace still holds, else what changed."""
@@ -468,15 +598,58 @@ class Guard:
             new = _key(now)
             if new != old:
                 return f"{g.name} changed ({_show(old)} -> {_show(new)})"
-        for x, skip, layout, old, name, path, snap in self.objects:
+        for entry in self._walked:
+            why = self._stale(entry)
+            if why is not None:
+                return why
+        head = _CHANGES[-1]
+        if head is self._last:
+            return None  # the steady state: nothing was written to a watched object
+        return self._check_watched(head)
+
+    def _stale(self, entry: tuple) -> str | None:
+        """None if one object holds what it held at trace time, else what changed."""
+        x, skip, layout, old, name, path, snap = entry
+        self.visits += 1
+        try:
+            if snap is not None and _unchanged(x, layout, snap):
+                return None  # the fast path: the same objects in the same places
+            new = _fingerprint(x, skip, layout)
+        except RuntimeError:  # another thread changed its size while it was read
+            return f"{where(name, path)} changed while it was checked"
+        if new != old:
+            return _describe(where(name, path), old, new, layout)
+        return None
+
+    def _check_watched(self, head: tuple) -> str | None:
+        """Check the watched objects the change log names after the last entry this guard saw
+        (all of them if it cannot tell which), then remember `head` as seen."""
+        if self._stale_at is not None and self._stale_at[0] is head:
+            return self._stale_at[1]  # stale when the log ended here, and nothing was written since
+        watched, last = self._watched, self._last
+        named: set | None = None
+        if watched:
             try:
-                if snap is not None and _unchanged(x, layout, snap):
-                    continue  # the fast path: the same objects in the same places
-                new = _fingerprint(x, skip, layout)
-            except RuntimeError:  # another thread changed its size while it was read
-                return f"{where(name, path)} changed while it was checked"
-            if new != old:
-                return _describe(where(name, path), old, new, layout)
+                ids: set = set()
+                for n, change in enumerate(reversed(_CHANGES)):
+                    if change is last:
+                        named = ids
+                        break
+                    if n >= self._scan:
+                        break  # many changes: checking every object costs less
+                    i, attr = change
+                    entry = watched.get(i)
+                    if entry is not None and attr not in entry[1]:  # not an input it skips
+                        ids.add(i)
+            except RuntimeError:  # another thread wrote meanwhile
+                named = None
+            entries = watched.values() if named is None else [watched[i] for i in named]
+            for entry in entries:
+                why = self._stale(entry)
+                if why is not None:
+                    self._stale_at = (head, why)
+                    return why
+        self._last = head
         return None
 
     def summary(self) -> str:

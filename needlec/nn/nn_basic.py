@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .. import init, ops
 from ..autograd import Tensor
+from ..frontend.guards import Watched
 from ..serialization import copy_into as _copy_into
 
 
@@ -42,11 +43,14 @@ def _child_modules(value: object) -> list[Module]:
     return []
 
 
-class Module:
+class Module(Watched):
     """Base class of needle's modules.
 
     Parameters are found by walking the attributes (through modules, lists, tuples and dicts);
-    plain tensors are not parameters.
+    plain tensors are not parameters. Setting or deleting an attribute is recorded in the jit
+    guards' change log (see `needlec.frontend.guards.Watched`), so a jitted function's guard
+    re-checks a module only after such a write; a subclass that defines its own `__setattr__`
+    is re-checked at every call instead.
 
     >>> import needlec as nc
     >>> class Affine(nc.nn.Module):
