@@ -266,3 +266,23 @@ def test_per_kernel_entries_profile_each_kernel_and_give_the_same_results():
     assert conv.flops > 0 and "GFLOP/s" in conv.as_text()
     with pytest.raises(ValueError, match="per_kernel"):
         whole.profile(arrays)
+
+
+def test_a_gemm_with_few_rows_is_cut_into_column_blocks_with_the_same_bits(restore_threads):
+    """64 rows and 300 columns: the pool's blocks are blocks of columns (each packs only its
+    share of B); every element is still one BLAS dot product over all of K, so the bits do not
+    depend on the thread count, and the result matches the reference."""
+    a, b = arg("float32", (64, 512), 0), arg("float32", (512, 300), 1)
+    graph = Graph([a, b], [Node.make(Op.MATMUL, a, b)])
+    ex = compile_llvm(compile_program(graph))
+    src = ex.source("llvm-unoptimized")
+    assert "needlec_parallel_for" in src
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(n.shape).astype(np.float32) for n in graph.inputs]
+    runs = []
+    for n in (1, 2, 3):
+        runtime.set_num_threads(n)
+        runs.append(ex.run(arrays)[0].tobytes())
+    assert runs[0] == runs[1] == runs[2]
+    (want,) = run_graph(graph, arrays)
+    np.testing.assert_allclose(ex.run(arrays)[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
