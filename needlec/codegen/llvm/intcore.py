@@ -78,26 +78,19 @@ def _error(r, core: Core, why: str):
 # ------------------------------------------------------------------ arithmetic
 
 
-_FLOATS = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
-
-
 def _zero(dtype: str) -> ir.Constant:
-    return ir.Constant(_reg(dtype), 0.0 if dtype in _FLOATS else 0)
+    return ir.Constant(_reg(dtype), 0)
 
 
-def _reg(dtype: str) -> ir.Type:
-    return {"bool": I1, "int32": ir.IntType(32), "int64": I64, **_FLOATS}[dtype]
+def _reg(dtype: str) -> ir.IntType:
+    return {"bool": I1, "int32": ir.IntType(32), "int64": I64}[dtype]
 
 
 def _mul(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
-    if dtype in _FLOATS:
-        return b.fmul(x, y)
     return b.and_(x, y) if dtype == "bool" else b.mul(x, y)  # no nsw: wraps as numpy's
 
 
 def _add(b: ir.IRBuilder, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
-    if dtype in _FLOATS:
-        return b.fadd(x, y)
     return b.or_(x, y) if dtype == "bool" else b.add(x, y)
 
 
@@ -114,7 +107,7 @@ def _accumulate(r, buf: Buffer, index: ir.Value, x: ir.Value, dtype: str) -> Non
     if dtype == "bool":
         b.store(b.or_(old, b.zext(x, I8)), ptr)
     else:
-        b.store(_add(b, old, x, dtype), ptr)
+        b.store(b.add(old, x), ptr)
 
 
 def _in_range(b: ir.IRBuilder, i: ir.Value, n: int) -> ir.Value:
@@ -140,13 +133,6 @@ def _fill_zero(r, into: Buffer, lo: ir.Value, hi: ir.Value, dtype: str) -> None:
 
 
 # ------------------------------------------------------------------ matmul
-
-
-def emit_small_matmul(r, core: Core, into: Buffer) -> None:
-    """A float batched matmul of many small matrices (attention's scores: 20x32 times 32x20 per
-    batch and head) as the same loop nest, which costs less than a BLAS call per matrix. Each
-    element sums its products in order of k: within the matmul's summation-order budget."""
-    _matmul(r, core, into)
 
 
 def _matmul(r, core: Core, into: Buffer) -> None:
