@@ -95,6 +95,16 @@ class Keep:
 
 
 @dataclass(frozen=True, eq=False)
+class Reload:
+    """A value an earlier loop of the same iteration stored (`store`), read back from that
+    store's buffer at the current indices instead of computed again (softmax's exp, needed
+    after the loop that stored it)."""
+
+    expr: Expr
+    store: Store
+
+
+@dataclass(frozen=True, eq=False)
 class Write:
     """A store of the kernel, at the current indices."""
 
@@ -180,6 +190,8 @@ class KernelSchedule:
                     lines.append(f"{pad}store {it.store.buffer.name} = {names[it.store.value]}")
                 elif isinstance(it, Keep):
                     lines.append(f"{pad}keep {names[it.expr]}")
+                elif isinstance(it, Reload):
+                    lines.append(f"{pad}reload {names[it.expr]} from {it.store.buffer.name}")
                 elif isinstance(it, RunCore):
                     lines.append(f"{pad}core {k.core.op.name.lower()} -> {it.into.name}")
 
@@ -232,6 +244,8 @@ class _Builder:
         self.modes: dict[Expr, str] = {}
         self.kept: set[Expr] = set()
         self._fresh: Expr | None = None  # the kept value a Keep is computing
+        # costly values stored as they are: (the store, the loop bodies around it)
+        self._stored: dict[Expr, tuple[Store, tuple[int, ...]]] = {}
 
     # what a value's tree reads, up to materialized values
     def _tree(self, e: Expr) -> list[Expr]:
@@ -433,6 +447,9 @@ class _Builder:
             v = t.item.value
             self._need(v, path, bound)
             path[-1].append(Write(t.item))
+            st = t.item
+            if self._reloadable(st):
+                self._stored.setdefault(v, (st, tuple(id(b) for b in path[:-1])))
             return
         e = t.item
         src = e.src[0]
@@ -473,6 +490,7 @@ class _Builder:
         if found is not None:
             return found
         todo, seen, stack = [], set(), [e]
+        reloads: dict[Expr, Store] = {}
         while stack:
             x = stack.pop()
             if x in seen:
@@ -480,22 +498,47 @@ class _Builder:
             seen.add(x)
             if self._find(x, path) is None:
                 todo.append(x)
-                stack.extend(x.src)
+                st = self._reload(x, path)
+                if st is not None:
+                    reloads[x] = st  # read back, so its sources are not needed here
+                else:
+                    stack.extend(x.src)
         todo.sort(key=self.pos.__getitem__)  # creation order is topological
         depth_of_dim = self._depth_of_dims(path)
         for x in todo:
-            level = max(
-                [self._find(src, path) for src in x.src]
-                + [depth_of_dim.get(d, 0) for d in deps(x, self.space)],
-                default=0,
-            )
+            dims = [depth_of_dim.get(d, 0) for d in deps(x, self.space)]
+            srcs = [] if x in reloads else [self._find(src, path) for src in x.src]
+            level = max(srcs + dims, default=0)
             body = path[level]
+            item = Reload(x, reloads[x]) if x in reloads else Let(x)
             if level == len(path) - 1:
-                body.append(Let(x))
+                body.append(item)
             else:
-                body.insert(len(body) - 1, Let(x))  # before the open loop it encloses
+                body.insert(len(body) - 1, item)  # before the open loop it encloses
             self._scope(body)[x] = level
         return self._find(e, path)
+
+    def _reloadable(self, st: Store) -> bool:
+        """Whether a later loop had better read `st`'s value back than compute it again: the
+        value is costly (a transcendental or a division in the kernel's loops), stored in its
+        own dtype over exactly its own dims."""
+        v = st.value
+        if v.op not in COSTLY or st.buffer.dtype != v.dtype or self.k.core is not None:
+            return False
+        dims = [d for kd in st.dims for d in kd]
+        return sorted(dims) == sorted(deps(v, self.space)) and len(set(dims)) == len(dims)
+
+    def _reload(self, x: Expr, path: list[list]) -> Store | None:
+        """The store of `x` made earlier in this iteration of the loops around `path`'s
+        innermost body, in a loop of its own that has finished, if there is one."""
+        hit = self._stored.get(x)
+        if hit is None:
+            return None
+        st, around = hit
+        ids = tuple(id(b) for b in path)
+        if len(around) >= len(ids) or ids[: len(around)] != around:
+            return None  # not under the same iteration, or in this very body
+        return st
 
     def _depth_of_dims(self, path: list[list]) -> dict[int, int]:
         out = {}
@@ -596,6 +639,11 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
                 flat[st.buffer][j] = ev(st.value, scope)
             elif isinstance(it, Keep):
                 flat[s.scratch[it.expr]][scratch_index(it.expr)] = ev(it.expr, scope, fresh=True)
+            elif isinstance(it, Reload):
+                st = it.store
+                view = View.contiguous(st.buffer.shape).embed(st.dims, k.space)[0]
+                j = view.offset + sum(i * x for i, x in zip(idx, view.strides, strict=True))
+                scope[it.expr] = flat[st.buffer][j]
             elif isinstance(it, RunCore):
                 c = k.core
                 xs = [read_view(env[ld.buffer], ld.view) for ld in c.operands]
@@ -612,4 +660,4 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         env[s.core_store.buffer] = flat[s.core_buffer].reshape(s.core_buffer.shape)
 
 
-__all__ = ["Keep", "KernelSchedule", "run_schedule", "schedule_kernel"]
+__all__ = ["Keep", "KernelSchedule", "Reload", "run_schedule", "schedule_kernel"]

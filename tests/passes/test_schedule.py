@@ -73,3 +73,27 @@ def test_batchnorm_keeps_its_per_channel_values():
         it.expr in s.kept for s in schedules for it in _items(s.body) if isinstance(it, Keep)
     )
     assert any("keep" in s.as_text() for s in schedules)
+
+
+def test_a_stored_exp_is_read_back_not_computed_again():
+    """Softmax stores exp(x - max) (for its gradient), then sums it and divides by the sum in
+    loops of their own: those read the stored values back (`reload`) instead of three exps."""
+    import needlec as nc
+    from needlec.codegen.schedule import Reload
+
+    def softmax(a):
+        m = a.max(axes=(1,)).reshape((6, 1)).broadcast_to(a.shape)
+        e = (a - m).exp()
+        return e / e.sum(axes=(1,)).reshape((6, 1)).broadcast_to(a.shape), e
+
+    x = np.random.default_rng(0).standard_normal((6, 9)).astype("float32")
+    low = nc.jit(softmax).lower(x)
+    schedules = _check_every_kernel(low.kernels, [x])
+    reloads = [it for s in schedules for it in _items(s.body) if isinstance(it, Reload)]
+    assert len(reloads) == 2, "\n".join(s.as_text() for s in schedules)
+    text = "\n".join(s.as_text() for s in schedules)
+    assert "reload" in text
+    got, e = nc.jit(softmax)(x)
+    want = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(e.numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(got.numpy(), want / want.sum(1, keepdims=True), rtol=1e-6)

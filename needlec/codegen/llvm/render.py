@@ -35,6 +35,7 @@ from ..schedule import (
     KernelSchedule,
     Let,
     Loop,
+    Reload,
     RunCore,
     Write,
     deps,
@@ -279,7 +280,7 @@ def _work(items: list) -> int:
             total += it.extent * _work(it.body)
         elif isinstance(it, Let):
             total += 20 if it.expr.op in _HEAVY else 1
-        elif isinstance(it, (Accumulate, Write, Finish)):
+        elif isinstance(it, (Accumulate, Write, Finish, Reload)):
             total += 1
         elif isinstance(it, Keep):
             total += 20 if it.expr.op in _HEAVY else 1
@@ -621,6 +622,10 @@ class KernelRenderer:
                 self.scopes[-1][e] = v
                 ld = self.s.load_of(e)
                 self.store(ld.buffer, ld.view, v, e.dtype)
+            elif isinstance(it, Reload):
+                st = it.store
+                view = View.contiguous(st.buffer.shape).embed(st.dims, self.k.space)[0]
+                self.scopes[-1][it.expr] = self.load(Load(st.buffer, view), it.expr.dtype)
             elif isinstance(it, Keep):
                 e = it.expr
                 ld = self.s.load_of(e)
