@@ -929,3 +929,14 @@ def test_batched_matmul_over_permuted_rows_stays_per_batch():
     np.testing.assert_allclose(got, x.transpose(1, 0, 2) @ y, rtol=1e-5, atol=1e-5)
     n, scale = _matmul_budget(x.transpose(1, 0, 2), y)
     assert_within(Op.MATMUL, got, want, n=n, scale=scale)
+
+
+def test_small_matrices_of_one_right_operand_read_through_a_transpose_are_packed_then_one_gemm():
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((16, 24, 20)).astype("float32")  # held (B, K, M), read as (B, M, K)
+    y = rng.standard_normal((24, 10)).astype("float32")
+    a, b = arg("float32", x.shape, 0), arg("float32", y.shape, 1)
+    ex, (got,), (want,) = run_both([a, b], [a.permute((0, 2, 1)) @ b], [x, y])
+    assert ex.source("llvm-unoptimized").count('call void @"needlec_sgemm"') == 1
+    n, scale = _matmul_budget(x.transpose(0, 2, 1), y)
+    assert_within(Op.MATMUL, got, want, n=n, scale=scale)

@@ -186,6 +186,13 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     out_shape = core.shape
     batch = out_shape[:-2]
     merged = _merged_rows(a.view, bb.view, batch, ta)
+    shared_b = batch and all(d == 1 for d in bb.view.shape[:-2])
+    small = 2 * math.prod(core.shape[-2:]) * a.view.shape[-1] < GEMM_GRAIN_FLOPS
+    if merged is None and shared_b and small and tuple(a.view.shape[:-2]) == tuple(batch):
+        # small matrices of one B, A laid out another way: A packed row-major, then one GEMM
+        a = pack(r, a, dtype)
+        ta, lda = _matrix(a.view)
+        merged = _merged_rows(a.view, bb.view, batch, ta)
     if merged is not None and _matrix(merged) is not None:
         # one GEMM over every batch's rows (a linear layer on (B, T, D))
         a, (ta, lda) = Load(a.buffer, merged), _matrix(merged)
