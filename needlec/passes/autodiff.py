@@ -54,7 +54,15 @@ def _slice_vjp(g, out, x, arg):
 
 def _matmul_vjp(g, out, x, y, arg):
     gx = g @ y.transpose()
-    gy = x.transpose() @ g
+    if len(y.shape) == 2 and len(x.shape) > 2:
+        # one matrix for every batch index (a linear layer on (B, T, D)): its gradient is one
+        # GEMM over all the rows, not a GEMM per batch index and a sum over the batch
+        rows = 1
+        for d in x.shape[:-1]:
+            rows *= d
+        gy = x.reshape((rows, x.shape[-1])).transpose() @ g.reshape((rows, g.shape[-1]))
+    else:
+        gy = x.transpose() @ g
     return unbroadcast(gx, x.shape), unbroadcast(gy, y.shape)
 
 
