@@ -37,7 +37,7 @@ from llvmlite import ir
 from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
-from ...ir.view import strides_of
+from ...ir.view import View, strides_of
 from .gemm import Gemm, pack, pool_may_call_blas
 from .loops import counted_loop
 
@@ -63,6 +63,36 @@ def emit_conv(r, core: Core, into: Buffer) -> None:
     ](r, core, into)
 
 
+def _nhwc(r, x: Load, dtype: str) -> Load:
+    """`x` as it is where its (w, ci) dims are one contiguous run (NHWC), else copied into
+    compact NHWC scratch first: an NCHW input's gather then copies runs of KW*Cin elements, not
+    of KW. The copy walks x in its own memory order (reads contiguous, writes strided)."""
+    v = x.view
+    n, h, wd, ci = v.shape
+    dense = (ci == 1 or v.strides[3] == 1) and (wd == 1 or v.strides[2] == ci)
+    if dense or ci == 1 or v.mask is not None or v.offset < 0 or x.buffer.dtype != dtype:
+        return x
+    itemsize = 4 if dtype == "float32" else 8
+    buf = Buffer(f"{r.k.name}.nhwc", n * h * wd * ci * itemsize, "temp", (n, h, wd, ci), dtype)
+    r.scratch_buffer(buf)
+    order = sorted(range(4), key=lambda d: -abs(v.strides[d]))  # outermost: largest stride
+    dst = strides_of(v.shape)
+    b = r.b
+
+    def nest(depth: int, src: ir.Value, at: ir.Value) -> None:
+        if depth == 4:
+            b.store(b.load(r.pointer(x.buffer, src)), r.pointer(buf, at))
+            return
+        d = order[depth]
+        with counted_loop(b, v.shape[d], f"nhwc{d}") as i:
+            nest(
+                depth + 1, b.add(src, b.mul(i, I64(v.strides[d]))), b.add(at, b.mul(i, I64(dst[d])))
+            )
+
+    nest(0, I64(v.offset), I64(0))
+    return Load(buf, View.contiguous(v.shape))
+
+
 def _forward(r, core: Core, into: Buffer) -> None:
     x, w = core.operands
     stride, pad = core.arg
@@ -80,6 +110,7 @@ def _forward(r, core: Core, into: Buffer) -> None:
     if any(hi <= lo for lo, hi in ranges) or any(lo >= hi for lo, hi in wb[3:]):
         r.fill(into, r.const(dtype, 0), dtype)  # an empty sum (or a masked-out weight): zeros
         return
+    x = _nhwc(r, x, dtype)
     kdims = _kdims(x, ranges)
     ext = [hi - lo for _, _, (lo, hi) in kdims]
     k_inner = ext[1] * ext[2]
@@ -214,6 +245,7 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
     if any(hi <= lo for lo, hi in ranges):  # no tap meets the input: only padding, zeros
         r.fill(into, r.const(dtype, 0), dtype)
         return
+    x = _nhwc(r, x, dtype)
     kdims = _kdims(x, ranges)
     ext = [hi - lo for _, _, (lo, hi) in kdims]
     k_total, k_inner = math.prod(ext), ext[1] * ext[2]
