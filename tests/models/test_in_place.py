@@ -11,6 +11,12 @@ import needlec as nc
 from needlec import nn, optim
 
 from .test_train_steps import OPTIMIZERS, assert_same_state, digits_batches, train_both
+from .test_train_steps import make_step as _make_step
+
+
+def make_step(model, opt):
+    """`test_train_steps.make_step` with SoftmaxLoss."""
+    return _make_step(model, opt, nn.SoftmaxLoss())
 
 
 def build_mlp():
@@ -34,17 +40,7 @@ def test_arrays_taken_before_the_steps_see_the_updates():
     """`old = p.data` before a step is the same memory afterwards, as in PyTorch."""
     batches = digits_batches()
     model = build_mlp()
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    @nc.jit
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = nc.jit(make_step(model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9)))
     params = model.parameters()
     old = [p.data for p in params]
     arrays = [p.numpy() for p in params]  # copies
@@ -129,17 +125,7 @@ def test_steady_state_steps_allocate_no_buffers():
     every parameter and optimizer state array keeps its memory."""
     batches = digits_batches()
     model = build_mlp()
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loss_fn = nn.SoftmaxLoss()
-
-    @nc.jit
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = nc.jit(make_step(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9)))
     step(*batches[0])
     ex = step.lower(*batches[0]).executable
     blocks = set()
