@@ -11,7 +11,9 @@ overhead and a shape BLAS runs well (and in parallel). Three rewrites, on 2-D fl
 - cols: `X @ W_j` for several `W_j` of one shape -> `X @ [W_1 | ... | W_k]`, each product a
   column slice (q/k/v projections of one input);
 - sum: an ADD tree over several `A_t @ B_t` (the A_t of one shape, the B_t of one shape) ->
-  `[A_1 | ... | A_k] @ [B_1; ...; B_k]`, added to the tree's other terms.
+  `[A_1 | ... | A_k] @ [B_1; ...; B_k]`, added to the tree's other terms;
+- batch: a batched product summed over its batch (`sum_b A_b @ B_b`, the weight gradient of a
+  Linear applied to a 3-D input) -> the same one product, on the batch already stacked.
 
 Only products that are independent (neither reads the other's result, through any path) are
 merged, so the merged graph stays acyclic; only when every merged operand has the same dtype; and
@@ -23,7 +25,8 @@ are not copied: their concatenation is a view of that array.
 Numerics: a rows or cols merge computes each output element as the same dot product over the
 same K, so it is within the matmul budget of `needlec.ir.ops.TOLERANCE`. A sum merge adds the
 terms of the sum inside one GEMM instead of GEMM by GEMM: the summation order changes, within
-the "order" budget with n the merged inner dim (k times K).
+the "order" budget with n the merged inner dim (k times K). A batch merge likewise sums the
+batch inside the GEMM instead of in a reduction after it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ MAX_MERGES = 10_000  # a bound on rewrite rounds (each round merges one group)
 
 @dataclass(frozen=True)
 class Merge:
-    """One merge: `kind` ("rows", "cols" or "sum"), how many products were merged into how
+    """One merge: `kind` ("rows", "cols", "sum" or "batch"), how many products were merged into how
     many GEMMs, the first merged product's (m, k, n) and dtype, how many elements stacking the
     operands copies, and the time the cost model says it saves."""
 
@@ -68,6 +71,7 @@ class Merge:
             "rows": "products sharing their right operand, stacked by rows",
             "cols": "products sharing their left operand, their right operands side by side",
             "sum": "products summed, as one product over stacked operands",
+            "batch": "products of a batch summed over it, as one product",
         }[self.kind]
         into = "one" if self.gemms == 1 else f"{self.gemms} GEMMs like"
         return (
@@ -259,7 +263,47 @@ def _candidates(graph: Graph) -> list[_Candidate]:
         for ms in groups.values():
             if len(ms) > 1:
                 out.append(_Candidate("sum", ms, root, tuple(terms)))
+    for n in graph.nodes:
+        m = n.src[0] if n.op is Op.SUM and n.arg == (0,) else None
+        if m is not None and _batched_sum(m) and m not in outputs and users[m] == [n]:
+            out.append(_Candidate("batch", [m], n))
     return out
+
+
+def _batched_sum(m: Node) -> bool:
+    """A 3-D float product with its batch in both operands (summed over the batch, it is
+    one 2-D product)."""
+    return (
+        m.op is Op.MATMUL
+        and m.ndim == 3
+        and m.src[0].shape[0] == m.src[1].shape[0] == m.shape[0] > 1
+        and m.dtype in FLOATS
+        and m.src[0].dtype == m.src[1].dtype == m.dtype
+        and all(d > 0 for d in m.src[0].shape)
+    )
+
+
+def _build_batch(c: _Candidate) -> tuple[dict[Node, Node], Merge] | None:
+    """sum_b A_b @ B_b over the batch of a batched product -> [A_1 | ... | A_b] @ [B_1; ...;
+    B_b], one GEMM with no reduction after it (a weight's gradient through a Linear on 3-D
+    input). A transposed A (X^T per batch, as autodiff makes it) stacks as the rows of X,
+    a view; any other A is copied once."""
+    m = c.members[0]
+    a, b = m.src
+    nb, rows, inner = a.shape
+    cols = b.shape[2]
+    if a.op is Op.PERMUTE and a.arg == (0, 2, 1):
+        left, copied = a.src[0].reshape((nb * inner, rows)).permute((1, 0)), 0
+    else:
+        left, copied = a.permute((1, 0, 2)).reshape((rows, nb * inner)), math.prod(a.shape)
+    right = b.reshape((nb * inner, cols))
+    if b.op is Op.PERMUTE:
+        copied += math.prod(b.shape)
+    gain = (nb - 1) * CALL_NS - copied * SELECT_NS
+    if gain < MIN_GAIN_NS:
+        return None
+    merge = Merge("batch", nb, 1, (rows, nb * inner, cols), m.dtype, copied, gain)
+    return {c.root: left @ right}, merge
 
 
 def _trees(
@@ -435,11 +479,14 @@ def merge_gemms(graph: Graph, report: list[Merge] | None = None) -> Graph:
         index, anc = _ancestors(graph.nodes)
         best = None
         for c in _candidates(graph):
-            chosen = _independent(c.members, index, anc)
-            if len(chosen) < 2:
-                continue
-            c.members = chosen
-            built = _build(c, index)
+            if c.kind == "batch":
+                built = _build_batch(c)
+            else:
+                chosen = _independent(c.members, index, anc)
+                if len(chosen) < 2:
+                    continue
+                c.members = chosen
+                built = _build(c, index)
             if built is None:
                 continue
             merge = built[1]
