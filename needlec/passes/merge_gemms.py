@@ -55,7 +55,8 @@ MAX_MERGES = 10_000  # a bound on rewrite rounds (each round merges one group)
 class Merge:
     """One merge: `kind` ("rows", "cols", "sum" or "batch"), how many products were merged into how
     many GEMMs, the first merged product's (m, k, n) and dtype, how many elements stacking the
-    operands copies, and the time the cost model says it saves."""
+    operands copies (not counting stacks an earlier merge made), and the time the cost model
+    says it saves."""
 
     kind: str
     count: int
@@ -370,66 +371,81 @@ def _merge_chunk(kind: str, ms: Sequence[Node]) -> tuple[Node, dict[Node, Node],
     return left @ right, {}, copied_l + copied_r
 
 
-def _rows_copies(pieces: Sequence[Node]) -> int:
-    """The elements `_concat_rows(pieces)` copies, without building it."""
+def _rows_copies(pieces: Sequence[Node], existing: set[Node]) -> int:
+    """The elements `_concat_rows(pieces)` copies, without building it: none for a view, and
+    none for a stack the graph already computes (another merge stacked the same pieces)."""
     if _consecutive(pieces) == list(range(len(pieces))):
+        return 0
+    if Node.make(Op.STACK, *pieces, arg=0) in existing:
         return 0
     return sum(math.prod(p.shape) for p in pieces)
 
 
-def _cols_copies(pieces: Sequence[Node]) -> int:
+def _cols_copies(pieces: Sequence[Node], existing: set[Node]) -> int:
     """The elements `_concat_cols(pieces)` copies, without building it."""
     if all(_is_transpose(p) for p in pieces):
-        return _rows_copies([_untranspose(p) for p in pieces])
+        return _rows_copies([_untranspose(p) for p in pieces], existing)
+    if Node.make(Op.STACK, *pieces, arg=1) in existing:
+        return 0
     return sum(math.prod(p.shape) for p in pieces)
 
 
-def _chunk_copies(kind: str, ms: Sequence[Node]) -> int:
+def _chunk_copies(kind: str, ms: Sequence[Node], existing: set[Node]) -> int:
     """The elements `_merge_chunk(kind, ms)` copies, without building it."""
     if kind == "rows":
-        return _rows_copies([m.src[0] for m in ms])
+        return _rows_copies([m.src[0] for m in ms], existing)
     if kind == "cols":
-        return _cols_copies([m.src[1] for m in ms])
-    return _cols_copies([m.src[0] for m in ms]) + _rows_copies([m.src[1] for m in ms])
+        return _cols_copies([m.src[1] for m in ms], existing)
+    return _cols_copies([m.src[0] for m in ms], existing) + _rows_copies(
+        [m.src[1] for m in ms], existing
+    )
 
 
-def _order(c: _Candidate, topo: dict[Node, int]) -> list[Node]:
-    """The members in the order their operands are stacked: one that makes the stacked
-    operand a view when there is one, else the order the stacked pieces are computed in (so
-    merges that stack the same pieces share one stack)."""
+def _orders(c: _Candidate, topo: dict[Node, int]) -> list[list[Node]]:
+    """Orders of the members to try stacking their operands in: one that makes a stacked
+    operand a view when there is one, and the order the stacked pieces are computed in (so
+    that merges stacking the same pieces share one stack)."""
     ms = c.members
     if c.kind == "rows":
-        order = _rows_order([m.src[0] for m in ms], topo)
+        orders = [_rows_order([m.src[0] for m in ms], topo)]
     elif c.kind == "cols":
-        order = _rows_order(_cols_pieces([m.src[1] for m in ms]), topo)
+        orders = [_rows_order(_cols_pieces([m.src[1] for m in ms]), topo)]
     else:
         lefts = _cols_pieces([m.src[0] for m in ms])
         rights = [m.src[1] for m in ms]
-        order = _consecutive(lefts) or _consecutive(rights) or _rows_order(rights, topo)
-    return [ms[i] for i in order]
+        orders = [_rows_order(lefts, topo), _rows_order(rights, topo)]
+    unique = []
+    for order in orders:
+        if order not in unique:
+            unique.append(order)
+    return [[ms[i] for i in order] for order in unique]
 
 
-def _build(c: _Candidate, topo: dict[Node, int]) -> tuple[dict[Node, Node], Merge] | None:
+def _build(
+    c: _Candidate, topo: dict[Node, int], existing: set[Node]
+) -> tuple[dict[Node, Node], Merge] | None:
     """The best way to merge the candidate's members (into one product, or into a few when
     stacking them all at once costs more than it saves): the replacement of each replaced node
     and the merge's description, or None when no way pays (the cost model: `CALL_NS`)."""
-    ms = _order(c, topo)
-    k = len(ms)
     best = None
-    for n in range(1, k // 2 + 1):
-        starts = [0]
-        for size in _chunks(k, n):
-            starts.append(starts[-1] + size)
-        stack_ns = sum(
-            _chunk_copies(c.kind, ms[a:b]) * (b - a) * SELECT_NS
-            for a, b in zip(starts, starts[1:], strict=False)
-        )
-        gain = (k - n) * CALL_NS - stack_ns
-        if gain >= MIN_GAIN_NS and (best is None or gain > best[0]):
-            best = (gain, starts)
+    for ms in _orders(c, topo):
+        k = len(ms)
+        for n in range(1, k // 2 + 1):
+            starts = [0]
+            for size in _chunks(k, n):
+                starts.append(starts[-1] + size)
+            bounds = list(zip(starts, starts[1:], strict=False))
+            copies = [_chunk_copies(c.kind, ms[a:b], existing) for a, b in bounds]
+            stack_ns = sum(
+                e * (b - a) * SELECT_NS for e, (a, b) in zip(copies, bounds, strict=True)
+            )
+            gain = (k - n) * CALL_NS - stack_ns
+            if gain >= MIN_GAIN_NS and (best is None or gain > best[0]):
+                best = (gain, starts, ms, sum(copies))
     if best is None:
         return None
-    gain, starts = best
+    gain, starts, ms, copied = best
+    k = len(ms)
     parts = [
         _merge_chunk(c.kind, ms[a:b]) + (b - a,) for a, b in zip(starts, starts[1:], strict=False)
     ]
@@ -452,7 +468,7 @@ def _build(c: _Candidate, topo: dict[Node, int]) -> tuple[dict[Node, Node], Merg
         len(parts),
         (m_, k_, first.shape[1]),
         first.dtype,
-        sum(copied for _, _, copied, _ in parts),
+        copied,
         gain,
     )
     return mapping, merge
@@ -477,6 +493,7 @@ def merge_gemms(graph: Graph, report: list[Merge] | None = None) -> Graph:
     saves the most calls, and the graph is analysed again, until no group pays."""
     for _ in range(MAX_MERGES):
         index, anc = _ancestors(graph.nodes)
+        existing = set(graph.nodes)
         best = None
         for c in _candidates(graph):
             if c.kind == "batch":
@@ -486,7 +503,7 @@ def merge_gemms(graph: Graph, report: list[Merge] | None = None) -> Graph:
                 if len(chosen) < 2:
                     continue
                 c.members = chosen
-                built = _build(c, index)
+                built = _build(c, index, existing)
             if built is None:
                 continue
             merge = built[1]
