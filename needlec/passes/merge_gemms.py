@@ -219,26 +219,29 @@ def _gemm(n: Node) -> bool:
     )
 
 
-def _ancestors(nodes: Sequence[Node]) -> tuple[dict[Node, int], dict[Node, int]]:
-    """(topological index, bitset of the indices of every node each node reads, transitively)."""
+def _ancestors(nodes: Sequence[Node], tracked: set[Node]) -> tuple[dict, dict, dict]:
+    """(topological index of every node, a bit for each tracked node, and for every node the
+    bits of the tracked nodes it reads, transitively). Only products that could be merged are
+    tracked, so the bitsets stay as small as the number of products, not of nodes."""
     index = {n: i for i, n in enumerate(nodes)}
+    bit = {n: 1 << j for j, n in enumerate(n for n in nodes if n in tracked)}
     anc: dict[Node, int] = {}
     for n in nodes:
         a = 0
         for s in n.src:
-            a |= anc[s] | (1 << index[s])
+            a |= anc[s] | bit.get(s, 0)
         anc[n] = a
-    return index, anc
+    return index, bit, anc
 
 
-def _independent(members: Sequence[Node], index: dict, anc: dict) -> list[Node]:
-    """The largest prefix-greedy set of members, in topological order, none of which reads
-    another's result."""
+def _independent(members: Sequence[Node], index: dict, bit: dict, anc: dict) -> list[Node]:
+    """A greedy set of members, taken in topological order, none of which reads another's
+    result."""
     chosen, mask = [], 0
     for m in sorted(members, key=index.__getitem__):
         if anc[m] & mask == 0:
             chosen.append(m)
-            mask |= 1 << index[m]
+            mask |= bit[m]
     return chosen
 
 
@@ -371,26 +374,27 @@ def _merge_chunk(kind: str, ms: Sequence[Node]) -> tuple[Node, dict[Node, Node],
     return left @ right, {}, copied_l + copied_r
 
 
-def _rows_copies(pieces: Sequence[Node], existing: set[Node]) -> int:
+def _rows_copies(pieces: Sequence[Node], existing: set[tuple]) -> int:
     """The elements `_concat_rows(pieces)` copies, without building it: none for a view, and
-    none for a stack the graph already computes (another merge stacked the same pieces)."""
+    none for a stack the graph already computes (another merge stacked the same pieces;
+    `existing` holds (axis, sources) of every stack in the graph)."""
     if _consecutive(pieces) == list(range(len(pieces))):
         return 0
-    if Node.make(Op.STACK, *pieces, arg=0) in existing:
+    if (0, tuple(pieces)) in existing:
         return 0
     return sum(math.prod(p.shape) for p in pieces)
 
 
-def _cols_copies(pieces: Sequence[Node], existing: set[Node]) -> int:
+def _cols_copies(pieces: Sequence[Node], existing: set[tuple]) -> int:
     """The elements `_concat_cols(pieces)` copies, without building it."""
     if all(_is_transpose(p) for p in pieces):
         return _rows_copies([_untranspose(p) for p in pieces], existing)
-    if Node.make(Op.STACK, *pieces, arg=1) in existing:
+    if (1, tuple(pieces)) in existing:
         return 0
     return sum(math.prod(p.shape) for p in pieces)
 
 
-def _chunk_copies(kind: str, ms: Sequence[Node], existing: set[Node]) -> int:
+def _chunk_copies(kind: str, ms: Sequence[Node], existing: set[tuple]) -> int:
     """The elements `_merge_chunk(kind, ms)` copies, without building it."""
     if kind == "rows":
         return _rows_copies([m.src[0] for m in ms], existing)
@@ -422,7 +426,7 @@ def _orders(c: _Candidate, topo: dict[Node, int]) -> list[list[Node]]:
 
 
 def _build(
-    c: _Candidate, topo: dict[Node, int], existing: set[Node]
+    c: _Candidate, topo: dict[Node, int], existing: set[tuple]
 ) -> tuple[dict[Node, Node], Merge] | None:
     """The best way to merge the candidate's members (into one product, or into a few when
     stacking them all at once costs more than it saves): the replacement of each replaced node
@@ -475,45 +479,96 @@ def _build(
 
 
 def _substitute(graph: Graph, mapping: dict[Node, Node]) -> Graph:
-    """`graph` with each key of `mapping` replaced by its value (whose sources are not
-    downstream of any key), everything that reads them rebuilt."""
-    memo: dict[Node, Node] = {}
-    for n in graph.nodes:
-        new = mapping.get(n)
-        if new is None:
+    """`graph` with each key of `mapping` replaced by its value, and everything that reads a
+    replaced node rebuilt; a value is built over nodes of the old graph, which are themselves
+    replaced where `mapping` says so (the merges never make a cycle: see `merge_gemms`)."""
+    memo: dict[Node, Node] = {n: n for n in graph.inputs}
+    for root in graph.outputs:
+        stack = [root]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            new = mapping.get(n)
+            if new is not None and new is not n:
+                if new not in memo:
+                    stack.append(new)
+                    continue
+                memo[n] = memo[new]
+                stack.pop()
+                continue
+            pending = [s for s in n.src if s not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
             src = tuple(memo[s] for s in n.src)
-            new = n if src == n.src else Node(n.op, n.dtype, n.shape, src, n.arg)
-        memo[n] = new
+            memo[n] = n if src == n.src else Node(n.op, n.dtype, n.shape, src, n.arg)
+            stack.pop()
     return Graph(graph.inputs, [memo[o] for o in graph.outputs])
 
 
 def merge_gemms(graph: Graph, report: list[Merge] | None = None) -> Graph:
     """Merge independent GEMMs that share an operand (see the module docstring); append a
-    `Merge` to `report` for each merge made. One group is merged per round, the one that
-    saves the most calls, and the graph is analysed again, until no group pays."""
+    `Merge` to `report` for each merge made.
+
+    Each round finds every group that could merge and takes them by the time the cost model
+    says they save, largest first, each built knowing the stacks the ones before it made (so
+    merges stacking the same pieces share one stack). A group is taken only if its operands
+    read none of the products an earlier group of the round merges: a merged product then
+    reads only values no merge of the round changes, so the merged graph has no cycle. The
+    graph is rebuilt once a round, and the rounds go on until no group pays."""
     for _ in range(MAX_MERGES):
-        index, anc = _ancestors(graph.nodes)
-        existing = set(graph.nodes)
-        best = None
-        for c in _candidates(graph):
-            if c.kind == "batch":
-                built = _build_batch(c)
-            else:
-                chosen = _independent(c.members, index, anc)
-                if len(chosen) < 2:
+        candidates = _candidates(graph)
+        tracked = {m for c in candidates for m in c.members}
+        index, bit, anc = _ancestors(graph.nodes, tracked)
+        existing = {(n.arg, n.src) for n in graph.nodes if n.op is Op.STACK}
+        ranked = []
+        for c in candidates:
+            if c.kind != "batch":
+                c.members = _independent(c.members, index, bit, anc)
+                if len(c.members) < 2:
                     continue
-                c.members = chosen
-                built = _build(c, index, existing)
-            if built is None:
+            built = _build_batch(c) if c.kind == "batch" else _build(c, index, existing)
+            if built is not None:
+                ranked.append(((built[1].gain_ns, built[1].count), c))
+        ranked.sort(key=lambda r: r[0], reverse=True)
+        mapping: dict[Node, Node] = {}
+        merged_mask = 0
+        for _, c in ranked:
+            mask = reads = 0
+            for m in c.members:
+                mask |= bit[m]
+                reads |= anc[m]
+            if mask & merged_mask or reads & merged_mask:
                 continue
-            merge = built[1]
-            score = (merge.gain_ns, merge.count)
-            if best is None or score > best[0]:
-                best = (score, built)
-        if best is None:
+            built = _build_batch(c) if c.kind == "batch" else _build(c, index, existing)
+            if built is None or any(k in mapping for k in built[0]):
+                continue
+            mapping.update(built[0])
+            merged_mask |= mask
+            existing |= {
+                (n.arg, n.src)
+                for v in built[0].values()
+                for n in _new_nodes(v, index)
+                if n.op is Op.STACK
+            }
+            if report is not None:
+                report.append(built[1])
+        if not mapping:
             break
-        mapping, merge = best[1]
         graph = _substitute(graph, mapping)
-        if report is not None:
-            report.append(merge)
     return graph
+
+
+def _new_nodes(v: Node, old: dict[Node, int]) -> list[Node]:
+    """The nodes of `v`'s subgraph that are not in the old graph (what a merge built)."""
+    out, todo, seen = [], [v], set()
+    while todo:
+        n = todo.pop()
+        if n in old or n in seen:
+            continue
+        seen.add(n)
+        out.append(n)
+        todo.extend(n.src)
+    return out
