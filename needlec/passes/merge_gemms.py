@@ -31,6 +31,7 @@ batch inside the GEMM instead of in a reduction after it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -111,6 +112,7 @@ def _contiguous_offset(n: Node) -> int | None:
     return sum(s[0] * st for s, st in zip(spec, strides, strict=True))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # cleared after each run of the pass
 def _flat_piece(n: Node) -> tuple[Node, int, int]:
     """(base, lo, hi): `n` holds elements lo..hi of `base` in row-major order, through reshapes
     and contiguous slices (`base` is `n` itself, 0, size when it is no such view)."""
@@ -518,6 +520,14 @@ def merge_gemms(graph: Graph, report: list[Merge] | None = None) -> Graph:
     read none of the products an earlier group of the round merges: a merged product then
     reads only values no merge of the round changes, so the merged graph has no cycle. The
     graph is rebuilt once a round, and the rounds go on until no group pays."""
+    try:
+        return _merge_rounds(graph, report)
+    finally:
+        _flat_piece.cache_clear()  # it holds nodes: let the old graphs go
+
+
+def _merge_rounds(graph: Graph, report: list[Merge] | None) -> Graph:
+    """The rounds of `merge_gemms`."""
     for _ in range(MAX_MERGES):
         candidates = _candidates(graph)
         tracked = {m for c in candidates for m in c.members}
