@@ -4,23 +4,27 @@ An unrolled recurrent layer multiplies every time step's input by the same weigh
 and its backward multiplies every step's gate gradient by the same transposed weight
 (`g_t @ W_ih^T`) and sums the weight gradient over the steps (`dW = sum_t x_t^T @ g_t`). Each of
 those is a small GEMM; one call on stacked operands does the same arithmetic with one call's
-overhead and a shape BLAS runs well (and in parallel). Three rewrites, on 2-D float products:
+overhead and a shape BLAS runs well (and in parallel). Four rewrites, on float products:
 
-- rows: `X_t @ W` for several `X_t` of one shape -> `[X_1; ...; X_k] @ W`, each product a row
+- rows (2-D): `X_t @ W` for several `X_t` of one shape -> `[X_1; ...; X_k] @ W`, each product a row
   slice of the result;
-- cols: `X @ W_j` for several `W_j` of one shape -> `X @ [W_1 | ... | W_k]`, each product a
+- cols (2-D): `X @ W_j` for several `W_j` of one shape -> `X @ [W_1 | ... | W_k]`, each product a
   column slice (q/k/v projections of one input);
-- sum: an ADD tree over several `A_t @ B_t` (the A_t of one shape, the B_t of one shape) ->
+- sum (2-D): an ADD tree over several `A_t @ B_t` (the A_t of one shape, the B_t of one shape) ->
   `[A_1 | ... | A_k] @ [B_1; ...; B_k]`, added to the tree's other terms;
-- batch: a batched product summed over its batch (`sum_b A_b @ B_b`, the weight gradient of a
+- batch (3-D): a batched product summed over its batch (`sum_b A_b @ B_b`, the weight gradient of a
   Linear applied to a 3-D input) -> the same one product, on the batch already stacked.
 
 Only products that are independent (neither reads the other's result, through any path) are
-merged, so the merged graph stays acyclic; only when every merged operand has the same dtype; and
-only when it pays: the elements the stacking copies must be fewer than what the saved calls cost
-(`CALL_COST` elements a call) plus a small share of the flops (`FLOPS_PER_COPY`). Pieces that are
-already consecutive slices of one array (the time steps of a sequence split from one tensor)
-are not copied: their concatenation is a view of that array.
+merged, so the merged graph stays acyclic; only when every merged operand has the same float
+dtype; and only when it pays, by the cost model below: the calls saved against the stacking.
+Fusion expands a STACK of k pieces into one kernel in which every element selects among k
+masked reads, so stacking costs grow with k: twenty [16,256] gate gradients are merged as five
+GEMMs over stacks of four, not one over a stack of twenty. Pieces that are already consecutive
+slices of one array (the time steps of a sequence split from one tensor) are not copied (their
+concatenation is a view of that array), nor are pieces another merge already stacked in the
+same order (the input-gradient and weight-gradient merges of one layer share the stacks of its
+gate gradients).
 
 Numerics: a rows or cols merge computes each output element as the same dot product over the
 same K, so it is within the matmul budget of `needlec.ir.ops.TOLERANCE`. A sum merge adds the
@@ -49,7 +53,7 @@ from ..ir.ops import FLOATS, ConstArray, fmt_type
 CALL_NS = 10_000.0
 SELECT_NS = 0.13
 MIN_GAIN_NS = 0.5 * CALL_NS  # below this the model's error is larger than the gain
-MAX_MERGES = 10_000  # a bound on rewrite rounds (each round merges one group)
+MAX_MERGES = 10_000  # a bound on rounds (each round merges at least one group)
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,8 @@ class Merge:
 @dataclass
 class _Candidate:
     kind: str
-    members: list[Node]  # the products merged (rows, cols) or the terms merged (sum)
-    root: Node | None = None  # sum: the ADD tree's root
+    members: list[Node]  # the products merged (rows, cols, batch) or the terms merged (sum)
+    root: Node | None = None  # sum: the ADD tree's root; batch: the SUM over the batch
     terms: tuple[Node, ...] = ()  # sum: all the tree's terms, in order
 
 

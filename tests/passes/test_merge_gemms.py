@@ -161,6 +161,19 @@ def test_independent_products_next_to_a_chain_merge_without_it():
     assert [(r.kind, r.count) for r in report] == [("rows", 4)]
 
 
+def test_two_groups_that_would_close_a_cycle_together_are_not_both_merged():
+    # x2 reads u1 @ V and u2 reads x1 @ W: merging {x1 @ W, x2 @ W} and {u1 @ V, u2 @ V} at
+    # once would make each merged product read the other's result
+    w, v = inp((8, 8)), inp((8, 8), 1)
+    x1, u1 = inp((4, 8), 2), inp((4, 8), 3)
+    a1, b1 = x1 @ w, u1 @ v
+    x2, u2 = b1.tanh(), a1.tanh()
+    a2, b2 = x2 @ w, u2 @ v
+    g = Graph([w, v, x1, u1], [a1, a2, b1, b2])
+    out, report = merged(g)
+    assert len(report) == 1 and gemms(out) == 3
+
+
 def test_mixed_dtypes_are_not_merged():
     w = inp((8, 6), 0, "float64")
     x32, x64 = inp((4, 8), 1, "float32"), inp((4, 8), 2, "float64")
