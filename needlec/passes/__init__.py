@@ -24,6 +24,7 @@ from .autodiff import differentiate
 from .fusion import fuse
 from .layout import assign_layouts
 from .memory import MemoryPlan, order_for_donations, plan_memory, verify_plan
+from .merge_gemms import Merge, merge_gemms
 from .remat import RematPlan, rematerialize
 from .simplify import simplify
 
@@ -47,6 +48,15 @@ class Program:
 
 def _on_graph(step: Callable[[Graph], Graph]) -> Callable[[Program], Program]:
     return lambda p: dataclasses.replace(p, graph=step(p.graph))
+
+
+def _merge_gemms(p: Program) -> Program:
+    merges: list[Merge] = []
+    graph = merge_gemms(p.graph, merges)
+    if _debug("passes"):
+        for m in merges:
+            print(f"needlec: merge_gemms: {m.describe()}", file=sys.stderr)
+    return dataclasses.replace(p, graph=graph)
 
 
 def _rematerialize(p: Program) -> Program:
@@ -89,12 +99,14 @@ PIPELINE: list[tuple[str, Callable[[Program], Program]]] = [
     ("verify", _on_graph(Graph.verify)),  # the traced graph is well typed
     ("simplify", _on_graph(simplify)),  # fold constants, drop exact identities, collapse chains
     ("assign_layouts", _on_graph(assign_layouts)),  # move transposes until NCHW/NHWC pairs cancel
+    # independent GEMMs sharing an operand as one GEMM on stacked operands, slices of it after
+    ("merge_gemms", _merge_gemms),
     ("verify", _on_graph(Graph.verify)),  # the rewrites kept it well typed
     ("rematerialize", _rematerialize),  # what the backward saves, what it recomputes (min cut)
     ("fuse", _fuse),  # loop-nest kernels: elementwise chains, reductions, GEMM/conv epilogues
     ("plan_memory", _plan_memory),  # every intermediate at an offset in one arena, verified
 ]
-GRAPH_STEPS = 4  # the steps that map a graph to a graph (what `optimize` runs)
+GRAPH_STEPS = 5  # the steps that map a graph to a graph (what `optimize` runs)
 
 
 def _debug(topic: str) -> bool:
@@ -165,6 +177,7 @@ __all__ = [
     "compile_program",
     "differentiate",
     "fuse",
+    "merge_gemms",
     "optimize",
     "plan_memory",
     "rematerialize",

@@ -48,6 +48,7 @@ def test_the_pipeline_is_one_list_of_named_steps():
         "verify",
         "simplify",
         "assign_layouts",
+        "merge_gemms",
         "verify",
         "rematerialize",
         "fuse",
