@@ -319,7 +319,10 @@ def test_the_merged_step_graph_computes_what_the_traced_graph_does(seq_model):
     arrays = [x, y] + [t.numpy() for t in traced.captured]
     arrays += [np.array(getattr(o, name), dtype="float64") for o, name in traced.scalars]
     arrays += [np.array(7, dtype=n.dtype) for n in traced.graph.inputs[len(arrays) :]]  # seeds
-    assert blas_calls(lowered.graph) < blas_calls(traced.graph)
+    if seq_model == "transformer":  # its weight gradients are one GEMM each already (autodiff)
+        assert blas_calls(lowered.graph) <= blas_calls(traced.graph)
+    else:  # the input projections over time steps merge
+        assert blas_calls(lowered.graph) < blas_calls(traced.graph)
     for got, want in zip(
         run_graph(lowered.graph, arrays), run_graph(traced.graph, arrays), strict=True
     ):
