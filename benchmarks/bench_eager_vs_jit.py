@@ -37,6 +37,7 @@ def numpy_step(w1, b1, w2, x, y1h):
 
 def median_time(fn, repeats: int) -> float:
     fn()  # warm up (and trace, for jit)
+    time.sleep(0.5)  # the last column's BLAS threads spin for a while: let them go to sleep
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
