@@ -4,6 +4,8 @@ ones and compares everything a step writes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,14 @@ from .test_train_steps import make_step as _make_step
 def make_step(model, opt):
     """`test_train_steps.make_step` with SoftmaxLoss."""
     return _make_step(model, opt, nn.SoftmaxLoss())
+
+
+# the compiled backend writes in place; the oracles (NEEDLEC_EXECUTE=reference, =kernels) give
+# every new value new memory, and write it back by rebinding, as eager code does
+compiled_only = pytest.mark.skipif(
+    os.environ.get("NEEDLEC_EXECUTE", "compiled") != "compiled",
+    reason="in-place updates are the compiled backend's",
+)
 
 
 def build_mlp():
@@ -36,6 +46,7 @@ def test_steps_update_parameters_in_place_and_equal_eager(opt_name):
     assert _donated(step, *batches[0]) > 0
 
 
+@compiled_only
 def test_arrays_taken_before_the_steps_see_the_updates():
     """`old = p.data` before a step is the same memory afterwards, as in PyTorch."""
     batches = digits_batches()
@@ -90,6 +101,7 @@ def test_a_parameter_also_returned_and_one_passed_as_an_argument():
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
+@compiled_only
 def test_parameters_sharing_memory_are_copied_not_corrupted(capsys, monkeypatch):
     """Two parameters over one array: writing one's new value over it would change what the
     step reads through the other, so the donated one is copied first (and says so)."""
@@ -120,6 +132,7 @@ def test_parameters_sharing_memory_are_copied_not_corrupted(capsys, monkeypatch)
     assert "shares memory with another input" in capsys.readouterr().err
 
 
+@compiled_only
 def test_steady_state_steps_allocate_no_buffers():
     """Across 100 steps: one arena and workspace, at most two output blocks taking turns, and
     every parameter and optimizer state array keeps its memory."""
