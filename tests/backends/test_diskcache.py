@@ -113,3 +113,28 @@ def test_new_process_loads_what_an_earlier_one_compiled(cache_dir):
     (h1, w1, out1), (h2, w2, out2) = (r.stdout.split() for r in runs)
     assert (h1, w1) == ("0", "1") and (h2, w2) == ("1", "0")
     assert out1 == out2
+
+
+def test_the_cache_evicts_the_least_recently_used_entries_over_its_bound(cache_dir, monkeypatch):
+    """Entries past NEEDLEC_CACHE_MB go, oldest use first; an entry just loaded (a hit touches
+    it) and the one just written stay."""
+    import os
+    import time
+
+    keys = []
+    for i in range(4):
+        k = diskcache.key(f"module {i}", "cpu", "features", "pipeline")
+        diskcache.store(k, bytes(100_000))
+        keys.append(k)
+        t = time.time() - 100 + i  # written in order, a second apart
+        os.utime(diskcache.path_of(k), (t, t))
+    assert diskcache.load(keys[0]) is not None  # used now: the most recent
+    monkeypatch.setenv("NEEDLEC_CACHE_MB", str(0.35))  # room for three entries of 100 kB
+    k = diskcache.key("module 4", "cpu", "features", "pipeline")
+    diskcache.store(k, bytes(100_000))  # five entries: over the bound
+    left = {kk for kk in [*keys, k] if diskcache.path_of(kk).exists()}
+    assert keys[1] not in left and keys[2] not in left  # the least recently used went
+    assert {keys[0], keys[3], k} <= left  # down to nine tenths: three entries stay
+    monkeypatch.setenv("NEEDLEC_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="NEEDLEC_CACHE_MB"):
+        diskcache.limit_bytes()

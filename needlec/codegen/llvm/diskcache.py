@@ -12,7 +12,9 @@ rewritten, never loaded. Writes go to a temporary file renamed into place, so co
 processes never see half an entry.
 
 The directory is `NEEDLEC_CACHE_DIR`, else `$XDG_CACHE_HOME/needlec`, else `~/.cache/needlec`;
-`NEEDLEC_DISK_CACHE=0` turns the cache off.
+`NEEDLEC_DISK_CACHE=0` turns the cache off. It holds at most `NEEDLEC_CACHE_MB` megabytes
+(default 1024): after a write that takes it over, the entries used least recently (a hit
+touches its file) are deleted until it is back under nine tenths of that.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def directory() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
     return Path(base) / "needlec"
+
+
+def limit_bytes() -> int:
+    """The cache's size bound, from `NEEDLEC_CACHE_MB` (default 1024 MB)."""
+    raw = os.environ.get("NEEDLEC_CACHE_MB", "").strip()
+    try:
+        mb = float(raw) if raw else 1024.0
+    except ValueError:
+        raise ValueError(f"NEEDLEC_CACHE_MB must be a number of megabytes, not {raw!r}") from None
+    return max(0, int(mb * (1 << 20)))
 
 
 def key(module_text: str, cpu: str, features: str, pipeline: str) -> str:
@@ -99,6 +111,10 @@ def load(k: str) -> bytes | None:
         stats.misses += 1
         return None
     stats.hits += 1
+    try:
+        os.utime(path_of(k))  # used now: the last to be evicted
+    except OSError:
+        pass
     return body
 
 
@@ -121,6 +137,37 @@ def store(k: str, obj: bytes) -> None:
     except OSError:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        return
+    evict(keep=path)
 
 
-__all__ = ["directory", "enabled", "key", "load", "stats", "store"]
+def evict(keep: Path | None = None) -> int:
+    """Delete the least recently used entries while the cache is over its bound (down to nine
+    tenths of it; never `keep`, the entry just written). Returns how many were deleted."""
+    bound = limit_bytes()
+    entries = []
+    for f in directory().glob("??/*.o"):
+        try:
+            st = f.stat()
+        except OSError:  # another process removed it
+            continue
+        entries.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in entries)
+    if total <= bound:
+        return 0
+    removed = 0
+    for _, size, f in sorted(entries, key=lambda e: e[0]):
+        if total <= bound * 9 // 10:
+            break
+        if keep is not None and f == keep:
+            continue
+        try:
+            f.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    return removed
+
+
+__all__ = ["directory", "enabled", "evict", "key", "limit_bytes", "load", "stats", "store"]
