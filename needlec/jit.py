@@ -162,8 +162,10 @@ class Lowered:
         if name == "compiled" and device == nd.cpu_numpy():  # needle's numpy device: numpy
             name = "reference"
         backend = self.backend(name)
-        results = call_graph(self.graph, tensors, self._grads, backend.run, backend.fresh_outputs)
         n_user = traced.n_results
+        results = call_graph(
+            self.graph, tensors, self._grads, backend.run, backend.fresh_outputs, n_user
+        )
         write_back(traced.writes, results[n_user:], leaves)
         outs = iter(results[:n_user])
         n_out = n_user + len(traced.out_static)

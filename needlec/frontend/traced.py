@@ -298,12 +298,14 @@ def call_graph(
     grads: dict | None = None,
     run=None,
     fresh_outputs: bool = False,
+    n_results: int | None = None,
 ) -> list:
     """Run `graph` on tensors (numpy arrays too: hyperparameters, seeds), with `run(arrays)`, a
     compiled form of it, when given. Outputs stay differentiable (eager backward, grad) when an
     input requires grad; inside a trace the graph is inlined instead. `fresh_outputs`: `run`
     returns no input's memory (compiled code) except an input it updated in place (a donated
-    parameter), whose output is that input's own tensor."""
+    parameter), whose output is that input's own tensor. Only the first `n_results` outputs (all
+    by default) are differentiable; the rest are values to write back."""
     if current() is not None:
         return inline(graph, [_as_tensor(t) for t in tensors])
     arrays = [_array_of(t) for t in tensors]
@@ -329,7 +331,8 @@ def call_graph(
         if not fresh_outputs and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
             a = a.copy()  # through: a copy, so writing one tensor in place never changes another
         data = nd.NDArray.from_numpy(a, device)
-        if requires_grad and graph.outputs[i].dtype in FLOATS:
+        differentiable = n_results is None or i < n_results
+        if requires_grad and differentiable and graph.outputs[i].dtype in FLOATS:
             t = Tensor.__new__(Tensor)
             inputs = inputs or [_as_tensor(x) for x in tensors]
             t._init(GraphCall(graph, i, grads), inputs, cached_data=data, requires_grad=True)
