@@ -44,7 +44,6 @@ from .passes import Program, compile_program, optimize
 from .passes.memory import MemoryAnalysis
 
 # NEEDLEC_EXECUTE: compiled code (LLVM) by default; the two interpreters stay as oracles
-_EXECUTORS = BACKENDS
 _RETRACE_WARNING = 8  # traces of one function before a warning that something keeps changing
 _CACHE_SIZE = 64  # traces one jitted function keeps (least recently used first out)
 _ticks = itertools.count()  # cache use order (next() is atomic: hits take no lock)
@@ -78,10 +77,8 @@ class Lowered:
         self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
         self.execute = os.environ.get("NEEDLEC_EXECUTE", "compiled")
         self.execute = {"graph": "reference"}.get(self.execute, self.execute)
-        if self.execute not in _EXECUTORS:
-            raise ValueError(
-                f"NEEDLEC_EXECUTE={self.execute!r}: use one of {', '.join(_EXECUTORS)}"
-            )
+        if self.execute not in BACKENDS:
+            raise ValueError(f"NEEDLEC_EXECUTE={self.execute!r}: use one of {', '.join(BACKENDS)}")
         self._backends: dict[str, Backend] = {}
         if self.execute != "reference" or any(_debug(t) for t in ("passes", "fusion")):
             self.program  # noqa: B018  (compile now: its debug output belongs to this trace)

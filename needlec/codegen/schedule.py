@@ -204,6 +204,14 @@ class KernelSchedule:
 # ------------------------------------------------------------------ building a schedule
 
 
+def items(body: list):
+    """Every item of a loop nest, depth first (loops, then what they hold)."""
+    for it in body:
+        yield it
+        if isinstance(it, Loop):
+            yield from items(it.body)
+
+
 def deps(e: Expr, space: Shape) -> frozenset[int]:
     """The kernel dims a value varies along."""
     return frozenset(d for d, n in enumerate(e.shape) if n != 1 and space[d] != 1)
@@ -660,4 +668,4 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         env[s.core_store.buffer] = flat[s.core_buffer].reshape(s.core_buffer.shape)
 
 
-__all__ = ["Keep", "KernelSchedule", "Reload", "run_schedule", "schedule_kernel"]
+__all__ = ["Keep", "KernelSchedule", "Reload", "items", "run_schedule", "schedule_kernel"]

@@ -9,16 +9,9 @@ import pytest
 
 from needlec import nn
 from needlec.codegen.kernels import run_kernel
-from needlec.codegen.schedule import Keep, Loop, run_schedule, schedule_kernel
+from needlec.codegen.schedule import Keep, items, run_schedule, schedule_kernel
 
 from .steps import lower_sgd_step
-
-
-def _items(body):
-    for it in body:
-        yield it
-        if isinstance(it, Loop):
-            yield from _items(it.body)
 
 
 def _check_every_kernel(kg, arrays) -> list:
@@ -67,11 +60,9 @@ def test_batchnorm_keeps_its_per_channel_values():
     x = rng.standard_normal((64, 6)).astype("float32")
     lowered, arrays = lower_sgd_step(model, x, rng.integers(0, 3, 64).astype("float32"))
     schedules = _check_every_kernel(lowered.kernels, arrays)
-    kept = [it for s in schedules for it in _items(s.body) if isinstance(it, Keep)]
+    kept = [it for s in schedules for it in items(s.body) if isinstance(it, Keep)]
     assert kept, "\n".join(s.as_text() for s in schedules)
-    assert all(
-        it.expr in s.kept for s in schedules for it in _items(s.body) if isinstance(it, Keep)
-    )
+    assert all(it.expr in s.kept for s in schedules for it in items(s.body) if isinstance(it, Keep))
     assert any("keep" in s.as_text() for s in schedules)
 
 
@@ -89,7 +80,7 @@ def test_a_stored_exp_is_read_back_not_computed_again():
     x = np.random.default_rng(0).standard_normal((6, 9)).astype("float32")
     low = nc.jit(softmax).lower(x)
     schedules = _check_every_kernel(low.kernels, [x])
-    reloads = [it for s in schedules for it in _items(s.body) if isinstance(it, Reload)]
+    reloads = [it for s in schedules for it in items(s.body) if isinstance(it, Reload)]
     assert len(reloads) == 2, "\n".join(s.as_text() for s in schedules)
     text = "\n".join(s.as_text() for s in schedules)
     assert "reload" in text

@@ -39,7 +39,7 @@ from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import View, strides_of
 from .gemm import Gemm, pack, pool_may_call_blas
-from .loops import counted_loop
+from .loops import counted_loop, in_range
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 TILE = 1 << 18  # elements of one gathered input tile (1 MiB of float32)
@@ -47,10 +47,6 @@ CONV_GRAIN_FLOPS = 1 << 22  # a parallel task does at least this much of a convo
 MIN_TILES = 8  # image tiles of a convolution, at least (where it has the images)
 MAX_GROUPS = 8  # partial sums of a weight gradient, at most
 GROUP_BYTES = 1 << 23  # and at most this much memory for them
-
-
-def _in_range(b: ir.IRBuilder, i: ir.Value, lo: int, hi: int) -> ir.Value:
-    return b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))
 
 
 def emit_conv(r, core: Core, into: Buffer) -> None:
@@ -403,7 +399,7 @@ def _col2im(r, col, into: Buffer, tile, geometry, out_hw, taps, dtype: str) -> N
                 ih0 = b.sub(b.mul(oh, I64(stride)), I64(pad_h))
                 with counted_loop(b, kh, "ca") as a:
                     ih = b.add(ih0, a)
-                    inside = _in_range(b, ih, 0, h)
+                    inside = in_range(b, ih, 0, h)
                     length = b.select(inside, run, I64(0))
                     dst = b.mul(
                         b.add(b.mul(b.add(b.mul(n, I64(h)), ih), I64(wd)), b.add(iw0, c_lo)),
@@ -474,8 +470,9 @@ class _Plan:
     def gather(self, r, col, tile) -> None:
         """col[(n - n0, oh, ow), (a0 - k0, a1, a2)] = x[n, oh*s + kh - p, ow*s + kw - p, ci]
         for the images and K steps of one tile (row-major, leading dim `kcols`)."""
-        if self.runs() is not None:
-            self.gather_runs(r, col, tile)
+        mode = self.runs()
+        if mode is not None:
+            self.gather_runs(r, col, tile, mode)
             return
         b, ext, ho, wo = r.b, self.ext, self.ho, self.wo
         n0, nb, k0, kb, kcols = tile
@@ -501,13 +498,13 @@ class _Plan:
                                     kidx[d] = b.add(a, I64(lo))
                                 h, w_ = b.add(hs, kidx[0]), b.add(ws, kidx[1])
                                 inside = b.and_(  # not in the padding
-                                    _in_range(b, h, h_lo, h_hi), _in_range(b, w_, w_lo, w_hi)
+                                    in_range(b, h, h_lo, h_hi), in_range(b, w_, w_lo, w_hi)
                                 )
                                 r.idx.update({0: n, 1: h, 2: w_, 3: kidx[2]})  # x's own dims
                                 v = r.load(self.x, self.dtype, inside)
                                 b.store(v, b.gep(ptr, [b.add(col0, a2)]))
 
-    def gather_runs(self, r, col, tile) -> None:
+    def gather_runs(self, r, col, tile, mode: str) -> None:
         """`gather` where K ends in a run of x's memory (see `runs`): for each window and each
         index of the other K dims, the run's part inside the input copied, the parts in the
         padding zeroed."""
@@ -516,7 +513,7 @@ class _Plan:
         v = self.x.view
         h, wd = v.shape[1:3]
         sn, sh, _, sc = v.strides
-        nhwc = self.runs() == "wc"
+        nhwc = mode == "wc"
         unit = ext[2] if nhwc else 1  # elements per kernel column in the run
         outer = self.kdims[:1] if nhwc else self.kdims[:2]
         lo = {d: rng[0] for d, _, rng in self.kdims}
@@ -556,7 +553,7 @@ class _Plan:
         def body(depth, dst):
             if depth == len(outer):
                 ih = b.add(ih0, idx[0])
-                inside = _in_range(b, ih, 0, h)
+                inside = in_range(b, ih, 0, h)
                 src = b.add(src_w, b.mul(ih, I64(sh)))
                 if 2 in idx:
                     src = b.add(src, b.mul(b.add(idx[2], I64(lo[2])), I64(sc)))

@@ -193,9 +193,9 @@ def emit_core(r, core: Core, into: Buffer) -> None:
         a = pack(r, a, dtype)
         ta, lda = _matrix(a.view)
         merged = _merged_rows(a.view, bb.view, batch, ta)
-    if merged is not None and _matrix(merged) is not None:
-        # one GEMM over every batch's rows (a linear layer on (B, T, D))
-        a, (ta, lda) = Load(a.buffer, merged), _matrix(merged)
+    as_matrix = _matrix(merged) if merged is not None else None
+    if as_matrix is not None:  # one GEMM over every batch's rows (a linear layer on (B, T, D))
+        a, (ta, lda) = Load(a.buffer, merged), as_matrix
         v = bb.view
         bb = Load(bb.buffer, View(v.shape[-2:], v.strides[-2:], v.offset, None))
         out_shape, batch = merged.shape[:1] + out_shape[-1:], ()

@@ -37,7 +37,7 @@ from ...ir import Op
 from ...ir.kernel import Core
 from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
-from .loops import counted_loop
+from .loops import counted_loop, in_range
 
 I1, I8, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(64)
 INT_CORE_DTYPES = ("int32", "int64", "bool")
@@ -108,10 +108,6 @@ def _accumulate(r, buf: Buffer, index: ir.Value, x: ir.Value, dtype: str) -> Non
         b.store(b.or_(old, b.zext(x, I8)), ptr)
     else:
         b.store(b.add(old, x), ptr)
-
-
-def _in_range(b: ir.IRBuilder, i: ir.Value, n: int) -> ir.Value:
-    return b.and_(b.icmp_signed(">=", i, I64(0)), b.icmp_signed("<", i, I64(n)))
 
 
 def _rows(r, n: int, per_row: int, emit: Callable) -> None:
@@ -202,9 +198,9 @@ def _conv(r, core: Core, into: Buffer) -> None:
                 base = b.mul(b.add(b.mul(b.add(b.mul(n, I64(ho)), oh), I64(wo)), ow), I64(co))
                 with counted_loop(b, kh, "ckh") as th:
                     ih = _window(b, oh, th, stride, pad)
-                    with b.if_then(_in_range(b, ih, h)), counted_loop(b, kw, "ckw") as tw:
+                    with b.if_then(in_range(b, ih, 0, h)), counted_loop(b, kw, "ckw") as tw:
                         iw = _window(b, ow, tw, stride, pad)
-                        with b.if_then(_in_range(b, iw, wd)), counted_loop(b, ci, "cci") as c:
+                        with b.if_then(in_range(b, iw, 0, wd)), counted_loop(b, ci, "cci") as c:
                             r.idx.update({0: n, 1: ih, 2: iw, 3: c})
                             xv = r.load(x, dtype)
                             with counted_loop(b, co, "cco") as o:
@@ -231,9 +227,9 @@ def _conv_input_grad(r, core: Core, into: Buffer) -> None:
             with counted_loop(b, ho, "goh") as oh, counted_loop(b, wo, "gow") as ow:
                 with counted_loop(b, kh, "gkh") as th:
                     ih = _window(b, oh, th, stride, pad)
-                    with b.if_then(_in_range(b, ih, h)), counted_loop(b, kw, "gkw") as tw:
+                    with b.if_then(in_range(b, ih, 0, h)), counted_loop(b, kw, "gkw") as tw:
                         iw = _window(b, ow, tw, stride, pad)
-                        with b.if_then(_in_range(b, iw, wd)):
+                        with b.if_then(in_range(b, iw, 0, wd)):
                             pix = b.add(b.mul(b.add(b.mul(n, I64(h)), ih), I64(wd)), iw)
                             with counted_loop(b, ci, "gci") as c:
                                 b.store(_zero(dtype), acc)
@@ -265,9 +261,9 @@ def _conv_weight_grad(r, core: Core, into: Buffer) -> None:
             th, tw = b.udiv(tap, I64(kw)), b.urem(tap, I64(kw))
             with counted_loop(b, n_img, "wn") as n, counted_loop(b, ho, "woh") as oh:
                 ih = _window(b, oh, th, stride, pad)
-                with b.if_then(_in_range(b, ih, h)), counted_loop(b, wo, "wow") as ow:
+                with b.if_then(in_range(b, ih, 0, h)), counted_loop(b, wo, "wow") as ow:
                     iw = _window(b, ow, tw, stride, pad)
-                    with b.if_then(_in_range(b, iw, wd)), counted_loop(b, ci, "wci") as c:
+                    with b.if_then(in_range(b, iw, 0, wd)), counted_loop(b, ci, "wci") as c:
                         r.idx.update({0: n, 1: ih, 2: iw, 3: c})
                         xv = r.load(x, dtype)
                         base = b.mul(b.add(b.mul(tap, I64(ci)), c), I64(co))

@@ -30,3 +30,8 @@ def counted_loop(
     i.add_incoming(b.add(i, I64(1), flags=["nuw", "nsw"]), b.block)
     b.branch(head)
     b.position_at_end(done)
+
+
+def in_range(b: ir.IRBuilder, i: ir.Value, lo: int, hi: int) -> ir.Value:
+    """`lo <= i < hi` for an i64 index, as an i1."""
+    return b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))

@@ -31,7 +31,7 @@ from llvmlite import ir
 from ...ir.kernel import KOp, kernel_cost
 from ...ir.schedule import Buffer
 from ..kernels import run_kernel
-from ..schedule import Keep, KernelSchedule, Let, Loop, Write, schedule_kernel
+from ..schedule import Keep, KernelSchedule, Let, Loop, Write, items, schedule_kernel
 from . import gemm, runtime, target
 from .render import render_kernel, unsupported
 
@@ -432,17 +432,10 @@ def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
 
     walk(s.body, (id(s.body),))
     if store is None or any(
-        isinstance(it, Keep) for it in _items(s.body)
+        isinstance(it, Keep) for it in items(s.body)
     ):  # a kept value reads in a loop of its own
         return False
     return len(lets) == 1 and store[: len(lets[0])] == lets[0]
-
-
-def _items(body: list):
-    for it in body:
-        yield it
-        if isinstance(it, Loop):
-            yield from _items(it.body)
 
 
 @dataclass(frozen=True)
