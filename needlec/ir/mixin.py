@@ -311,22 +311,32 @@ class OpMixin:
     def conv_input_grad(self, weight, stride: int, padding: int, hw: tuple[int, int]):
         """The gradient of `conv(x, weight, stride, padding)` with respect to x (spatial size
         `hw`), for this output gradient: the adjoint of the conv in x (a transposed conv)."""
-        return self._apply(Op.CONV_INPUT_GRAD, (self, weight), (stride, padding, *hw))
+        arg = conv_arg(stride, padding, "conv_input_grad") + _pair(hw, "conv_input_grad", "hw")
+        return self._apply(Op.CONV_INPUT_GRAD, (self, weight), arg)
 
     def conv_weight_grad(self, grad, stride: int, padding: int, khw: tuple[int, int]):
         """The gradient of `conv(self, w, stride, padding)` with respect to w (a `khw` kernel),
         for the output gradient `grad`."""
-        return self._apply(Op.CONV_WEIGHT_GRAD, (self, grad), (stride, padding, *khw))
+        arg = conv_arg(stride, padding, "conv_weight_grad") + _pair(khw, "conv_weight_grad", "khw")
+        return self._apply(Op.CONV_WEIGHT_GRAD, (self, grad), arg)
 
 
-def conv_arg(stride, padding) -> tuple[int, int]:
-    """(stride, padding) of a conv, checked: ints, stride positive, padding not negative."""
-    stride, padding = as_int(stride, "conv", "stride"), as_int(padding, "conv", "padding")
+def conv_arg(stride, padding, op: str = "conv") -> tuple[int, int]:
+    """(stride, padding) of a conv (or of its gradient `op`), checked: ints, stride positive,
+    padding not negative."""
+    stride, padding = as_int(stride, op, "stride"), as_int(padding, op, "padding")
     if stride <= 0 or padding < 0:
         raise ShapeError(
-            f"conv: stride {stride} must be positive and padding {padding} not negative"
+            f"{op}: stride {stride} must be positive and padding {padding} not negative"
         )
     return stride, padding
+
+
+def _pair(value, op: str, what: str) -> tuple[int, int]:
+    """Two ints (a spatial size), or a TypeError naming the op."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise TypeError(f"{op}: {what} must be two ints (height, width), not {value!r}")
+    return as_int(value[0], op, what), as_int(value[1], op, what)
 
 
 def stack(values, axis: int = 0):

@@ -205,3 +205,25 @@ def test_float_axes(k):
     check_error(TypeError, "summation", both(lambda t: ops.summation(t, (0, 1.0)))[k], x23())
     got = both(lambda t: t.sum(axes=np.int64(1)))[k](x23()).numpy()
     np.testing.assert_array_equal(got, x23().sum(axis=1))
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (
+            lambda g, w, x: g.conv_input_grad(w, 0, 1, (5, 6)),
+            ValueError,
+            "conv_input_grad: stride 0",
+        ),
+        (lambda g, w, x: g.conv_input_grad(w, 1.5, 1, (5, 6)), TypeError, "conv_input_grad"),
+        (lambda g, w, x: g.conv_input_grad(w, 2, 1, (5,)), TypeError, "conv_input_grad: hw"),
+        (lambda g, w, x: x.conv_weight_grad(g, 2, -1, (3, 3)), ValueError, "conv_weight_grad"),
+        (lambda g, w, x: x.conv_weight_grad(g, 2, 1, 3), TypeError, "conv_weight_grad: khw"),
+    ],
+)
+def test_conv_gradient_ops_name_themselves_in_errors(call, error, match):
+    g = nc.Tensor(np.ones((1, 3, 3, 4), "float32"))
+    w = nc.Tensor(np.ones((3, 3, 2, 4), "float32"))
+    x = nc.Tensor(np.ones((1, 5, 6, 2), "float32"))
+    with pytest.raises(error, match=match):
+        call(g, w, x)
