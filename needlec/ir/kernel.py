@@ -204,7 +204,15 @@ def _arg_text(e: Expr) -> str:
         return f"dtype={e.arg}"
     if e.arg is None:
         return ""
-    return f"c={e.arg!r}"
+    return f"c={scalar_text(e.arg)}"
+
+
+def scalar_text(v) -> str:
+    """A constant as the kernel text shows it: a numpy scalar (typed by `legalize`) as the
+    shortest decimal that gives it back in its own dtype, `0.1` for float32(0.1)."""
+    if isinstance(v, np.floating):
+        return str(v)
+    return repr(v.item() if isinstance(v, np.generic) else v)
 
 
 @dataclass(eq=False)
@@ -254,7 +262,7 @@ class Kernel:
             elif e.op is KOp.LOAD:
                 rhs = f"load {e.arg.buffer.name} {e.arg.view.as_text(shape=False)}"
             elif e.op is KOp.CONST:
-                rhs = f"const {e.arg!r}"
+                rhs = f"const {scalar_text(e.arg)}"
             else:
                 op = f"reduce_{e.arg.op.name.lower()}" if e.op is KOp.REDUCE else _opname(e.op)
                 parts = [op, " ".join(names[s] for s in e.src), _arg_text(e)]

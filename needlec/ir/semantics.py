@@ -11,11 +11,12 @@ kernel interpreter, constant folding and the memory planner's check all evaluate
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .ops import Op
+from .ops import COMPARE, Op
 from .random import draw
 
 
@@ -110,7 +111,10 @@ EVAL: dict[Op, Callable] = {
     Op.MUL_SCALAR: lambda x, c: x * c,
     Op.DIV_SCALAR: lambda x, c: x / c,
     Op.POW_SCALAR: lambda x, c: np.power(
-        x if x.dtype.kind == "f" or (isinstance(c, int) and c >= 0) else x.astype("float64"), c
+        x
+        if x.dtype.kind == "f" or (isinstance(c, (int, np.integer)) and c >= 0)
+        else x.astype("float64"),
+        c,
     ),
     Op.ADD: lambda x, y, _: x + y,
     Op.MUL: lambda x, y, _: x * y,
@@ -147,6 +151,25 @@ LEAF_EVAL: dict[Op, Callable] = {
 }
 
 
+def compute_dtype(op: Op, dtypes: tuple[str, ...], arg) -> str:
+    """The dtype numpy computes `op` in for operands of `dtypes` (and scalar `arg`): an int
+    over an int divides in float64, an int tensor's exp is float64, bool times float32 is
+    float32. For comparisons and `where`, the common dtype of the compared (chosen) operands.
+    The result before it is cast to the node's dtype (see `evaluate`)."""
+    return _compute_dtype(op, tuple(dtypes), arg)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # 3 and 3.0 compute differently
+def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
+    if op is Op.CAST:
+        return str(np.dtype(arg))
+    if op in COMPARE or op is Op.WHERE:
+        return str(np.result_type(*dts[-2:]))
+    with np.errstate(all="ignore"):
+        out = np.asarray(EVAL[op](*[np.ones(1, d) for d in dts], arg))
+    return str(out.dtype)
+
+
 def evaluate(op: Op, arrays: Sequence[np.ndarray], arg, shape, dtype: str) -> np.ndarray:
     """Apply one op to numpy arrays; the result has exactly `shape` and `dtype`."""
     with np.errstate(all="ignore"):
@@ -157,4 +180,4 @@ def evaluate(op: Op, arrays: Sequence[np.ndarray], arg, shape, dtype: str) -> np
     return out
 
 
-__all__ = ["EVAL", "LEAF_EVAL", "draw_random", "evaluate"]
+__all__ = ["EVAL", "LEAF_EVAL", "compute_dtype", "draw_random", "evaluate"]

@@ -2,7 +2,8 @@
 
 A jitted function's traced graph goes through `PIPELINE` in order. The first steps rewrite the
 graph; `rematerialize` decides what a training step saves for its backward; `fuse` turns the graph
-into loop-nest kernels (the contract the backends render); `plan_memory` places every intermediate
+into loop-nest kernels (the contract the backends render); `legalize` makes every conversion in
+them an explicit cast and types every constant; `plan_memory` places every intermediate
 in one arena. Each step is a pure function of the `Program` it is given.
 
 `NEEDLEC_DEBUG=passes` prints what each step made; `NEEDLEC_DEBUG=fusion` prints the kernels and
@@ -23,6 +24,7 @@ from ..ir.ops import OPAQUE
 from .autodiff import differentiate
 from .fusion import fuse
 from .layout import assign_layouts
+from .legalize import legalize
 from .memory import MemoryPlan, order_for_donations, plan_memory, verify_plan
 from .merge_gemms import Merge, merge_gemms
 from .remat import RematPlan, rematerialize
@@ -69,6 +71,10 @@ def _fuse(p: Program) -> Program:
     return dataclasses.replace(p, kernels=fuse(p.graph, recompute))
 
 
+def _legalize(p: Program) -> Program:
+    return dataclasses.replace(p, kernels=legalize(p.kernels))
+
+
 def _plan_memory(p: Program) -> Program:
     kg = p.kernels
     n = len(kg.outputs) if p.n_results is None else p.n_results
@@ -104,6 +110,7 @@ PIPELINE: list[tuple[str, Callable[[Program], Program]]] = [
     ("verify", _on_graph(Graph.verify)),  # the rewrites kept it well typed
     ("rematerialize", _rematerialize),  # what the backward saves, what it recomputes (min cut)
     ("fuse", _fuse),  # loop-nest kernels: elementwise chains, reductions, GEMM/conv epilogues
+    ("legalize", _legalize),  # every dtype conversion an explicit cast, every constant typed
     ("plan_memory", _plan_memory),  # every intermediate at an offset in one arena, verified
 ]
 GRAPH_STEPS = 5  # the steps that map a graph to a graph (what `optimize` runs)
@@ -177,6 +184,7 @@ __all__ = [
     "compile_program",
     "differentiate",
     "fuse",
+    "legalize",
     "merge_gemms",
     "optimize",
     "plan_memory",

@@ -52,6 +52,7 @@ def test_the_pipeline_is_one_list_of_named_steps():
         "verify",
         "rematerialize",
         "fuse",
+        "legalize",
         "plan_memory",
     ]
     assert GRAPH_STEPS == names.index("rematerialize")

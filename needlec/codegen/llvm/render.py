@@ -14,7 +14,6 @@ pairwise summation within the tolerance the op records give reductions.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from ...ir import Op
 from ...ir.kernel import Expr, KOp, Load
 from ...ir.ops import COMPARE, FLOATS
 from ...ir.schedule import Buffer
-from ...ir.semantics import EVAL
+from ...ir.semantics import compute_dtype as semantic_compute_dtype
 from ...ir.view import View
 from ..schedule import (
     Accumulate,
@@ -59,19 +58,11 @@ class LoweringError(RuntimeError):
 
 def compute_dtype(e: Expr) -> str:
     """The dtype numpy computes `e.op` in for `e`'s source dtypes (its result, before the cast
-    to `e.dtype`; for comparisons, the common dtype of the operands)."""
+    to `e.dtype`; for comparisons, the common dtype of the operands). After `legalize` it is
+    the dtype of every source (the condition of a `where` aside)."""
     if e.op is Op.CAST:
         return e.dtype
-    return _compute_dtype(e.op, tuple(s.dtype for s in e.src), e.arg)
-
-
-@functools.lru_cache(maxsize=4096, typed=True)  # 3 and 3.0 compute differently
-def _compute_dtype(op: Op, dts: tuple[str, ...], arg) -> str:
-    if op in COMPARE or op is Op.WHERE:
-        return str(np.result_type(*dts[-2:]))
-    with np.errstate(all="ignore"):
-        out = np.asarray(EVAL[op](*[np.ones(1, d) for d in dts], arg))
-    return str(out.dtype)
+    return semantic_compute_dtype(e.op, tuple(s.dtype for s in e.src), e.arg)
 
 
 # ------------------------------------------------------------------ conversions
