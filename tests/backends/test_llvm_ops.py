@@ -338,6 +338,47 @@ def test_movement_views_feed_exact_ops(name, dtype):
         assert_within(node.op, g, w, n=math.prod(v.shape), scale=scale, what=name)
 
 
+# A stack of k pieces is one kernel whose every element selects among k masked reads; the
+# renderer splits its loops where the masks start and stop, so each piece's rows read that
+# piece only. Same values as the reference, whatever the number of pieces (past the cap on
+# copies the loops stay whole), the axis, serial or on the pool, and with padded borders.
+SPLIT_CASES = {
+    "stack2_axis0": ((3, 4), 2, 0),
+    "stack20_axis0": ((16, 64), 20, 0),
+    "stack20_axis1": ((16, 64), 20, 1),
+    "stack7_axis2": ((5, 3), 7, 2),
+    "stack70_axis0": ((4, 8), 70, 0),  # more pieces than MAX_LOOP_COPIES: one loop
+    "stack8_large": ((256, 512), 8, 0),  # large enough for the thread pool
+}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_loops_split_at_mask_edges_compute_the_same(name):
+    shape, k, axis = SPLIT_CASES[name]
+    rng = np.random.default_rng(RNG_SEED)
+    xs = [arg("float32", shape, i) for i in range(k)]
+    arrays = [rng.standard_normal(shape).astype("float32") for _ in range(k)]
+    arrays[0].flat[:2] = [-0.0, np.nan]
+    st = stack(xs, axis)
+    outs = [st, st * 2.0 + 1.0, st.sum((axis,))]
+    _, got, want = run_both(xs, outs, arrays)
+    np.testing.assert_array_equal(got[0], np.stack(arrays, axis))  # a copy: exact, -0.0 kept
+    assert np.array_equal(np.signbit(got[0]), np.signbit(want[0]))
+    for g, w in zip(got[1:], want[1:], strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-5)
+
+
+def test_padded_borders_split_on_two_dims():
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((6, 33, 33)).astype("float32")
+    xs = arg("float32", x.shape, 0)
+    padded = xs.pad(((0, 0), (2, 1), (1, 3)))
+    outs = [padded * 3.0, (padded + padded.flip((1, 2))).sum((0,))]
+    _, got, want = run_both([xs], outs, [x])
+    np.testing.assert_array_equal(got[0], np.pad(x, ((0, 0), (2, 1), (1, 3))) * np.float32(3))
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-5)
+
+
 # ---------------------------------------------------------------- reductions
 
 

@@ -105,6 +105,7 @@ def const(dtype: str, value) -> ir.Constant:
 
 # ------------------------------------------------------------------ math
 INLINE_MATH_LIMIT = 256  # a kernel with more math calls than this calls libm (compile time)
+MAX_LOOP_COPIES = 64  # a loop nest split at mask edges emits its body at most this many times
 
 
 def _math(b: ir.IRBuilder, name: str, args: list, dtype: str, inline: bool = True) -> ir.Value:
@@ -349,6 +350,11 @@ class KernelRenderer:
         self.pos = {e: i for i, e in enumerate(self.k.exprs)}
         self.parallel_loops = 0
         self.extra_scratch: dict[Buffer, int] = {}  # packed operands, im2col weights
+        # dim -> [a, b): the loop over that dim being emitted covers only those indices, so a
+        # masked read's test on that dim is known (`_cuts`, `address`)
+        self.static: dict[int, tuple[int, int]] = {}
+        self.copies = 1  # how many times the code being emitted is emitted (loops split)
+        self.masks = self._mask_bounds()
         self.fn = self._function(name, [])
 
     def _function(self, name: str, extra: list) -> ir.Function:
@@ -520,6 +526,11 @@ class KernelRenderer:
             if st != 0:
                 off = b.add(off, b.mul(i, I64(st)))
             if (lo, hi) != (0, n):
+                a, c = self.static.get(d, (0, n))
+                if c <= lo or a >= hi:  # the loop piece being emitted lies outside the mask
+                    return off, None, True
+                if lo <= a and c <= hi:  # ... or inside it
+                    continue
                 ok = b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))
                 valid = ok if valid is None else b.and_(valid, ok)
         return off, valid, False
@@ -562,15 +573,48 @@ class KernelRenderer:
         self.b.store(v, self.pointer(buf, off))
 
     # the schedule ---------------------------------------------------------
+    def _mask_bounds(self) -> dict[int, set[int]]:
+        """dim -> the indices where some masked read of the kernel starts or stops being
+        there (a stacked piece's rows, a padded border)."""
+        out: dict[int, set[int]] = {}
+        for e in self.k.exprs:
+            if e.op is not KOp.LOAD:
+                continue
+            v = e.arg.view
+            for d, (n, (lo, hi)) in enumerate(zip(v.shape, v.bounds(), strict=True)):
+                if n > 1 and (lo, hi) != (0, n):
+                    out.setdefault(d, set()).update(c for c in (lo, hi) if 0 < c < n)
+        return out
+
+    def _cuts(self, lp: Loop) -> list[tuple[int, int]]:
+        """`lp`'s iterations split where masked reads start or stop: within each piece every
+        masked read is known to be there or not on `lp.dim`, so a stack of k pieces reads one
+        piece per element, not k. One piece where there are no masks, or too many copies."""
+        cuts = sorted(self.masks.get(lp.dim, ()))
+        if not cuts or self.copies * (len(cuts) + 1) > MAX_LOOP_COPIES:
+            return [(0, lp.extent)]
+        edges = [0, *cuts, lp.extent]
+        return list(zip(edges[:-1], edges[1:], strict=True))
+
     def loop(self, lp: Loop, lo: ir.Value | None = None, hi: ir.Value | None = None) -> None:
-        """`lp`, over all its iterations or over [lo, hi)."""
+        """`lp`, over all its iterations or over [lo, hi) (a task's share), split where masked
+        reads start or stop (`_cuts`): the same iterations in the same order."""
+        b = self.b
         saved = self.idx.get(lp.dim)
-        end = lp.extent if hi is None else hi
-        with counted_loop(self.b, end, f"i{lp.dim}", 0 if lo is None else lo) as i:
-            self.idx[lp.dim] = i
-            self.scopes.append({})
-            self.walk(lp.body)
-            self.scopes.pop()
+        pieces = self._cuts(lp)
+        self.copies *= len(pieces)
+        for a, c in pieces:
+            start = a if lo is None else b.select(b.icmp_signed(">", lo, I64(a)), lo, I64(a))
+            end = c if hi is None else b.select(b.icmp_signed("<", hi, I64(c)), hi, I64(c))
+            if len(pieces) > 1:
+                self.static[lp.dim] = (a, c)
+            with counted_loop(b, end, f"i{lp.dim}", start) as i:
+                self.idx[lp.dim] = i
+                self.scopes.append({})
+                self.walk(lp.body)
+                self.scopes.pop()
+        self.static.pop(lp.dim, None)
+        self.copies //= len(pieces)
         if saved is None:
             self.idx.pop(lp.dim, None)
         else:
