@@ -407,16 +407,29 @@ class _Builder:
 
     # ------------------------------------------------------------ the loop tree
     def _runs(self, tasks: list[_Task], bound: frozenset[int]) -> list[tuple[list, frozenset]]:
+        """Consecutive tasks grouped under shared loops: a task joins the group before it
+        where they share dims, and only where the shared dims are the outermost of its own
+        loop order and of every task's in the group (a per-channel store never drags the
+        channel loop, the contiguous one, outside a channel-last store's loops)."""
         runs: list[tuple[list, frozenset]] = []
         cur: list[_Task] = []
         common: frozenset[int] = frozenset()
+
+        def rest_of(t: _Task) -> frozenset[int]:
+            return (t.outer | frozenset(t.inner) if t.mode == "scratch" else t.outer) - bound
+
+        def leads(t: _Task, dims: frozenset[int]) -> bool:
+            own = self.order(rest_of(t), [t])
+            return frozenset(own[: len(dims)]) == dims
+
         for t in tasks:
-            rest = (t.outer | frozenset(t.inner) if t.mode == "scratch" else t.outer) - bound
+            rest = rest_of(t)
             if cur:
                 new = common & rest
                 blocked = any(u.mode == "scratch" and u.item in t.needs for u in cur)
                 alone = t.mode == "keep" or cur[0].mode == "keep"  # a small loop of its own
-                if new and not blocked and not alone:
+                outermost = new and all(leads(u, new) for u in [*cur, t])
+                if new and not blocked and not alone and outermost:
                     cur.append(t)
                     common = new
                     continue
