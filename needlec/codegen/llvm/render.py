@@ -40,7 +40,7 @@ from ..schedule import (
     deps,
 )
 from . import conv, gemm, intcore
-from .loops import counted_loop
+from .loops import counted_loop, predicated_tail
 from .mathlib import math_function
 from .random import emit_draw
 
@@ -105,6 +105,7 @@ def const(dtype: str, value) -> ir.Constant:
 
 # ------------------------------------------------------------------ math
 INLINE_MATH_LIMIT = 256  # a kernel with more math calls than this calls libm (compile time)
+SHORT_LOOP = 128  # innermost loops shorter than this vectorize with a masked tail (`_short`)
 MAX_LOOP_COPIES = 64  # a loop nest split at mask edges emits its body at most this many times
 
 
@@ -596,6 +597,13 @@ class KernelRenderer:
         edges = [0, *cuts, lp.extent]
         return list(zip(edges[:-1], edges[1:], strict=True))
 
+    @staticmethod
+    def _short(lp: Loop, n: int) -> bool:
+        """Whether an innermost loop of `n` iterations is short enough, and not a whole number
+        of vectors, that its tail had better be a masked vector than a scalar loop."""
+        innermost = not any(isinstance(it, Loop) for it in lp.body)
+        return innermost and n < SHORT_LOOP and (n % 8 != 0 or (n > 32 and n % 32 != 0))
+
     def loop(self, lp: Loop, lo: ir.Value | None = None, hi: ir.Value | None = None) -> None:
         """`lp`, over all its iterations or over [lo, hi) (a task's share), split where masked
         reads start or stop (`_cuts`): the same iterations in the same order."""
@@ -608,7 +616,10 @@ class KernelRenderer:
             end = c if hi is None else b.select(b.icmp_signed("<", hi, I64(c)), hi, I64(c))
             if len(pieces) > 1:
                 self.static[lp.dim] = (a, c)
-            with counted_loop(b, end, f"i{lp.dim}", start) as i:
+            hints = None
+            if self._short(lp, c - a):
+                hints = predicated_tail(self.module)
+            with counted_loop(b, end, f"i{lp.dim}", start, hints) as i:
                 self.idx[lp.dim] = i
                 self.scopes.append({})
                 self.walk(lp.body)
