@@ -270,13 +270,19 @@ class _Builder:
         return out
 
     def _prefs(self, exprs: list[Expr], extra_views=()) -> dict[int, int]:
-        pref: dict[int, int] = {}
+        """dim -> the stride the loop over it walks memory with: the smallest |stride| on that
+        dim among the largest reads and writes that move along it (a row's label, read once
+        per row, does not make the row dim look contiguous next to the rows themselves)."""
+        best: dict[int, tuple[int, int]] = {}  # dim -> (-elements of the view, |stride|)
         views = [x.arg.view for x in exprs if x.op is KOp.LOAD] + list(extra_views)
         for v in views:
-            for d, s in enumerate(v.strides):
-                if s != 0 and self.space[d] != 1:
-                    pref[d] = min(pref.get(d, abs(s)), abs(s))
-        return pref
+            moving = [d for d, s in enumerate(v.strides) if s != 0 and self.space[d] != 1]
+            size = math.prod(self.space[d] for d in moving)
+            for d in moving:
+                key = (-size, abs(v.strides[d]))
+                if d not in best or key < best[d]:
+                    best[d] = key
+        return {d: s for d, (_, s) in best.items()}
 
     def _materialized(self, x: Expr) -> bool:
         return x.op in (KOp.REDUCE, KOp.CORE) or x in self.kept
@@ -499,9 +505,14 @@ class _Builder:
         for depth in range(len(path) - 1, -1, -1):
             if e in self._scope(path[depth]):
                 return depth
-        if e.op in (KOp.REDUCE, KOp.CORE) or (e in self.kept and e is not self._fresh):
+        if e.op is KOp.CORE:
             return 0  # read from its buffer wherever it is needed
-        return None
+        return None  # a reduction's result or a kept value: read where its dims are bound
+
+    def _read(self, x: Expr) -> bool:
+        """Whether `x` is read from its scratch (a reduction's result, a kept value) rather
+        than computed from its sources here."""
+        return x.op is KOp.REDUCE or (x in self.kept and x is not self._fresh)
 
     def _need(self, e: Expr, path: list[list], bound: frozenset[int]) -> int:
         """Place a `Let` for `e` (and its sources) in the outermost body of `path` where its
@@ -522,13 +533,16 @@ class _Builder:
                 st = self._reload(x, path)
                 if st is not None:
                     reloads[x] = st  # read back, so its sources are not needed here
-                else:
+                elif not self._read(x):
                     stack.extend(x.src)
         todo.sort(key=self.pos.__getitem__)  # creation order is topological
         depth_of_dim = self._depth_of_dims(path)
         for x in todo:
             dims = [depth_of_dim.get(d, 0) for d in deps(x, self.space)]
-            srcs = [] if x in reloads else [self._find(src, path) for src in x.src]
+            if x in reloads or self._read(x):  # from memory: only its own dims matter
+                srcs = []
+            else:
+                srcs = [self._find(src, path) for src in x.src]
             level = max(srcs + dims, default=0)
             body = path[level]
             item = Reload(x, reloads[x]) if x in reloads else Let(x)
