@@ -40,6 +40,7 @@ from ..ir.kernel import (
 )
 from ..ir.schedule import Buffer, nbytes
 from ..ir.view import View
+from .fold_dims import fold_dims
 from .fusion_expand import expand_composites
 from .fusion_merge import first_index, merge_groups
 from .fusion_plan import CORES, Group, Plan, flat
@@ -215,7 +216,8 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
         kind = "fill"
     else:
         kind = "elementwise"
-    return Kernel(name, kind, space, tuple(inputs), exprs, stores, core, tuple(members))
+    kernel = Kernel(name, kind, space, tuple(inputs), exprs, stores, core, tuple(members))
+    return fold_dims(kernel)  # no dim that only re-indexes elements other dims index
 
 
 def _value(table: ExprTable, grp: Group, n: Node, srcs: list):
