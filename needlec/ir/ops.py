@@ -111,6 +111,10 @@ class Op(Enum):
     # a Python function (a user's needle TensorOp, or its gradient): arg = a `Callback` that
     # holds the function and the output's shape and dtype; opaque to every pass
     CALLBACK = auto()
+    # the elementwise sum or max of a tensor over every process of the communicator
+    # (`needlec.ir.collective`): arg = "sum" or "max"; opaque to every pass, so it stays where the
+    # program puts it and no computation moves across it
+    ALLREDUCE = auto()
 
     def __repr__(self) -> str:
         return f"Op.{self.name}"
@@ -129,7 +133,9 @@ MOVEMENT = frozenset(
 )
 CONVS = frozenset({Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
 # ops no pass looks into: never fused with others, duplicated, folded or recomputed
-OPAQUE = frozenset({Op.CALLBACK})
+OPAQUE = frozenset({Op.CALLBACK, Op.ALLREDUCE})
+# what each opaque op is, for the reasons fusion gives
+OPAQUE_WHAT = {Op.CALLBACK: "a Python callback", Op.ALLREDUCE: "an all-reduce (communication)"}
 COMPUTE = frozenset({Op.MATMUL, Op.LOGSOFTMAX}) | CONVS | OPAQUE
 RANDOM = frozenset({Op.RAND})
 
@@ -154,6 +160,7 @@ ARG_NAME = {
     Op.CONV_INPUT_GRAD: "stride,padding,h,w",
     Op.CONV_WEIGHT_GRAD: "stride,padding,kh,kw",
     Op.CALLBACK: "fn",
+    Op.ALLREDUCE: "op",
     **{op: "c" for op in SCALAR},
 }
 
@@ -401,6 +408,12 @@ def _callback(op: Op, *shapes_and_arg) -> Shape:
     return tuple(shapes_and_arg[-1].shape)  # found when the op was traced (see ir/callback.py)
 
 
+def _allreduce(op: Op, s: Shape, arg) -> Shape:
+    if arg not in ("sum", "max"):
+        raise ShapeError(f"all_reduce: reduction {arg!r} is not 'sum' or 'max'")
+    return s
+
+
 def _rand(op: Op, seed: Shape, arg) -> Shape:
     raise ShapeError("rand: the shape of a random node is given, not inferred")
 
@@ -426,6 +439,7 @@ SHAPE_RULE: dict[Op, Callable[..., Shape]] = {
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
     Op.CALLBACK: _callback,
+    Op.ALLREDUCE: _allreduce,
     Op.RAND: _rand,
     Op.INPUT: lambda op, arg: (),
     Op.CONST: lambda op, arg: (),
@@ -522,4 +536,6 @@ TOLERANCE: dict[Op, tuple[str, float]] = {
     Op.LOGSOFTMAX: ("order", 8),
     # every backend runs the same Python function on the same inputs
     Op.CALLBACK: ("exact", 0),
+    # every executor calls the same MPI_Allreduce on the same buffers
+    Op.ALLREDUCE: ("exact", 0),
 }

@@ -110,6 +110,16 @@ def _stack_vjp(g, out, *xs_and_axis):
     return tuple(parts)
 
 
+def _allreduce_vjp(g, out, x, reduction):
+    """Every rank's output depends on every rank's input: a rank's gradient is the sum of the
+    cotangents of all ranks (an all-reduce of the cotangent); for a max, only where this rank's
+    value is the maximum (each rank holding a tied maximum gets it whole)."""
+    total = g.all_reduce("sum")
+    if reduction == "sum":
+        return (total,)
+    return (x.eq(out).where(total, 0),)
+
+
 def _callback_vjp(g, out, *xs_and_arg):
     """A custom op's gradient: one more CALLBACK node, over (g, out, *xs), that calls the user's
     `gradient`; with several float inputs it returns their gradients raveled end to end, sliced
@@ -182,6 +192,7 @@ VJP: dict[Op, Callable] = {
     ),
     Op.RAND: lambda g, out, seed, arg: (None,),
     Op.CALLBACK: _callback_vjp,
+    Op.ALLREDUCE: _allreduce_vjp,
 }
 
 
