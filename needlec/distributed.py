@@ -32,6 +32,7 @@ import numpy as np
 
 from .autograd import Tensor
 from .ir import Op, collective
+from .nn import BatchNorm1d, BatchNorm2d
 from .serialization import copy_into
 
 _LAUNCHER_VARIABLES = (
@@ -231,6 +232,41 @@ class DistributedOptimizer:
         self.optimizer.reset_grad()
 
 
+class SyncBatchNorm1d(BatchNorm1d):
+    """BatchNorm1d whose batch statistics are over every rank's rows (two all-reduces per
+    layer): the replicas normalize as one process holding the whole global batch would, and
+    their running statistics stay equal. A plain BatchNorm1d keeps its statistics per rank, as
+    PyTorch's DistributedDataParallel does. `sync_batch_norm(model)` converts a model's."""
+
+    def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        n = x.shape[0] * world_size()
+        mean = all_reduce(x.sum((0,)), "sum") / n
+        centered = x - mean.reshape((1, x.shape[1])).broadcast_to(x.shape)
+        var = all_reduce((centered**2).sum((0,)), "sum") / n
+        return mean, var
+
+
+class SyncBatchNorm2d(SyncBatchNorm1d, BatchNorm2d):
+    """BatchNorm2d with statistics over every rank's images (see `SyncBatchNorm1d`)."""
+
+
+def sync_batch_norm(module):
+    """Make every BatchNorm1d and BatchNorm2d in `module` synchronized across ranks (in place:
+    the same parameters and running statistics); returns `module`."""
+    seen, stack = set(), [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if type(m) is BatchNorm2d:  # same attributes, statistics over all ranks
+            m.__class__ = SyncBatchNorm2d
+        elif type(m) is BatchNorm1d:
+            m.__class__ = SyncBatchNorm1d
+        stack.extend(m._children())
+    return module
+
+
 class DistributedSampler:
     """Which items of `dataset` this rank reads in each epoch: a shard of the epoch's order.
 
@@ -316,11 +352,14 @@ __all__ = [
     "DistributedError",
     "DistributedOptimizer",
     "DistributedSampler",
+    "SyncBatchNorm1d",
+    "SyncBatchNorm2d",
     "all_reduce",
     "barrier",
     "broadcast_optimizer_state",
     "broadcast_parameters",
     "init",
+    "sync_batch_norm",
     "rank",
     "world_size",
 ]
