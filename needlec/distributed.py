@@ -117,6 +117,20 @@ def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
     return out / world_size() if op == "mean" else out
 
 
+def reduce_together(tensors: list[Tensor], op: str = "sum") -> list[Tensor]:
+    """`all_reduce` of each tensor (all of one dtype), in one call: one ALLREDUCE node over
+    their elements end to end, sliced apart again."""
+    if len(tensors) == 1:
+        return [tensors[0].all_reduce(op)]
+    flat = tensors[0]._apply(Op.ALLREDUCE, tuple(tensors), op)
+    out, at = [], 0
+    for t in tensors:
+        size = math.prod(t.shape)
+        out.append(flat.slice(((at, at + size, 1),)).reshape(t.shape))
+        at += size
+    return out
+
+
 def _bcast_into(tensors: Iterable[tuple[str, Tensor]], root: int, what: str) -> None:
     comm = collective.comm()
     if comm is None or comm.Get_size() == 1:
@@ -206,19 +220,9 @@ class DistributedOptimizer:
         n = world_size()
         for bucket in self.buckets():
             grads = [p.grad.detach() for p in bucket]
-            sizes = [math.prod(g.shape) for g in grads]
-            total = sum(sizes)
-            flat, at = None, 0
-            for g, size in zip(grads, sizes, strict=True):  # concatenated by padding and adding
-                part = g.reshape((size,)).pad(((at, total - at - size),))
-                flat = part if flat is None else flat + part
-                at += size
-            summed = flat.all_reduce("sum")
-            at = 0
-            for p, g, size in zip(bucket, grads, sizes, strict=True):
-                piece = summed.slice(((at, at + size, 1),)).reshape(g.shape)
+            summed = reduce_together(grads, "sum")
+            for p, piece in zip(bucket, summed, strict=True):
                 p.grad = piece / n if n > 1 else piece
-                at += size
 
     def step(self) -> None:
         """Average the gradients over the ranks, then update."""

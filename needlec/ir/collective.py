@@ -6,7 +6,8 @@ one process and an all-reduce is a copy. Every executor reads the communicator a
 reference and kernel interpreters through mpi4py here, compiled code through the MPI library that
 mpi4py loaded (`needlec.codegen.llvm.collective`).
 
-An all-reduce's `arg` is the reduction, "sum" or "max". A mean is a sum divided by the world size
+An all-reduce's `arg` is the reduction, "sum" or "max"; several sources are reduced as one
+buffer, their elements end to end. A mean is a sum divided by the world size
 (two nodes; the division fuses into whatever reads it). Bools reduce as a logical or (as numpy
 sums and maxes them).
 """
@@ -61,8 +62,11 @@ def mpi_op(reduction: str, dtype: str):
     return MPI.MAX if reduction == "max" or dtype == "bool" else MPI.SUM
 
 
-def allreduce(x: np.ndarray, reduction: str) -> np.ndarray:
-    """`x` reduced elementwise over every rank of the communicator (a copy with one rank)."""
+def allreduce(*xs_and_reduction) -> np.ndarray:
+    """`x` reduced elementwise over every rank of the communicator (a copy with one rank);
+    several arrays are reduced as one, raveled end to end."""
+    *xs, reduction = xs_and_reduction
+    x = xs[0] if len(xs) == 1 else np.concatenate([np.ravel(a) for a in xs])
     if reduction not in REDUCTIONS:
         raise ValueError(f"all_reduce: reduction {reduction!r} is not one of {REDUCTIONS}")
     c = _state["comm"]

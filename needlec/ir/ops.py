@@ -112,8 +112,9 @@ class Op(Enum):
     # holds the function and the output's shape and dtype; opaque to every pass
     CALLBACK = auto()
     # the elementwise sum or max of a tensor over every process of the communicator
-    # (`needlec.ir.collective`): arg = "sum" or "max"; opaque to every pass, so it stays where the
-    # program puts it and no computation moves across it
+    # (`needlec.ir.collective`): arg = "sum" or "max". Several sources are one buffer, their
+    # elements end to end (a bucket of gradients: one call). Opaque to every pass, so it stays
+    # where the program puts it and no computation moves across it
     ALLREDUCE = auto()
 
     def __repr__(self) -> str:
@@ -408,10 +409,13 @@ def _callback(op: Op, *shapes_and_arg) -> Shape:
     return tuple(shapes_and_arg[-1].shape)  # found when the op was traced (see ir/callback.py)
 
 
-def _allreduce(op: Op, s: Shape, arg) -> Shape:
+def _allreduce(op: Op, *shapes_and_arg) -> Shape:
+    *shapes, arg = shapes_and_arg
     if arg not in ("sum", "max"):
         raise ShapeError(f"all_reduce: reduction {arg!r} is not 'sum' or 'max'")
-    return s
+    if not shapes:
+        raise ShapeError("all_reduce: needs at least one tensor")
+    return shapes[0] if len(shapes) == 1 else (sum(math.prod(s) for s in shapes),)
 
 
 def _rand(op: Op, seed: Shape, arg) -> Shape:
@@ -465,8 +469,8 @@ def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
         return float_of(dtypes[0])
     if op is Op.SUM and dtypes[0] == "bool":
         return "int64"
-    if op is Op.STACK and len(set(dtypes)) > 1:
-        raise ShapeError(f"stack: inputs have different dtypes {dtypes}")
+    if op in (Op.STACK, Op.ALLREDUCE) and len(set(dtypes)) > 1:
+        raise ShapeError(f"{op.name.lower()}: inputs have different dtypes {dtypes}")
     return dtypes[0]
 
 

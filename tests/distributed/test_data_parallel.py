@@ -152,3 +152,20 @@ def test_a_failing_rank_stops_every_rank_within_a_timeout(tmp_path):
     assert "rank 1 of 2 failed" in proc.stderr
     assert "ValueError: bad batch on this rank" in proc.stderr
     assert time.monotonic() - start < 120
+
+
+DEMO = """
+import needlec as nc
+from needlec.examples.train import main
+
+history = main(["--distributed", "--epochs", "2", "--batch-size", "64"])
+assert history["test_acc"][-1] > 0.8, history
+open(f"ok.{nc.distributed.rank()}", "w").close()
+"""
+
+
+def test_the_demo_trains_on_two_processes_and_rank_0_alone_prints(tmp_path):
+    proc = run(2, DEMO, tmp_path)
+    assert all((tmp_path / f"ok.{k}").exists() for k in range(2))
+    assert proc.stdout.count("on 2 processes") == 2, proc.stdout  # the header and the timing
+    assert proc.stdout.count("epoch  2/2") == 1, proc.stdout

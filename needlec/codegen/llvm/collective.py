@@ -94,17 +94,31 @@ def _contiguous(r, ld: Load, dtype: str) -> ir.Value:
 
 
 def emit_allreduce(r, core: Core, into: Buffer) -> None:
-    """Emit the all-reduce `core` into buffer `into` (compact, row-major) for renderer `r`."""
+    """Emit the all-reduce `core` into buffer `into` (compact, row-major) for renderer `r`.
+    Several operands are copied end to end into `into` first, then reduced there in place."""
     n = math.prod(core.shape)
     if n == 0:
         return
+    if n >= 2**31:
+        raise ValueError(f"all_reduce: {n} elements is more than one MPI call takes (2**31 - 1)")
     b = r.b
-    send = b.bitcast(_contiguous(r, core.operands[0], core.dtype), PTR)
+    item = np.dtype(core.dtype).itemsize
     recv = b.bitcast(r.base[into], PTR)
-    nbytes = n * np.dtype(core.dtype).itemsize
-    if not bind():  # this process alone: a copy
-        copy = r.module.declare_intrinsic("llvm.memmove", [PTR, PTR, I64])
-        b.call(copy, [recv, send, I64(nbytes), ir.Constant(ir.IntType(1), 0)])
+    sources = [b.bitcast(_contiguous(r, ld, core.dtype), PTR) for ld in core.operands]
+    copy = r.module.declare_intrinsic("llvm.memmove", [PTR, PTR, I64])
+    no = ir.Constant(ir.IntType(1), 0)
+    active = bind()
+    if len(sources) > 1 or not active:  # gathered end to end (or, alone, copied)
+        at = 0
+        for src, ld in zip(sources, core.operands, strict=True):
+            size = math.prod(ld.view.shape) * item
+            if size:
+                b.call(copy, [b.gep(recv, [I64(at)]), src, I64(size), no])
+            at += size
+        send = recv
+    else:
+        send = sources[0]
+    if not active:  # this process alone: the copy is the result
         return
     bits = handle_bits()
     hty = ir.IntType(bits) if bits != 64 else PTR
@@ -124,8 +138,6 @@ def emit_allreduce(r, core: Core, into: Buffer) -> None:
     send = b.select(b.icmp_unsigned("==", send, recv), in_place, send)  # MPI wants IN_PLACE
     dtype = handle(FIRST_DTYPE + DTYPES.index(core.dtype))
     op = handle(MAX if core.arg == "max" or core.dtype == "bool" else SUM)
-    if n >= 2**31:
-        raise ValueError(f"all_reduce: {n} elements is more than one MPI call takes (2**31 - 1)")
     b.call(fn, [send, recv, I32(n), dtype, op, handle(COMM)])
 
 
