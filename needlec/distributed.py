@@ -62,6 +62,11 @@ def init() -> None:
                 '(pip install -e ".[distributed]")'
             ) from None
         return
+    if collective.compiled_alone() and MPI.COMM_WORLD.Get_size() > 1:
+        raise DistributedError(
+            "distributed.init: a jitted function with an all-reduce was compiled before init() "
+            "(for one process: it would not communicate); call init() first"
+        )
     comm = MPI.COMM_WORLD.Dup()  # needlec's own messages never meet the user's
     comm.Set_errhandler(MPI.ERRORS_ARE_FATAL)  # an MPI failure ends every rank, never hangs
     collective.set_comm(comm)
@@ -188,7 +193,10 @@ class DistributedOptimizer:
         self.__dict__["bucket_mb"] = bucket_mb
 
     def __getattr__(self, name: str):
-        return getattr(self.__dict__["optimizer"], name)
+        inner = self.__dict__.get("optimizer")
+        if inner is None:  # not set up yet (a copy being made): no attribute of its own
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     def __setattr__(self, name: str, value) -> None:
         if name in ("optimizer", "bucket_mb"):

@@ -18,13 +18,23 @@ import numpy as np
 
 REDUCTIONS = ("sum", "max")
 
-_state: dict = {"comm": None}
+_state: dict = {"comm": None, "compiled_alone": False}
 
 
 def set_comm(comm) -> None:
     """Make `comm` (an mpi4py communicator, or None for this process alone) the one every
     all-reduce uses."""
     _state["comm"] = comm
+
+
+def note_compiled_alone() -> None:
+    """Compiled code was made with no communicator: its all-reduces copy (see `init`)."""
+    _state["compiled_alone"] = True
+
+
+def compiled_alone() -> bool:
+    """Whether compiled code with an all-reduce was made before a communicator was set."""
+    return _state["compiled_alone"]
 
 
 def comm():

@@ -67,6 +67,7 @@ def bind() -> bool:
     are; False where no communicator is set (compiled all-reduces then copy)."""
     comm = collective.comm()
     if comm is None:
+        collective.note_compiled_alone()
         return False
     from mpi4py import MPI
 
