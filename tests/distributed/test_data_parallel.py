@@ -169,3 +169,29 @@ def test_the_demo_trains_on_two_processes_and_rank_0_alone_prints(tmp_path):
     assert all((tmp_path / f"ok.{k}").exists() for k in range(2))
     assert proc.stdout.count("on 2 processes") == 2, proc.stdout  # the header and the timing
     assert proc.stdout.count("epoch  2/2") == 1, proc.stdout
+
+
+MISMATCH = """
+import numpy as np
+import needlec as nc
+from needlec import distributed as dist
+
+dist.init()
+r = dist.rank()
+f = nc.jit(lambda x: dist.all_reduce(x * 2.0 + r, "sum"))  # a constant of its own: allowed
+f(np.ones((4, 3), dtype="float32"))
+try:
+    f(np.ones((2 + r, 3), dtype="float32"))  # rank 1 has another shape: caught before running
+except dist.DistributedError as e:
+    message = str(e)
+else:
+    raise AssertionError("no error")
+assert "rank 0: inputs f32[2,3]; all-reduces sum:f32[2,3]" in message, message
+assert "rank 1: inputs f32[3,3]; all-reduces sum:f32[3,3]" in message, message
+open(f"ok.{r}", "w").close()
+"""
+
+
+def test_ranks_with_different_shapes_all_raise_before_the_first_step(tmp_path):
+    run(2, MISMATCH, tmp_path)
+    assert all((tmp_path / f"ok.{k}").exists() for k in range(2))
