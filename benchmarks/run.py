@@ -7,6 +7,9 @@ models) it runs, in this one process, the same training step in each column that
 - hand-written numpy (MLPs only);
 - torch eager, torch.compile and jax.jit (optional: skipped with a note when not installed).
 
+`--distributed` runs `benchmarks.bench_distributed` instead: data-parallel steps on 1 and 2
+processes (mpiexec), samples per second and the all-reduce's share of a step.
+
 All columns start from needlec's initial weights; the first step's losses must agree (their
 largest difference from needlec eager's goes in the JSON). A cell's figure is the median time
 of repeated steps after warm-up, with the interquartile range. needlec's first call is timed
@@ -80,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-chart", action="store_true", help="do not draw ratios.png")
     ap.add_argument(
         "--no-disk-cache-run", action="store_true", help="skip the new-process first call"
+    )
+    ap.add_argument(
+        "--distributed",
+        action="store_true",
+        help="instead: data-parallel steps on 1 and 2 processes (benchmarks.bench_distributed)",
     )
     ap.add_argument("--first-call-only", metavar="NAME", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -518,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_call_only:
         print(json.dumps(first_call_only(args.first_call_only)))
         return 0
+    if args.distributed:  # needs mpiexec: pip install -e ".[distributed]"
+        from . import bench_distributed
+
+        return bench_distributed.main(["--repeats", str(args.repeats)])
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     from tqdm import tqdm

@@ -4,7 +4,7 @@ Write ordinary needle code; `jit` traces it into a graph IR, `grad` differentiat
 transform, and eager mode runs every op at once.
 """
 
-from . import autograd, backend_ndarray, data, init, nn, ops, optim
+from . import autograd, backend_ndarray, data, distributed, init, nn, ops, optim
 from .autograd import Tensor, TensorOp, TensorTuple, Value
 from .backend_ndarray import (
     BackendDevice as Device,

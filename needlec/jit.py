@@ -23,6 +23,7 @@ from . import backend_ndarray as nd
 from .autograd import Tensor
 from .codegen import reference
 from .codegen.backends import BACKENDS, Backend, make_backend
+from .distributed import check_same_program
 from .frontend import guards
 from .frontend.pytree import unflatten
 from .frontend.trace import current
@@ -36,7 +37,7 @@ from .frontend.traced import (
     trace_function,
     write_back,
 )
-from .ir import Graph
+from .ir import Graph, Op
 from .ir.graph import FusedGraph
 from .ir.kernel import CostAnalysis, KernelGraph
 from .ir.ops import user_frame
@@ -108,6 +109,9 @@ class Lowered:
         """The executable of backend `name` for this program (made on first use)."""
         made = self._backends.get(name)
         if made is None:
+            graph = self._start.graph
+            if any(n.op is Op.ALLREDUCE for n in graph.nodes):  # ranks must reduce alike
+                check_same_program(graph, f"jit({self.traced.trace.name})")
             target = self.program if name != "reference" else self._start
             made = self._backends[name] = make_backend(name, target)
         return made

@@ -58,7 +58,9 @@ class DataLoader:
     smaller when `batch_size` does not divide the dataset. With `shuffle`, each epoch (each
     `iter(loader)`) draws one `np.random.permutation(len(dataset))`. `device` and `dtype` are
     needlec extras passed to `Tensor` (None keeps Tensor's defaults: float data stays float32,
-    integer labels stay integers). Batches are data, so they do not require grad.
+    integer labels stay integers). Batches are data, so they do not require grad. A `sampler`
+    (an iterable of item indices with a length, such as `needlec.distributed.DistributedSampler`)
+    gives each epoch's order instead (then `shuffle` must be False).
 
     >>> from needlec.data import NDArrayDataset
     >>> loader = DataLoader(NDArrayDataset(np.arange(5.0)), batch_size=2)
@@ -77,7 +79,10 @@ class DataLoader:
         *,
         device=None,
         dtype: str | None = None,
+        sampler=None,
     ) -> None:
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: pass shuffle to the sampler, not with one")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be at least 1, got {batch_size}")
         self.dataset = dataset
@@ -85,19 +90,27 @@ class DataLoader:
         self.shuffle = shuffle
         self.device = device
         self.dtype = dtype
+        self.sampler = sampler
         self.ordering: list[np.ndarray] = []
         self._next = 0
 
+    def _items(self) -> int:
+        return len(self.dataset) if self.sampler is None else len(self.sampler)
+
     def _batch_size(self) -> int:
-        return self.batch_size if self.batch_size is not None else max(len(self.dataset), 1)
+        return self.batch_size if self.batch_size is not None else max(self._items(), 1)
 
     def __len__(self) -> int:
         """The number of batches in one epoch."""
-        return -(-len(self.dataset) // self._batch_size())
+        return -(-self._items() // self._batch_size())
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        n, size = len(self.dataset), self._batch_size()
-        order = np.random.permutation(n) if self.shuffle else np.arange(n)
+        n, size = self._items(), self._batch_size()
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            n = len(order)
+        else:
+            order = np.random.permutation(n) if self.shuffle else np.arange(n)
         self.ordering = np.array_split(order, range(size, n, size))
         self._next = 0
         return self

@@ -6,6 +6,7 @@ Usage::
     python -m needlec.examples.train --eager      # the same training, op by op
     python -m needlec.examples.train --data DIR   # MNIST: the four idx files in DIR
     python -m needlec.examples.train --epochs 20 --batch-size 64 --lr 0.003 --hidden 128 --seed 1
+    mpiexec -n 2 python -m needlec.examples.train --distributed   # data-parallel, 2 processes
 
 The digits (1,797 images, 64 pixels each) come with scikit-learn, so nothing is downloaded;
 20% of them are held out. With `--data DIR`, DIR holds MNIST's `train-images-idx3-ubyte.gz`,
@@ -21,6 +22,12 @@ and the logits, which are read outside (inside a trace a tensor has no value yet
 prints the training and held-out loss and accuracy; at the end the same step is timed eagerly
 and jitted on one batch, and the median milliseconds per step and the speedup are printed.
 numpy's generator is seeded with `--seed`, so runs repeat exactly.
+
+With `--distributed` (under `mpiexec -n N`) each process trains a replica on its shard of every
+epoch (`needlec.distributed.DistributedSampler`), `--batch-size` stays the global batch (each
+rank takes 1/N of it), gradients are averaged across processes inside the jitted step
+(`DistributedOptimizer`), BatchNorm's statistics are synchronized, and rank 0 alone prints and
+shows the progress bar; the losses and accuracies it prints are over all ranks.
 
 `--eager` and the jitted run compute the same first epoch. After that they part ways: the
 model's Dropout layers (p = 0 here) still draw a mask each step, eagerly from numpy's
@@ -68,6 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of numpy's generator")
     parser.add_argument("--data", metavar="DIR", help="train on MNIST idx files in DIR")
     parser.add_argument("--eager", action="store_true", help="train without jit")
+    parser.add_argument(
+        "--distributed", action="store_true", help="data-parallel over the ranks of mpiexec"
+    )
     return parser.parse_args(argv)
 
 
@@ -119,10 +129,18 @@ def _postfix(tally: Tally) -> dict[str, str]:
     return {"loss": f"{tally.mean_loss:.4f}", "acc": f"{tally.accuracy:.3f}"}
 
 
-def run_epoch(loader: nc.data.DataLoader, step: Callable, desc: str) -> tuple[float, float]:
-    """Apply `step` to every batch; returns (mean loss per example, accuracy)."""
-    tally = run_steps(loader, step, total=len(loader), desc=desc, postfix=_postfix)
-    return tally.mean_loss, tally.accuracy
+def run_epoch(
+    loader: nc.data.DataLoader, step: Callable, desc: str, across_ranks: bool = False
+) -> tuple[float, float]:
+    """Apply `step` to every batch; returns (mean loss per example, accuracy), over the
+    examples of every rank when `across_ranks` (rank 0 alone shows the progress bar then)."""
+    show = None if nc.distributed.rank() == 0 else False
+    tally = run_steps(loader, step, total=len(loader), desc=desc, postfix=_postfix, progress=show)
+    if not across_ranks:
+        return tally.mean_loss, tally.accuracy
+    sums = np.array([tally.weighted_loss, tally.correct, tally.count], dtype="float64")
+    loss, correct, count = nc.distributed.all_reduce(nc.Tensor(sums), "sum").numpy()
+    return loss / max(count, 1), correct / max(count, 1)
 
 
 def time_steps(
@@ -150,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     `train_loss`, `train_acc`, `test_loss`, `test_acc` (lists, one per epoch), `eager_ms`,
     `jit_ms` (median per step) and `seconds` (training time)."""
     args = parse_args(argv)
+    ranks, rank = 1, 0
+    if args.distributed:
+        nc.distributed.init()
+        ranks, rank = nc.distributed.world_size(), nc.distributed.rank()
+        if args.batch_size % ranks:
+            raise SystemExit(f"--batch-size {args.batch_size} is not a multiple of {ranks} ranks")
+    say = print if rank == 0 else (lambda *a, **k: None)
     if args.data:
         X_train, y_train, X_test, y_test = load_mnist(args.data, args.seed)
         name = f"MNIST from {args.data}"
@@ -163,15 +188,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dim = X_train.shape[1]
     model = MLPResNet(dim, args.hidden, num_blocks=2, num_classes=10, drop_prob=0.0)
     opt = nc.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    train_loader = nc.data.DataLoader(
-        nc.data.NDArrayDataset(X_train, y_train), args.batch_size, shuffle=True
-    )
+    train_set, sampler = nc.data.NDArrayDataset(X_train, y_train), None
+    if args.distributed:  # the same start everywhere, averaged gradients, shards of the data
+        nc.distributed.broadcast_parameters(model)
+        nc.distributed.sync_batch_norm(model)
+        opt = nc.distributed.DistributedOptimizer(opt)
+        sampler = nc.distributed.DistributedSampler(train_set, shuffle=True, seed=args.seed)
+        train_loader = nc.data.DataLoader(train_set, args.batch_size // ranks, sampler=sampler)
+    else:
+        train_loader = nc.data.DataLoader(train_set, args.batch_size, shuffle=True)
     test_loader = nc.data.DataLoader(nc.data.NDArrayDataset(X_test, y_test), 256)
     mode = "eager" if args.eager else "jit"
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
-    print(
+    where = f" on {ranks} processes" if args.distributed else ""
+    say(
         f"{name}: {len(y_train)} training and {len(y_test)} held-out examples; "
-        f"MLPResNet({dim}, hidden={args.hidden}), {n_params} parameters; {mode} steps"
+        f"MLPResNet({dim}, hidden={args.hidden}), {n_params} parameters; {mode} steps{where}"
     )
     train_step, eval_step = make_steps(model, opt, jit=not args.eager)
     history: dict = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
@@ -179,25 +211,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for e in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        train_loss, train_acc = run_epoch(train_loader, train_step, f"epoch {e}")
+        if sampler is not None:
+            sampler.set_epoch(e)
+        train_loss, train_acc = run_epoch(
+            train_loader, train_step, f"epoch {e}", sampler is not None
+        )
         model.eval()
         test_loss, test_acc = run_epoch(test_loader, eval_step, "held-out")
         for key, value in zip(history, (train_loss, train_acc, test_loss, test_acc), strict=True):
             history[key].append(value)
-        print(
+        say(
             f"epoch {e:2d}/{args.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"held-out loss {test_loss:.4f} accuracy {test_acc:.4f}  "
             f"({time.perf_counter() - t0:.1f} s)"
         )
     history["seconds"] = time.perf_counter() - start
-    print(f"trained in {history['seconds']:.1f} s; held-out accuracy {history['test_acc'][-1]:.4f}")
+    say(f"trained in {history['seconds']:.1f} s; held-out accuracy {history['test_acc'][-1]:.4f}")
 
-    x = nc.Tensor(X_train[: args.batch_size], requires_grad=False)
-    y = nc.Tensor(y_train[: args.batch_size], requires_grad=False)
+    batch = args.batch_size // ranks
+    x = nc.Tensor(X_train[:batch], requires_grad=False)
+    y = nc.Tensor(y_train[:batch], requires_grad=False)
     eager_ms, jit_ms = time_steps(model, opt, x, y)
     history["eager_ms"], history["jit_ms"] = eager_ms, jit_ms
-    print(
-        f"training step on a batch of {len(y_train[: args.batch_size])}, median of 30: "
+    say(
+        f"training step on a batch of {len(y_train[:batch])}{where}, median of 30: "
         f"eager {eager_ms:.2f} ms/step, jit {jit_ms:.2f} ms/step, speedup {eager_ms / jit_ms:.2f}x"
     )
     return history

@@ -156,7 +156,7 @@ class Core:
     dims: Dims
 
     def flops(self) -> int:
-        if self.op is Op.CALLBACK:  # a Python function: its arithmetic is unknown
+        if self.op in OPAQUE:  # a Python function, or communication: no arithmetic counted
             return 0
         if self.op is Op.MATMUL:
             return 2 * math.prod(self.shape) * self.operands[0].view.shape[-1]
@@ -218,7 +218,8 @@ def scalar_text(v) -> str:
 @dataclass(eq=False)
 class Kernel:
     """One loop nest: see the module docstring. `kind` is "gemm", "conv", "callback" (a
-    Python function over whole buffers, `core.arg` a `needlec.ir.callback.Callback`), "reduce",
+    Python function over whole buffers, `core.arg` a `needlec.ir.callback.Callback`),
+    "allreduce" (a whole buffer reduced over every process, `core.arg` "sum" or "max"), "reduce",
     "elementwise", "copy" (only loads) or "fill" (only constants). `nodes` are the graph nodes it
     computes (for printing and reports; evaluation reads only the rest)."""
 

@@ -219,6 +219,10 @@ class OpMixin:
     def logsoftmax(self):
         return self._apply(Op.LOGSOFTMAX, (self,))
 
+    def all_reduce(self, reduction: str = "sum"):
+        """The elementwise sum or max of this value over every process (`needlec.distributed`)."""
+        return self._apply(Op.ALLREDUCE, (self,), reduction)
+
     # ------------------------------------------------------------ movement
     def reshape(self, shape):
         shape = _ints(shape, "reshape")

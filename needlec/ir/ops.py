@@ -111,6 +111,11 @@ class Op(Enum):
     # a Python function (a user's needle TensorOp, or its gradient): arg = a `Callback` that
     # holds the function and the output's shape and dtype; opaque to every pass
     CALLBACK = auto()
+    # the elementwise sum or max of a tensor over every process of the communicator
+    # (`needlec.ir.collective`): arg = "sum" or "max". Several sources are one buffer, their
+    # elements end to end (a bucket of gradients: one call). Opaque to every pass, so it stays
+    # where the program puts it and no computation moves across it
+    ALLREDUCE = auto()
 
     def __repr__(self) -> str:
         return f"Op.{self.name}"
@@ -129,7 +134,9 @@ MOVEMENT = frozenset(
 )
 CONVS = frozenset({Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
 # ops no pass looks into: never fused with others, duplicated, folded or recomputed
-OPAQUE = frozenset({Op.CALLBACK})
+OPAQUE = frozenset({Op.CALLBACK, Op.ALLREDUCE})
+# what each opaque op is, for the reasons fusion gives
+OPAQUE_WHAT = {Op.CALLBACK: "a Python callback", Op.ALLREDUCE: "an all-reduce (communication)"}
 COMPUTE = frozenset({Op.MATMUL, Op.LOGSOFTMAX}) | CONVS | OPAQUE
 RANDOM = frozenset({Op.RAND})
 
@@ -154,6 +161,7 @@ ARG_NAME = {
     Op.CONV_INPUT_GRAD: "stride,padding,h,w",
     Op.CONV_WEIGHT_GRAD: "stride,padding,kh,kw",
     Op.CALLBACK: "fn",
+    Op.ALLREDUCE: "op",
     **{op: "c" for op in SCALAR},
 }
 
@@ -401,6 +409,15 @@ def _callback(op: Op, *shapes_and_arg) -> Shape:
     return tuple(shapes_and_arg[-1].shape)  # found when the op was traced (see ir/callback.py)
 
 
+def _allreduce(op: Op, *shapes_and_arg) -> Shape:
+    *shapes, arg = shapes_and_arg
+    if arg not in ("sum", "max"):
+        raise ShapeError(f"all_reduce: reduction {arg!r} is not 'sum' or 'max'")
+    if not shapes:
+        raise ShapeError("all_reduce: needs at least one tensor")
+    return shapes[0] if len(shapes) == 1 else (sum(math.prod(s) for s in shapes),)
+
+
 def _rand(op: Op, seed: Shape, arg) -> Shape:
     raise ShapeError("rand: the shape of a random node is given, not inferred")
 
@@ -426,6 +443,7 @@ SHAPE_RULE: dict[Op, Callable[..., Shape]] = {
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
     Op.CALLBACK: _callback,
+    Op.ALLREDUCE: _allreduce,
     Op.RAND: _rand,
     Op.INPUT: lambda op, arg: (),
     Op.CONST: lambda op, arg: (),
@@ -451,8 +469,8 @@ def _dtype_rule(op: Op, dtypes: list[str], arg) -> str:
         return float_of(dtypes[0])
     if op is Op.SUM and dtypes[0] == "bool":
         return "int64"
-    if op is Op.STACK and len(set(dtypes)) > 1:
-        raise ShapeError(f"stack: inputs have different dtypes {dtypes}")
+    if op in (Op.STACK, Op.ALLREDUCE) and len(set(dtypes)) > 1:
+        raise ShapeError(f"{op.name.lower()}: inputs have different dtypes {dtypes}")
     return dtypes[0]
 
 
@@ -522,4 +540,6 @@ TOLERANCE: dict[Op, tuple[str, float]] = {
     Op.LOGSOFTMAX: ("order", 8),
     # every backend runs the same Python function on the same inputs
     Op.CALLBACK: ("exact", 0),
+    # every executor calls the same MPI_Allreduce on the same buffers
+    Op.ALLREDUCE: ("exact", 0),
 }

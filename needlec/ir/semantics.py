@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .collective import allreduce
 from .ops import COMPARE, Op
 from .random import draw
 
@@ -141,6 +142,7 @@ EVAL: dict[Op, Callable] = {
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _logsoftmax,
     Op.CALLBACK: lambda *xs: xs[-1](*xs[:-1]),  # the arg (a Callback) runs the user's function
+    Op.ALLREDUCE: allreduce,  # over the communicator `needlec.distributed.init` set (mpi4py)
 }
 
 # leaves are evaluated from the node itself

@@ -300,17 +300,23 @@ class BatchNorm1d(Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, dim) normalized per feature (batch statistics in training, running ones in
         evaluation), then scaled by `weight` and shifted by `bias`."""
-        n = x.shape[0]
         if self.training:
-            mean = x.sum((0,)) / n
+            mean, var = self._statistics(x)
             centered = x - _row(mean, x.shape)
-            var = (centered**2).sum((0,)) / n
             self._update_running(mean, var)
         else:
             centered = x - _row(self.running_mean, x.shape)
             var = self.running_var
         normed = centered / _row((var + self.eps) ** 0.5, x.shape)
         return _row(self.weight, x.shape) * normed + _row(self.bias, x.shape)
+
+    def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's mean and biased variance per feature (over the rows of this process;
+        `needlec.distributed.SyncBatchNorm1d` over every process's rows)."""
+        n = x.shape[0]
+        mean = x.sum((0,)) / n
+        var = ((x - _row(mean, x.shape)) ** 2).sum((0,)) / n
+        return mean, var
 
     def _update_running(self, mean: Tensor, var: Tensor) -> None:
         """running = (1 - m) * running + m * batch, on detached values (never in the graph)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..ir import Graph
 from ..ir.kernel import KernelGraph
-from ..ir.ops import OPAQUE
+from ..ir.ops import Op
 from .autodiff import differentiate
 from .fusion import fuse
 from .layout import assign_layouts
@@ -138,7 +138,7 @@ def callback_notes(kernels: KernelGraph) -> list[str]:
         "of its own, never fused, its inputs and output in memory; compiled code stops there and "
         "calls back into Python"
         for k in kernels.kernels
-        if k.core is not None and k.core.op in OPAQUE
+        if k.core is not None and k.core.op is Op.CALLBACK
     ]
 
 

@@ -110,6 +110,25 @@ def _stack_vjp(g, out, *xs_and_axis):
     return tuple(parts)
 
 
+def _allreduce_vjp(g, out, *xs_and_reduction):
+    """Every rank's output depends on every rank's input: a rank's gradient is the sum of the
+    cotangents of all ranks (an all-reduce of the cotangent); for a max, only where this rank's
+    value is the maximum (each rank holding a tied maximum gets it whole). Several sources take
+    their own stretch of the flat cotangent."""
+    *xs, reduction = xs_and_reduction
+    total = g.all_reduce("sum")
+    parts, at = [], 0
+    for x in xs:
+        n = math.prod(x.shape)
+        part = total if len(xs) == 1 else total.slice([(at, at + n, 1)]).reshape(x.shape)
+        if reduction == "max":
+            mine = out if len(xs) == 1 else out.slice([(at, at + n, 1)]).reshape(x.shape)
+            part = x.eq(mine).where(part, 0)
+        parts.append(part)
+        at += n
+    return tuple(parts)
+
+
 def _callback_vjp(g, out, *xs_and_arg):
     """A custom op's gradient: one more CALLBACK node, over (g, out, *xs), that calls the user's
     `gradient`; with several float inputs it returns their gradients raveled end to end, sliced
@@ -182,6 +201,7 @@ VJP: dict[Op, Callable] = {
     ),
     Op.RAND: lambda g, out, seed, arg: (None,),
     Op.CALLBACK: _callback_vjp,
+    Op.ALLREDUCE: _allreduce_vjp,
 }
 
 

@@ -207,7 +207,9 @@ def _kernel(plan: Plan, grp: Group, name: str, buffers: dict[Node, Buffer]) -> K
     )
     exprs = tuple(table.exprs)
     if core is not None:
-        kind = {Op.MATMUL: "gemm", Op.CALLBACK: "callback"}.get(core.op, "conv")
+        kind = {Op.MATMUL: "gemm", Op.CALLBACK: "callback", Op.ALLREDUCE: "allreduce"}.get(
+            core.op, "conv"
+        )
     elif any(e.op is KOp.REDUCE for e in exprs):
         kind = "reduce"
     elif all(e.op is KOp.LOAD for e in exprs):

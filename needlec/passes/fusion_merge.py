@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 
-from ..ir.ops import OPAQUE
+from ..ir.ops import OPAQUE, OPAQUE_WHAT
 from .fusion_plan import Group, Plan, flat
 
 MAX_SIBLINGS = 16  # readers of one buffer tried pairwise for horizontal fusion
@@ -228,7 +228,7 @@ def _merge(
     why = None
     opaque = next((g.core for g in (A, B) if g.core is not None and g.core.op in OPAQUE), None)
     if opaque is not None:
-        why = f"{plan.what(opaque)} is a Python callback (a kernel of its own)"
+        why = f"{plan.what(opaque)} is {OPAQUE_WHAT[opaque.op]} (a kernel of its own)"
     elif A.core is not None and B.core is not None:
         why = f"both kernels have a core ({plan.what(A.core)}, {plan.what(B.core)})"
     elif A.core is not None and B.reduces:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from ..ir import ELEMENTWISE, MOVEMENT, REDUCE, Graph, Node, Op
-from ..ir.ops import CONVS, OPAQUE, uniform
+from ..ir.ops import CONVS, OPAQUE, OPAQUE_WHAT, uniform
 from ..ir.view import Dims, View
 
 # ops whose kernel reads whole buffers: GEMM and convolutions (which may take an elementwise
@@ -270,7 +270,7 @@ class Plan:
             blockers, targets = [], {}
             for c in self.users[p]:
                 if c.op in OPAQUE:
-                    blockers.append(f"operand of {self.what(c)} (a Python callback reads memory)")
+                    blockers.append(f"operand of {self.what(c)} ({OPAQUE_WHAT[c.op]} reads memory)")
                 elif c.op in CORES:
                     blockers.append(f"operand of {self.what(c)} (GEMM and conv read memory)")
                 elif self.kind[c] == "virtual":
@@ -329,10 +329,10 @@ class Plan:
 
     def _place_compute(self, p: Node, blockers: list, targets: dict) -> None:
         self.kind[p] = "member"
-        if p.op in OPAQUE:  # a Python callback: a kernel of its own, its value written out
+        if p.op in OPAQUE:  # a callback or a collective: a kernel of its own, its value written out
             self.root(p)
             for gid in targets:
-                why = "a Python callback is a kernel of its own (never fused)"
+                why = f"{OPAQUE_WHAT[p.op]} is a kernel of its own (never fused)"
                 self.refusals.append((self.name(p), gid, why, p))
             return
         if blockers or not targets:

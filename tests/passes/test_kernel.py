@@ -273,6 +273,8 @@ def _one(op: Op):
     if op is Op.CALLBACK:  # a Python function between two fused neighbours
         cb = Callback(np.sin, (2, 3), "float64", "Sin", "<test>", key=("sin",))
         return Graph([x], [Node.make(Op.CALLBACK, x.exp(), arg=cb) * 2.0])
+    if op is Op.ALLREDUCE:  # one process: a copy between two fused neighbours
+        return Graph([x], [x.exp().all_reduce("max") * 2.0])
     if op is Op.MATMUL:
         a, b = _x((4, 2, 3), 0, "float64"), _x((3, 5), 1, "float64")
         return Graph([a, b], [a @ b])

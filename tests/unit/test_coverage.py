@@ -130,6 +130,11 @@ def _callback():
     return [x], Node.make(Op.CALLBACK, x, arg=traced_op(_Cube(), [x]).arg)
 
 
+def _allreduce():  # one process: the sum over the world is the value itself
+    x = _x()
+    return [x], x.all_reduce("sum")
+
+
 def _const():
     return [], Node.const(np.arange(6, dtype="float32").reshape(2, 3)) * 2.0
 
@@ -175,6 +180,7 @@ SAMPLES = {
     Op.CONV_WEIGHT_GRAD: _conv_weight_grad,
     Op.LOGSOFTMAX: _unary("logsoftmax"),
     Op.CALLBACK: _callback,
+    Op.ALLREDUCE: _allreduce,
 }
 
 

@@ -39,7 +39,7 @@ from ..schedule import (
     Write,
     deps,
 )
-from . import conv, gemm, intcore
+from . import collective, conv, gemm, intcore
 from .loops import counted_loop, predicated_tail
 from .mathlib import math_function
 from .random import emit_draw
@@ -250,6 +250,8 @@ def unsupported(s: KernelSchedule) -> str | None:
     k = s.kernel
     if k.core is not None and k.core.op is Op.CALLBACK:
         return f"{k.core.arg.describe()} runs as a Python callback"
+    if k.core is not None and k.core.op is Op.ALLREDUCE:
+        return None  # a call into the MPI library (collective.py)
     if k.core is not None and not gemm.supported(k.core):
         c = k.core
         return f"{c.op.name.lower()} core on {c.dtype} has no native lowering yet"
@@ -683,7 +685,9 @@ class KernelRenderer:
                 self.store(st.buffer, view, v, st.value.dtype)
             elif isinstance(it, RunCore):
                 core = self.k.core
-                if intcore.supported(core):  # integer and bool cores: loop kernels
+                if core.op is Op.ALLREDUCE:
+                    emit = collective.emit_allreduce
+                elif intcore.supported(core):  # integer and bool cores: loop kernels
                     emit = intcore.emit_int_core
                 else:
                     emit = gemm.emit_core if core.op is Op.MATMUL else conv.emit_conv
