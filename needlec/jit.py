@@ -188,8 +188,9 @@ class Lowered:
 
 def _program_key(traced: Traced, donate: dict[int, int]) -> str | None:
     """The disk cache's key for the compiled form of a traced graph, or None where the cache
-    is off, the graph has no content digest (an op holds a Python object), or a debug topic
-    asks to see the passes or the code generator run."""
+    is off, the graph has no content digest (an op holds a Python object), a pass was
+    replaced in this process, or a debug topic asks to see the passes or the code generator
+    run."""
     from .codegen.llvm import diskcache
 
     topics = ("passes", "fusion", "schedule", "fallback")
@@ -198,6 +199,8 @@ def _program_key(traced: Traced, donate: dict[int, int]) -> str | None:
     from .codegen.llvm import programcache
     from .ir.digest import graph_digest
 
+    if not programcache.pipeline_is_ours():
+        return None
     digest = graph_digest(traced.graph)
     return None if digest is None else programcache.key(digest, traced.n_results, donate)
 

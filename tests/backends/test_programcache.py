@@ -242,3 +242,13 @@ def test_a_new_process_loads_the_program_without_running_the_passes(cache_dir):
     (h1, p1, *out1), (h2, p2, *out2) = (r.stdout.split() for r in runs)
     assert (h1, p1) == ("0", "1") and (h2, p2) == ("1", "0")
     assert out1 == out2
+
+
+def test_a_pass_replaced_in_this_process_turns_the_cache_off(cache_dir, passes_run, monkeypatch):
+    import needlec.passes
+
+    _train()
+    monkeypatch.setattr(needlec.passes, "merge_gemms", lambda graph, report=None: graph)
+    s = _snap()
+    _train()
+    assert _delta(s)["hits"] == 0 and passes_run[0] == 2  # compiled with the replaced pass

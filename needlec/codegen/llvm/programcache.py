@@ -8,7 +8,8 @@ key hashes the traced graph's content (`graph_digest`: constants by value), the 
 results and the donated inputs, this CPU's name and features, the LLVM pipeline, whether the
 native runtime is built and which BLAS symbols exist, the versions of needlec, llvmlite and
 LLVM, and the sizes and modification times of needlec's IR, pass and code generator sources,
-so an edited compiler never loads an entry an older one wrote. An entry that is damaged,
+so an edited compiler never loads an entry an older one wrote (a pass replaced while the
+process runs, as a test may do, turns the cache off: `pipeline_is_ours`). An entry that is damaged,
 foreign, fails to unpickle, or names an object entry that is gone is recomputed and rewritten,
 never used.
 """
@@ -67,6 +68,21 @@ def _environment() -> str:
     return "\0".join(parts)
 
 
+def pipeline_is_ours() -> bool:
+    """Whether the pass pipeline is needlec's own: a pass replaced in this process (a test
+    monkeypatching one) is invisible to the key, so then the cache is not used at all."""
+    from ... import passes
+
+    for _, step in passes.PIPELINE:
+        if getattr(step, "__module__", "") != passes.__name__:
+            return False
+    for name in passes.__all__:
+        obj = getattr(passes, name, None)
+        if callable(obj) and not getattr(obj, "__module__", "needlec").startswith("needlec."):
+            return False
+    return True
+
+
 def key(graph_digest: str, n_results: int | None, donate: dict[int, int]) -> str:
     """The program entry's key of a traced graph (its `graph_digest`) compiled with
     `n_results` results and outputs `donate`d over inputs, on this machine."""
@@ -113,4 +129,4 @@ def store(k: str, program, executable) -> bool:
     return True
 
 
-__all__ = ["key", "load", "store"]
+__all__ = ["key", "load", "pipeline_is_ours", "store"]
