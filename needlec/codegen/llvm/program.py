@@ -134,7 +134,16 @@ class Executable:
         return self._schedules
 
     # ------------------------------------------------------------ the disk cache
-    _PROCESS_ONLY = ("library", "module_ir", "segments", "_calls", "_addresses", "_lock", "_local")
+    _PROCESS_ONLY = (
+        "library",
+        "module_ir",
+        "segments",
+        "_calls",
+        "_addresses",
+        "_lock",
+        "_local",
+        "_twin",
+    )
 
     def snapshot(self) -> dict | None:
         """What `restore` needs to rebuild this executable in another process (plain data that
