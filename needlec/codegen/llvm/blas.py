@@ -41,9 +41,45 @@ def _cython_blas():
     return module
 
 
+def _cython_blas_path() -> str | None:
+    """The file of scipy's `cython_blas` extension, found without importing scipy."""
+    spec = importlib.util.find_spec("scipy")
+    for root in spec.submodule_search_locations or () if spec is not None else ():
+        for pattern in ("cython_blas*.so", "cython_blas*.pyd"):
+            found = glob.glob(os.path.join(root, "linalg", pattern))
+            if found:
+                return found[0]
+    return None
+
+
+def _linked_routine(name: str) -> int | None:
+    """The Fortran BLAS routine `name` that scipy's `cython_blas` calls, looked up in the
+    libraries that extension links (`scipy_<name>_` in the OpenBLAS scipy ships, else
+    `<name>_`): the extension is only mapped, never initialized, so scipy is not imported
+    (that import costs a new process about 10 ms). None where it is not found."""
+    path = _cython_blas_path()
+    if path is None or not path.endswith(".so"):
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for symbol in (f"scipy_{name}_", f"{name}_"):
+        try:
+            return ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
+        except AttributeError:
+            continue
+    return None
+
+
 @functools.cache
 def blas_address(name: str) -> int:
-    """The address of scipy's BLAS routine `name` (for example "sgemm")."""
+    """The address of scipy's BLAS routine `name` (for example "sgemm"): the routine itself
+    where scipy's library exports it, else the extension's wrapper around it (which takes the
+    same arguments)."""
+    found = _linked_routine(name)
+    if found:
+        return found
     capsule = _cython_blas().__pyx_capi__[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
