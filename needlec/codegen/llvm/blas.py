@@ -41,6 +41,7 @@ def _cython_blas():
     return module
 
 
+@functools.cache
 def _cython_blas_path() -> str | None:
     """The file of scipy's `cython_blas` extension, found without importing scipy."""
     spec = importlib.util.find_spec("scipy")
