@@ -14,7 +14,9 @@ All columns start from needlec's initial weights; the first step's losses must a
 largest difference from needlec eager's goes in the JSON). A cell's figure is the median time
 of repeated steps after warm-up, with the interquartile range. needlec's first call is timed
 cold (an empty disk cache in `NEEDLEC_CACHE_DIR`) and again in a new process reading that
-cache (`--first-call-only STEP`), split into "ready" (trace, passes, load) and the first step.
+cache (`FIRST_CALL_SCRIPT`), split into `import needlec` (numpy included: it is the process's
+first import), "ready" (trace, then the passes and LLVM or the disk cache's program entry) and
+the first step.
 
 Writes `train_steps.json`, `train_steps.md` and the ratio chart `ratios.png` (matplotlib,
 optional) to `--out` (default benchmarks/results/), and with the default output also the
@@ -105,14 +107,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def first_call_only(name: str) -> dict:
-    """In a fresh process: import needlec, build the step, lower it (trace, passes, load the
-    machine code, from the disk cache when it is there) and run it once; times in ms."""
+# a new process's first call: `import needlec` timed as the process's first import
+FIRST_CALL_SCRIPT = (
+    "import time; t0 = time.perf_counter(); import needlec; t1 = time.perf_counter()\n"
+    "import json, sys; from benchmarks.run import first_call_only\n"
+    "print(json.dumps(first_call_only(sys.argv[1], import_s=t1 - t0)))"
+)
+
+
+def first_call_only(name: str, import_s: float | None = None) -> dict:
+    """In a fresh process: import needlec (`import_s`: the seconds that took, measured by the
+    caller before anything else was imported), build the step, lower it (trace, then the
+    passes and LLVM or the disk cache's entries) and run it once; times in ms."""
     t0 = time.perf_counter()
     import needlec as nc
-    from needlec.codegen.llvm import diskcache
 
     t1 = time.perf_counter()
+    import_ms = 1e3 * (import_s if import_s is not None else t1 - t0)
     from .steps import build_needlec, spec
 
     _, step, x, y = build_needlec(spec(name))
@@ -122,13 +133,20 @@ def first_call_only(name: str) -> dict:
     t3 = time.perf_counter()
     loss = float(jitted(x, y).numpy())
     t4 = time.perf_counter()
+    from needlec.codegen.llvm import diskcache
+
     return {
-        "import_ms": 1e3 * (t1 - t0),
+        "import_ms": import_ms,
         "ready_ms": 1e3 * (t3 - t2),
         "first_step_ms": 1e3 * (t4 - t3),
+        "import_and_ready_ms": import_ms + 1e3 * (t3 - t2),
+        # False where Python compiles needlec's sources at every import (no .pyc written:
+        # PYTHONDONTWRITEBYTECODE), which an installed package never does
+        "bytecode_cached": not sys.dont_write_bytecode,
         "loss": loss,
         "disk_cache_hits": diskcache.stats.hits,
         "disk_cache_misses": diskcache.stats.misses,
+        "program_cache_hits": diskcache.program_stats.hits,
     }
 
 
@@ -263,7 +281,7 @@ def bench_step(s: StepSpec, args: argparse.Namespace, cache_dir: Path, progress)
         )
         t0 = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks", "--first-call-only", s.name],
+            [sys.executable, "-c", FIRST_CALL_SCRIPT, s.name],
             env=env,
             capture_output=True,
             text=True,
@@ -409,7 +427,8 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
         "",
         "needlec jit's time divided by each peer's (below 1.00x: needlec jit is faster). First "
         "call: ready (trace, passes, LLVM or loading its machine code) + first step, ms; cold "
-        "= empty disk cache, disk cache = a new process (plus the import of needlec). "
+        "= empty disk cache, disk cache = a new process (then the import of needlec, numpy "
+        "included, and whether .pyc files were used). "
         "Loss diff: the largest |first-step loss - needlec eager's| over the columns.",
         "",
         "| step | "
@@ -427,7 +446,9 @@ def markdown(result: dict, chart_link: str = "results/ratios.png") -> str:
         )
         fresh_s = (
             f"{fresh['ready_ms']:.0f} + {fresh['first_step_ms']:.1f} (import "
-            f"{fresh['import_ms']:.0f})"
+            f"{fresh['import_ms']:.0f}"
+            + ("" if fresh.get("bytecode_cached", True) else ", no .pyc")
+            + ")"
             if fresh
             else "error"
             if "first_call_disk_cache_error" in r

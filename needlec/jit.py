@@ -22,7 +22,7 @@ import numpy as np
 from . import backend_ndarray as nd
 from .autograd import Tensor
 from .codegen import reference
-from .codegen.backends import BACKENDS, Backend, make_backend
+from .codegen.backends import BACKENDS, Backend, compiled_backend, make_backend
 from .distributed import check_same_program
 from .frontend import guards
 from .frontend.pytree import unflatten
@@ -71,16 +71,26 @@ class Lowered:
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         n_results = traced.n_results
-        graph = optimize(traced.graph)  # the graph-to-graph steps; the rest on first use
-        self._start = Program(graph, n_results, donations(traced, n_results))
-        self._program: Program | None = None
-        self.graph = FusedGraph(graph, lambda: self.kernels)
-        self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
         self.execute = os.environ.get("NEEDLEC_EXECUTE", "compiled")
         self.execute = {"graph": "reference"}.get(self.execute, self.execute)
         if self.execute not in BACKENDS:
             raise ValueError(f"NEEDLEC_EXECUTE={self.execute!r}: use one of {', '.join(BACKENDS)}")
         self._backends: dict[str, Backend] = {}
+        self._program: Program | None = None
+        donate = donations(traced, n_results)
+        # compiled: what an earlier process made of this very graph, when the disk holds it
+        self._disk_key = _program_key(traced, donate) if self.execute == "compiled" else None
+        warm = _load_program(self._disk_key) if self._disk_key is not None else None
+        if warm is not None:
+            self._program, executable = warm
+            graph = self._program.graph
+            self._backends["compiled"] = compiled_backend(executable)
+            self._disk_key = None  # nothing to write back
+        else:
+            graph = optimize(traced.graph)  # the graph-to-graph steps; the rest on first use
+        self._start = Program(graph, n_results, donate)
+        self.graph = FusedGraph(graph, lambda: self.kernels)
+        self._grads: dict = {}  # gradient graphs, made when a caller differentiates an output
         if self.execute != "reference" or any(_debug(t) for t in ("passes", "fusion")):
             self.program  # noqa: B018  (compile now: its debug output belongs to this trace)
 
@@ -114,6 +124,11 @@ class Lowered:
                 check_same_program(graph, f"jit({self.traced.trace.name})")
             target = self.program if name != "reference" else self._start
             made = self._backends[name] = make_backend(name, target)
+            if name == "compiled" and self._disk_key is not None:
+                from .codegen.llvm import programcache
+
+                programcache.store(self._disk_key, self.program, made.executable)
+                self._disk_key = None
         return made
 
     @property
@@ -173,6 +188,37 @@ class Lowered:
         static = traced.out_static
         flat = [static[k] if k in static else next(outs) for k in range(n_out)]
         return unflatten(self.traced.out_tree, flat)
+
+
+def _program_key(traced: Traced, donate: dict[int, int]) -> str | None:
+    """The disk cache's key for the compiled form of a traced graph, or None where the cache
+    is off, the graph has no content digest (an op holds a Python object) or an all-reduce, a pass was
+    replaced in this process, or a debug topic asks to see the passes or the code generator
+    run."""
+    from .codegen.llvm import diskcache
+
+    topics = ("passes", "fusion", "schedule", "fallback")
+    if not diskcache.enabled() or any(_debug(t) for t in topics):
+        return None
+    from .codegen.llvm import programcache
+    from .ir.digest import graph_digest
+
+    if not programcache.pipeline_is_ours():
+        return None
+    if any(n.op is Op.ALLREDUCE for n in traced.graph.nodes):
+        # its code depends on this process's MPI world (a communicator's handles bound when
+        # compiled, or a copy in a world of one), and ranks check each other's program as
+        # they compile: always compiled here (the object cache still spares LLVM's work)
+        return None
+    digest = graph_digest(traced.graph)
+    return None if digest is None else programcache.key(digest, traced.n_results, donate)
+
+
+def _load_program(key: str):
+    """`(program, executable)` from the disk cache's program entry `key`, or None."""
+    from .codegen.llvm import programcache
+
+    return programcache.load(key)
 
 
 def _common_device(name: str, tensors: Sequence[Tensor]):

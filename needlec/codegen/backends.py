@@ -58,6 +58,11 @@ class _Compiled:
         return self.executable.run(arrays, checked=True)
 
 
+def compiled_backend(executable) -> Backend:
+    """The "compiled" backend around an executable made already (loaded from the disk cache)."""
+    return _Compiled(executable)
+
+
 def make_backend(name: str, program) -> Backend:
     """The backend `name` (one of BACKENDS) for `program`, a `Program` after the pipeline (for
     "reference", anything with the optimized `.graph`)."""
@@ -72,4 +77,4 @@ def make_backend(name: str, program) -> Backend:
     raise ValueError(f"no backend {name!r}: use one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "compiled_backend", "make_backend"]

@@ -64,6 +64,8 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     fresh = row["first_call_disk_cache"]
     assert {"import_ms", "ready_ms", "first_step_ms", "process_ms"} <= set(fresh)
     assert fresh["disk_cache_hits"] >= 1 and fresh["disk_cache_misses"] == 0
+    assert fresh["program_cache_hits"] == 1  # the new process ran no pass
+    assert fresh["import_and_ready_ms"] == fresh["import_ms"] + fresh["ready_ms"]
     assert set(row["ratios"]) == {
         "jit / jax.jit",
         "jit / numpy",

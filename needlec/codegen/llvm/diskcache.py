@@ -1,12 +1,13 @@
 """Compiled code on disk: a new process running the same step loads machine code instead of
 optimizing and compiling its LLVM module again.
 
-An entry is the object code MCJIT produced for one module. Its key hashes the module's text (as
-rendered, before optimization), the target CPU's name and features, the pass pipeline, and the
-versions of needlec, llvmlite and LLVM, so a changed program, CPU or toolchain never finds an
-old entry. Compiled code
-calls BLAS and the runtime by name (bound when it is loaded), so an entry holds no addresses of
-the process that wrote it. Each file starts with a magic string, the key and the SHA-256 of the
+An entry is of one of two kinds. An object entry (`.o`) is the object code MCJIT produced for one
+module; its key hashes the module's text (as rendered, before optimization), the target CPU's
+name and features, the pass pipeline, and the versions of needlec, llvmlite and LLVM, so a
+changed program, CPU or toolchain never finds an old entry. A program entry (`.program`, written
+by `programcache`) maps a traced graph to what the passes and the code generator made of it,
+so a new process tracing the same step skips both. Compiled code calls BLAS and the runtime by
+name (bound when it is loaded), so an entry holds no addresses of the process that wrote it. Each file starts with a magic string, the key and the SHA-256 of the
 object code; a file that is truncated, damaged or written for another key is compiled afresh and
 rewritten, never loaded. Writes go to a temporary file renamed into place, so concurrent
 processes never see half an entry.
@@ -29,6 +30,10 @@ import llvmlite
 import llvmlite.binding as llvm
 
 MAGIC = b"needlec-object-v1\n"
+KINDS = {
+    "o": MAGIC,
+    "program": b"needlec-program-v1\n",
+}  # file suffix -> the magic its files start with
 
 
 @dataclass
@@ -41,7 +46,8 @@ class Stats:
     writes: int = 0
 
 
-stats = Stats()
+stats = Stats()  # object entries
+program_stats = Stats()  # program entries
 
 
 def enabled() -> bool:
@@ -86,46 +92,50 @@ def key(module_text: str, cpu: str, features: str, pipeline: str) -> str:
     return h.hexdigest()
 
 
-def path_of(k: str) -> Path:
-    return directory() / k[:2] / f"{k}.o"
+def path_of(k: str, kind: str = "o") -> Path:
+    return directory() / k[:2] / f"{k}.{kind}"
 
 
-def load(k: str) -> bytes | None:
-    """The object code stored under `k`, or None (missing, or refused as damaged or foreign)."""
+def load(k: str, kind: str = "o") -> bytes | None:
+    """The body of the entry of `kind` stored under `k`, or None (missing, or refused as
+    damaged or foreign)."""
     if not enabled():
         return None
+    st = stats if kind == "o" else program_stats
+    magic = KINDS[kind]
+    path = path_of(k, kind)
     try:
-        data = path_of(k).read_bytes()
+        data = path.read_bytes()
     except OSError:
-        stats.misses += 1
+        st.misses += 1
         return None
-    head = len(MAGIC) + 64 + 1 + 64 + 1
-    ok = len(data) >= head and data.startswith(MAGIC)
+    head = len(magic) + 64 + 1 + 64 + 1
+    ok = len(data) >= head and data.startswith(magic)
     if ok:
-        got_key = data[len(MAGIC) : len(MAGIC) + 64].decode("ascii", "replace")
-        digest = data[len(MAGIC) + 65 : len(MAGIC) + 129].decode("ascii", "replace")
+        got_key = data[len(magic) : len(magic) + 64].decode("ascii", "replace")
+        digest = data[len(magic) + 65 : len(magic) + 129].decode("ascii", "replace")
         body = data[head:]
         ok = got_key == k and hashlib.sha256(body).hexdigest() == digest and len(body) > 0
     if not ok:
-        stats.damaged += 1
-        stats.misses += 1
+        st.damaged += 1
+        st.misses += 1
         return None
-    stats.hits += 1
+    st.hits += 1
     try:
-        os.utime(path_of(k))  # used now: the last to be evicted
+        os.utime(path)  # used now: the last to be evicted
     except OSError:
         pass
     return body
 
 
-def store(k: str, obj: bytes) -> None:
-    """Write `obj` under `k` (atomically; a failure to write only costs the next process a
-    compile)."""
+def store(k: str, obj: bytes, kind: str = "o") -> None:
+    """Write `obj` under `k` as an entry of `kind` (atomically; a failure to write only costs
+    the next process a compile)."""
     if not enabled():
         return
-    path = path_of(k)
+    path = path_of(k, kind)
     digest = hashlib.sha256(obj).hexdigest()
-    data = MAGIC + k.encode() + b"\n" + digest.encode() + b"\n" + obj
+    data = KINDS[kind] + k.encode() + b"\n" + digest.encode() + b"\n" + obj
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +143,7 @@ def store(k: str, obj: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        stats.writes += 1
+        (stats if kind == "o" else program_stats).writes += 1
     except OSError:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -146,7 +156,9 @@ def evict(keep: Path | None = None) -> int:
     tenths of it; never `keep`, the entry just written). Returns how many were deleted."""
     bound = limit_bytes()
     entries = []
-    for f in directory().glob("??/*.o"):
+    for f in directory().glob("??/*.*"):
+        if f.name.startswith(".") or f.suffix[1:] not in KINDS:
+            continue
         try:
             st = f.stat()
         except OSError:  # another process removed it
@@ -170,4 +182,14 @@ def evict(keep: Path | None = None) -> int:
     return removed
 
 
-__all__ = ["directory", "enabled", "evict", "key", "limit_bytes", "load", "stats", "store"]
+__all__ = [
+    "directory",
+    "enabled",
+    "evict",
+    "key",
+    "limit_bytes",
+    "load",
+    "program_stats",
+    "stats",
+    "store",
+]

@@ -9,14 +9,8 @@ scratch first. Batched matmul loops over the batch, one call per matrix.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import glob
-import importlib
-import importlib.util
 import itertools
 import math
-import os
 
 from llvmlite import ir
 
@@ -26,6 +20,7 @@ from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
 from ...ir.view import View, strides_of
 from . import intcore, runtime
+from .blas import blas_thread_functions
 from .loops import counted_loop
 
 # A GEMM smaller than two of these runs as one call; a larger one is cut into blocks of rows (or
@@ -36,96 +31,6 @@ from .loops import counted_loop
 GEMM_GRAIN_FLOPS = 1 << 22
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-
-
-def _cython_blas():
-    """scipy's `scipy.linalg.cython_blas`, loaded on its own when scipy.linalg is not imported
-    yet (importing that package takes about 170 ms; this extension alone about 2 ms): a private
-    module object, so a later `import scipy.linalg` makes its own as usual."""
-    import sys
-
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules or "scipy.linalg" in sys.modules:
-        return importlib.import_module(name)
-    spec = importlib.util.find_spec("scipy")
-    found = []
-    for root in spec.submodule_search_locations or () if spec is not None else ():
-        found += glob.glob(os.path.join(root, "linalg", "cython_blas*.so"))
-        found += glob.glob(os.path.join(root, "linalg", "cython_blas*.pyd"))
-    if not found:
-        return importlib.import_module(name)
-    spec = importlib.util.spec_from_file_location(name, found[0])
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception:  # anything unexpected: the ordinary import
-        return importlib.import_module(name)
-    finally:
-        if sys.modules.get(name) is module:  # not left where `import scipy.linalg` looks
-            del sys.modules[name]
-    return module
-
-
-@functools.cache
-def blas_address(name: str) -> int:
-    """The address of scipy's BLAS routine `name` (for example "sgemm")."""
-    capsule = _cython_blas().__pyx_capi__[name]
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype = ctypes.c_void_p
-    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return get_pointer(capsule, get_name(capsule))
-
-
-class _DlInfo(ctypes.Structure):
-    _fields_ = [
-        ("dli_fname", ctypes.c_char_p),
-        ("dli_fbase", ctypes.c_void_p),
-        ("dli_sname", ctypes.c_char_p),
-        ("dli_saddr", ctypes.c_void_p),
-    ]
-
-
-_THREAD_FUNCTIONS = [  # (get, set) of the OpenBLAS builds scipy ships or links
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-]
-
-
-@functools.cache
-def blas_thread_functions() -> tuple[int, int] | None:
-    """Addresses of (get, set) the thread count of the BLAS that holds scipy's sgemm, or None
-    where it is not an OpenBLAS we know. Compiled steps run BLAS on one thread and split large
-    GEMMs over the runtime's pool themselves, so BLAS's threads never fight the pool's."""
-    info = _DlInfo()
-    try:
-        libc = ctypes.CDLL(None)
-        if not libc.dladdr(ctypes.c_void_p(blas_address("sgemm")), ctypes.byref(info)):
-            return None
-        lib = ctypes.CDLL(info.dli_fname.decode())
-    except (OSError, AttributeError):
-        return None
-    for get, put in _THREAD_FUNCTIONS:
-        try:
-            fget, fset = getattr(lib, get), getattr(lib, put)
-        except AttributeError:
-            continue
-        as_int = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-        return as_int(fget), as_int(fset)
-    return None
-
-
-def external_symbols() -> dict[str, int]:
-    """The BLAS functions compiled code calls, by the names it calls them (resolved when the
-    code is loaded, so code cached on disk never holds another process's addresses)."""
-    out = {"needlec_sgemm": blas_address("sgemm"), "needlec_dgemm": blas_address("dgemm")}
-    threads = blas_thread_functions()
-    if threads is not None:
-        out["needlec_blas_get_threads"], out["needlec_blas_set_threads"] = threads
-    return out
 
 
 def pool_may_call_blas(r) -> bool:

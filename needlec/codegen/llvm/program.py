@@ -24,16 +24,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from llvmlite import ir
 
 from ...ir.kernel import KOp, kernel_cost
 from ...ir.schedule import Buffer
-from ..kernels import run_kernel
-from ..schedule import Keep, KernelSchedule, Let, Loop, Write, items, schedule_kernel
-from . import gemm, runtime, target
-from .render import render_kernel, unsupported
+from . import runtime, target
+
+if TYPE_CHECKING:
+    from ..schedule import KernelSchedule
+
+# the scheduler and the code generator (llvmlite.ir, the renderers) are imported where a module
+# is rendered: an executable restored from the disk cache (`Executable.restore`) needs neither
 
 ALIGN = 64
 MAX_OUTPUT_BLOCKS = 4  # output blocks a program keeps for reuse, per thread
@@ -69,7 +72,7 @@ class Executable:
         kg, plan = program.kernels, program.memory
         self.per_kernel = per_kernel
         self.kg, self.plan = kg, plan
-        self.schedules: list[KernelSchedule] = [schedule_kernel(k) for k in kg.kernels]
+        self._schedules: list[KernelSchedule] | None = None
         if _debug("schedule"):
             for s in self.schedules:
                 print(s.as_text(), file=sys.stderr)
@@ -121,6 +124,76 @@ class Executable:
             self._out_specs.append(spec)
         self._build()
 
+    @property
+    def schedules(self) -> list[KernelSchedule]:
+        """Each kernel's loop nest, in the planned order."""
+        if self._schedules is None:
+            from ..schedule import schedule_kernel
+
+            self._schedules = [schedule_kernel(k) for k in self.kg.kernels]
+        return self._schedules
+
+    # ------------------------------------------------------------ the disk cache
+    _PROCESS_ONLY = (
+        "library",
+        "module_ir",
+        "segments",
+        "_calls",
+        "_addresses",
+        "_lock",
+        "_local",
+        "_twin",
+    )
+
+    def snapshot(self) -> dict | None:
+        """What `restore` needs to rebuild this executable in another process (plain data that
+        pickles with the program it was compiled from), or None when it cannot be rebuilt
+        from its machine code alone: a kernel runs on the interpreter, or each kernel is an
+        entry of its own."""
+        if self.per_kernel or self.fallbacks or not self.library.key:
+            return None
+        state = {k: v for k, v in vars(self).items() if k not in self._PROCESS_ONLY}
+        state["_schedules"] = None  # made again on demand
+        state["n_segments"] = len(self.segments)
+        state["library_key"] = self.library.key
+        return state
+
+    @classmethod
+    def restore(cls, state: dict) -> Executable | None:
+        """The executable `snapshot` described, its machine code loaded from the disk cache's
+        object entry; None where that entry is missing or damaged."""
+        runtime.register_symbols()  # before loading: the code binds them by name
+        library = target.load_object(state["library_key"])
+        if library is None:
+            return None
+        ex = cls.__new__(cls)
+        n = state["n_segments"]
+        ex.__dict__.update(
+            {k: v for k, v in state.items() if k not in ("n_segments", "library_key")}
+        )
+        ex.library, ex.module_ir = library, None
+        ex.segments = [("native", []) for _ in range(n)]
+        ex._lock, ex._local = threading.Lock(), threading.local()
+        ex._bind([(j, f"step{j}" if n > 1 else "step") for j in range(n)])
+        return ex
+
+    def _bind(self, names: list[tuple[int, str]]) -> None:
+        """The native entry point of each segment `j`, by its name in the library."""
+        self._calls, self._addresses = {}, {}
+        for j, name in names:
+            addr = self._addresses[j] = self.library.function_address(name)
+            self._calls[j] = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
+
+    def _rendered(self) -> Executable:
+        """This executable with its LLVM module (rendered again when it came from the disk
+        cache, its machine code loaded from there again)."""
+        if self.module_ir is not None:
+            return self
+        twin = getattr(self, "_twin", None)
+        if twin is None:
+            twin = self._twin = Executable(_Planned(self.kg, self.plan))
+        return twin
+
     # ------------------------------------------------------------ compile
     def _merged(self, s: KernelSchedule) -> dict[Buffer, Buffer]:
         """The kernel's buffers that lie exactly over an earlier one of its buffers (a donated
@@ -155,6 +228,10 @@ class Executable:
         return out
 
     def _build(self) -> None:
+        from llvmlite import ir
+
+        from .render import render_kernel, unsupported
+
         module = ir.Module(name="needlec")
         module.triple = target.triple()
         module.data_layout = target.data_layout()
@@ -193,15 +270,15 @@ class Executable:
         self.module_ir = module
         runtime.register_symbols()
         self.library = target.compile_module(str(module))
-        self._calls, self._addresses = {}, {}
-        for j, name in names:
-            addr = self._addresses[j] = self.library.function_address(name)
-            self._calls[j] = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr)
+        self._bind(names)
         if _debug("fallback") and self.fallbacks:
             for k, why in self.fallbacks.items():
                 print(f"needlec: kernel {k} runs on the interpreter: {why}", file=sys.stderr)
 
-    def _entry(self, module: ir.Module, name: str, renderers: list) -> None:
+    def _entry(self, module, name: str, renderers: list) -> None:
+        from llvmlite import ir
+
+        from . import gemm
         from .render import I32, I64, PTR
 
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(PTR)]), name)
@@ -372,6 +449,8 @@ class Executable:
         return raw.view(b.dtype)[:n].reshape(b.shape)
 
     def _fallback(self, s: KernelSchedule, arrays, regions) -> None:
+        from ..kernels import run_kernel
+
         k = s.kernel
         env = {b: self._array(b, arrays, regions) for b in k.inputs}
         run_kernel(k, env)
@@ -402,12 +481,13 @@ class Executable:
     # ------------------------------------------------------------ reading the code
     def source(self, target_name: str = "llvm") -> str:
         """ "llvm": the module as optimized; "llvm-unoptimized"; "asm": the machine code."""
+        me = self._rendered()
         if target_name == "llvm":
-            return str(self.library.optimized)
+            return str(me.library.optimized)
         if target_name == "llvm-unoptimized":
-            return str(self.module_ir)
+            return str(me.module_ir)
         if target_name == "asm":
-            return target.assembly(self.library.optimized)
+            return target.assembly(me.library.optimized)
         raise ValueError(f"source: unknown target {target_name!r}")
 
     def schedule_text(self) -> str:
@@ -418,6 +498,8 @@ def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
     """Whether kernel `s` reads `inp` only before it writes `out` over it, element by element:
     every read of `inp` is one value (`let`) in the loop body that stores `out`, or in a body
     around it, so no later loop reads an element the store has overwritten."""
+    from ..schedule import Keep, Let, Loop, Write, items
+
     lets, store = [], None
 
     def walk(body: list, path: tuple) -> None:
@@ -455,10 +537,18 @@ class KernelTime:
 
 
 @dataclass(frozen=True)
+class _Planned:
+    """The two parts of a compiled `Program` an executable reads."""
+
+    kernels: object
+    memory: object
+
+
+@dataclass(frozen=True)
 class _Call:
     """A kernel that calls the function rendered for an identical one, with its own buffers."""
 
-    fn: ir.Function
+    fn: object  # llvmlite.ir.Function
     buffers: list
     k: object
 

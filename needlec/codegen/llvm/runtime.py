@@ -95,7 +95,7 @@ if _runtime is not None:
 def register_symbols() -> None:
     """Tell LLVM's engines where the functions compiled code calls by name are: the runtime's
     and the BLAS's (this process's addresses, bound when code is loaded)."""
-    from .gemm import external_symbols
+    from .blas import external_symbols
 
     symbols = dict(_runtime.symbols()) if _runtime is not None else {}
     symbols.update(external_symbols())

@@ -68,11 +68,15 @@ def optimize(mod: llvm.ModuleRef) -> None:
 
 class Library:
     """Compiled code, its engine kept alive with it; `optimized` is the module as optimized
-    (parsed and optimized again on demand when the code came from the disk cache)."""
+    (parsed and optimized again on demand when the code came from the disk cache); `key`: its
+    disk cache key (`text` is None when it was loaded by key alone, `load_object`)."""
 
-    def __init__(self, text: str, engine: llvm.ExecutionEngine, optimized=None) -> None:
+    def __init__(
+        self, text: str | None, engine: llvm.ExecutionEngine, optimized=None, key: str = ""
+    ) -> None:
         self.text, self.engine, self._optimized = text, engine, optimized
         self.from_disk = optimized is None
+        self.key = key
 
     @property
     def optimized(self) -> llvm.ModuleRef:
@@ -98,12 +102,7 @@ def compile_module(text: str) -> Library:
         key = diskcache.key(text, *cpu, PIPELINE)
         obj = diskcache.load(key)
         if obj is not None:
-            empty = llvm.parse_assembly("")
-            empty.triple = triple()
-            engine = llvm.create_mcjit_compiler(empty, tm)
-            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-            engine.finalize_object()
-            return Library(text, engine)
+            return Library(text, _engine_for(obj, tm), key=key)
         mod = llvm.parse_assembly(text)
         mod.verify()
         optimize(mod)
@@ -113,7 +112,32 @@ def compile_module(text: str) -> Library:
         engine.finalize_object()
         if written:
             diskcache.store(key, written[0])
-        return Library(text, engine, mod)
+        return Library(text, engine, mod, key)
+
+
+def load_object(key: str) -> Library | None:
+    """The machine code stored on disk under `key` (an object entry), loaded; None where it is
+    missing or refused as damaged."""
+    with _LOCK:
+        obj = diskcache.load(key)
+        if obj is None:
+            return None
+        _init()
+        return Library(None, _engine_for(obj, _new_target_machine()), key=key)
+
+
+def host_cpu() -> tuple[str, str]:
+    """This CPU's name and features, as object entries' keys hold them."""
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def _engine_for(obj: bytes, tm: llvm.TargetMachine) -> llvm.ExecutionEngine:
+    empty = llvm.parse_assembly("")
+    empty.triple = triple()
+    engine = llvm.create_mcjit_compiler(empty, tm)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    return engine
 
 
 def assembly(mod: llvm.ModuleRef) -> str:
