@@ -23,7 +23,7 @@ from . import backend_ndarray as nd
 from .autograd import Tensor
 from .codegen import reference
 from .codegen.backends import BACKENDS, Backend, make_backend
-from .frontend import guards
+from .frontend import guards, hit
 from .frontend.pytree import unflatten
 from .frontend.trace import current
 from .frontend.traced import (
@@ -66,6 +66,7 @@ class Lowered:
     """A traced and optimized function: its graph, printed IR and generated code."""
 
     _jit_opaque = True  # guard walks do not descend into compiled programs
+    hit_plan = None  # how a cache hit runs it (frontend.hit), made on the first; False: generally
 
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
@@ -283,6 +284,8 @@ class Jitted:
         self._bound: dict = {}  # id(instance) -> (a reader of the instance, its bound Jitted)
         self.trace_count = 0
         self._warned_large = False  # a guard that checks many objects warns once
+        self._hits: dict = {}  # hit key (frontend.hit) -> cache key, for plain positional calls
+        self._plain = not self.static_argnums and not self.static_argnames
 
     _jit_guard_attrs = ("fn",)  # a guard walk reads the function, not the cache
 
@@ -413,13 +416,53 @@ class Jitted:
             self._bound[k] = (ref, bound)
         return bound
 
+    def _hit(self, args):
+        """A call's result through the hit path (`frontend.hit`), or hit.MISS."""
+        if hit.traces.stack:  # inside a trace: inlined
+            return hit.MISS
+        key = self._hits.get(hit.hit_key(args))
+        if key is None:
+            return hit.MISS
+        for lowered, guard in self._cache.get(key, ()):  # as _lookup checks them
+            plan = lowered.hit_plan
+            if not plan:
+                return hit.MISS
+            stale_capture, stale_arguments = plan.stale_capture, plan.stale_arguments
+            if stale_capture is not None and stale_capture():
+                continue
+            if stale_arguments is not None and stale_arguments(args):
+                continue
+            if guard.check() is not None:
+                continue
+            self._used[key] = next(_ticks)
+            return plan.run(args)
+        return hit.MISS
+
     def __call__(self, *args, **kwargs):
+        plain = self._plain and not kwargs and not self.check
+        if plain and self._hits:
+            out = self._hit(args)
+            if out is not hit.MISS:
+                return out
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
         lowered, leaves, cached = self._entry(args, kwargs)
         if cached and self.check:
             self._check(lowered, args, kwargs, leaves)
-        return lowered(leaves)
+        out = lowered(leaves)
+        if plain:
+            self._remember(args, leaves, lowered)
+        return out
+
+    def _remember(self, args, leaves, lowered: Lowered) -> None:
+        """After a general call succeeded: let the next call with such arguments take the hit
+        path, where the trace allows it."""
+        key = hit.hit_key(args)
+        if key is None or hit.plan_for(lowered, leaves, args) is None or key in self._hits:
+            return
+        if len(self._hits) >= 4 * self.max_cache_size:  # kinds of call come and go: start over
+            self._hits.clear()
+        self._hits[key] = call_signature(self.__name__, args, {}, (), ())[0]
 
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace (or reuse the trace) for these arguments and return the optimized function."""

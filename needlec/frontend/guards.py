@@ -592,7 +592,7 @@ class Guard:
     def check(self) -> str | None:
         """None if the trace still holds, else what changed."""
         for g, value, old in zip(self.roots, self.root_values, self.root_keys, strict=True):
-            now = g()
+            now = g.read()
             if now is value:
                 continue
             new = _key(now)

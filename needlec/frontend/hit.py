@@ -1,0 +1,220 @@
+"""The cached call of a jitted function, made cheap: the common case in a few microseconds.
+
+A call whose arguments are all positional tensors and C-contiguous numpy arrays is keyed by a
+tuple of each argument's shape, dtype, device and requires_grad, read straight off the objects
+(no pytree flattening, no tensors made for the arrays). That key maps to the cache key a general
+call computed for the same kinds of argument; the trace found there is checked as a general
+call checks it (captured tensors, `.grad` reads, guards), and then run by its `HitPlan`: the
+input buffers and hyperparameters go to the compiled step in one native call
+(`Executable.run_bound`) and the outputs are wrapped without re-validation.
+
+Anything unusual (keyword or static arguments, a pytree or a Python number as an argument, a
+non-contiguous or read-only array, an input updated in place that shares memory with another,
+a device change, check mode, the interpreters as executors) is a miss here, and the general
+path decides, with the same results and errors as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import backend_ndarray as nd
+from ..autograd import Tensor
+from ..ir.ops import FLOATS
+from .pytree import unflatten
+from .trace import _local as _traces
+from .traced import GraphCall, _as_tensor, write_back
+
+MISS = object()  # the general path must take this call
+_NDArray = nd.NDArray
+_new_ndarray = nd.NDArray._new
+_wrap = nd._wrap_buffer
+_constant = Tensor._constant
+_SHARED = frozenset(map(np.dtype, ("float32", "float64", "int32", "int64", "bool")))
+
+
+def hit_key(args: Sequence) -> tuple | None:
+    """The hit path's key of positional arguments (None: some argument is not a concrete
+    tensor or a numpy array). A tensor adds (shape, dtype, device name, requires_grad); an
+    array (shape, dtype)."""
+    key = []
+    for x in args:
+        kind = type(x)
+        if kind is Tensor:
+            data = x.cached_data
+            if x._node is not None or type(data) is not _NDArray:
+                return None
+            key.append((data.shape, data._handle._data.dtype, data._device.name, x.requires_grad))
+        elif kind is np.ndarray:
+            key.append((x.shape, x.dtype))
+        else:
+            return None
+    return tuple(key)
+
+
+def plan_for(lowered, leaves: Sequence[Tensor], args: Sequence) -> HitPlan | None:
+    """The hit plan of a trace (made once, after a general call with `leaves` succeeded), or
+    None where a hit must take the general path: an executor other than compiled code, the
+    numpy device, arguments the step writes to, numpy arrays read from the closure, a program
+    `run_bound` cannot run, or an array argument whose dtype a general call would convert."""
+    plan = lowered.hit_plan
+    if plan is None:
+        plan = lowered.hit_plan = _make_plan(lowered, leaves) or False
+    if not plan:
+        return None
+    for x in args:
+        if type(x) is np.ndarray and x.dtype not in _SHARED:
+            return None
+    return plan
+
+
+def _make_plan(lowered, leaves: Sequence[Tensor]) -> HitPlan | None:
+    traced = lowered.traced
+    if lowered.execute != "compiled" or traced.arg_writes or traced.reads_arrays:
+        return None
+    tensors = list(leaves) + traced.current_captures()
+    devices = {t.device for t in tensors}
+    device = devices.pop() if devices else nd.default_device()
+    if devices or device == nd.cpu_numpy():
+        return None
+    executable = lowered.backend("compiled").executable
+    if executable._bound is None:
+        return None
+    return HitPlan(lowered, leaves, device, executable)
+
+
+class HitPlan:
+    """How a cached trace runs on a hit: what to read from the arguments, captured tensors and
+    hyperparameters, and how to wrap the outputs. Made once per trace (`plan_for`)."""
+
+    def __init__(self, lowered, leaves: Sequence[Tensor], device, executable) -> None:
+        traced = lowered.traced
+        self.traced, self.lowered, self.device = traced, lowered, device
+        self.executable = executable
+        self.n_args = len(leaves)
+        captures = traced.current_captures()
+        # constant for a trace: arguments' requires_grad is in the key, captures' in their guard
+        self.requires_grad = any(t.requires_grad for t in [*leaves, *captures])
+        self.n_user = traced.n_results
+        graph = lowered.graph
+        self.differentiable = [
+            self.requires_grad and i < self.n_user and graph.outputs[i].dtype in FLOATS
+            for i in range(len(graph.outputs))
+        ]
+        _, _, specs = executable._bound
+        # an output updated in place or copied over its input is that input's own tensor
+        self.outputs = [
+            (donated if donated is not None else copied, shape, nd.NDArray.compact_strides(shape))
+            for _, donated, copied, _, shape in specs
+        ]
+        self.written = traced.written
+        self.scalars = traced.scalars
+        self.random = traced.random
+        static, tree = traced.out_static, traced.out_tree
+        self.has_captures = bool(traced.captured)
+        self.plain = not any(self.differentiable) and all(d is None for d, _, _ in self.outputs)
+        self.single = not static and tree == "*"  # one tensor returned as is
+        # what a hit re-checks of the trace besides its guard (see Traced.stale_capture)
+        self.stale_capture = traced.stale_capture if traced.captured or traced.grad_reads else None
+        self.stale_arguments = self._grad_appeared if traced.arg_grad_reads else None
+
+    def run(self, args: Sequence):
+        """The call's result, or MISS (nothing changed) where the general path must decide."""
+        traced, device, written = self.traced, self.device, self.written
+        objs = []
+        for x in args:
+            if type(x) is np.ndarray:
+                objs.append(x)
+                continue
+            if written and id(x) in written:  # the general path says why this is refused
+                return MISS
+            data = x.cached_data
+            view = data._np
+            objs.append(view if view is not None else data._view())
+        captures = values = ()
+        if self.has_captures:
+            captures = traced._capture_objects()
+            for t in captures:
+                data = t.cached_data
+                if type(data) is not _NDArray or data._device is not device:
+                    return MISS
+                view = data._np
+                objs.append(view if view is not None else data._view())
+        if self.scalars:
+            values = []
+            for obj, name in self.scalars:  # hyperparameters, read now
+                value = getattr(obj, name)
+                kind = type(value)
+                if kind is int:
+                    value = float(value)
+                elif kind is not float:
+                    return MISS  # numpy numbers, and what the general path refuses
+                values.append(value)
+            objs += values
+        if self.random:  # a new seed each call, as the general path draws it
+            objs.append(int(np.random.randint(0, 2**62)))
+        arrays = self.executable.run_bound(objs)
+        if arrays is None:
+            return MISS
+        if self.plain:  # only new values, none differentiable
+            results = [
+                _constant(_new_ndarray(shape, strides, device, _wrap(a), 0, a))
+                for a, (_, shape, strides) in zip(arrays, self.outputs, strict=True)
+            ]
+        else:
+            results = self._results(args, arrays, captures, values, objs)
+        n_user = self.n_user
+        if len(results) > n_user:
+            write_back(traced.writes, results[n_user:], args)
+        if self.single:
+            return results[0]
+        outs = iter(results[:n_user])
+        static = traced.out_static
+        flat = [static[k] if k in static else next(outs) for k in range(n_user + len(static))]
+        return unflatten(traced.out_tree, flat)
+
+    def _grad_appeared(self, args: Sequence) -> bool:
+        """Whether an argument whose `.grad` the trace read as None has one now (each argument
+        is one leaf here; `Traced.stale_arguments` says the same of leaves)."""
+        return any(getattr(args[k], "_grad", None) is not None for k in self.traced.arg_grad_reads)
+
+    def _results(self, args, arrays, captures, values, objs) -> list[Tensor]:
+        """The output tensors, where some are inputs updated in place or differentiable."""
+        n_args, differentiable, device = self.n_args, self.differentiable, self.device
+        results = []
+        inputs = None
+        for i, (a, (donated, shape, strides)) in enumerate(zip(arrays, self.outputs, strict=True)):
+            if donated is not None:  # updated in place: its tensor holds the new value
+                results.append(args[donated] if donated < n_args else captures[donated - n_args])
+                continue
+            data = _new_ndarray(shape, strides, device, _wrap(a), 0, a)
+            if differentiable[i]:
+                if inputs is None:
+                    inputs = self._inputs(args, captures, values, objs)
+                t = Tensor.__new__(Tensor)
+                grads = self.lowered._grads
+                t._init(GraphCall(self.lowered.graph, i, grads), inputs, cached_data=data,
+                        requires_grad=True)  # fmt: skip
+            else:
+                t = _constant(data)
+            results.append(t)
+        return results
+
+    def _inputs(self, args, captures, values, objs) -> list[Tensor]:
+        """The tensors a differentiable output's GraphCall holds, as the general path makes them."""
+        out = [x if type(x) is Tensor else _as_tensor(x) for x in args]
+        out += captures
+        out += [_as_tensor(np.array(v, dtype="float64")) for v in values]
+        if self.random:
+            out.append(_as_tensor(np.array(objs[-1], dtype="int64")))
+        return out
+
+
+def in_trace() -> bool:
+    """Whether this thread is tracing (a jitted call inside a trace is inlined)."""
+    return bool(_traces.stack)
+
+
+traces = _traces  # `traces.stack`: in_trace() without a call, for the hit path
