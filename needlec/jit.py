@@ -423,20 +423,15 @@ class Jitted:
         key = self._hits.get(hit.hit_key(args))
         if key is None:
             return hit.MISS
-        for lowered, guard in self._cache.get(key, ()):  # as _lookup checks them
-            plan = lowered.hit_plan
-            if not plan:
-                return hit.MISS
-            stale_capture, stale_arguments = plan.stale_capture, plan.stale_arguments
-            if stale_capture is not None and stale_capture():
-                continue
-            if stale_arguments is not None and stale_arguments(args):
-                continue
-            if guard.check() is not None:
-                continue
-            self._used[key] = next(_ticks)
-            return plan.run(args)
-        return hit.MISS
+        entries = self._cache.get(key, ())
+        if len(entries) != 1:  # several traces under one key: _lookup decides
+            return hit.MISS
+        lowered, guard = entries[0]
+        plan = lowered.hit_plan
+        if not plan or guard.check() is not None:  # (captures are checked by the plan)
+            return hit.MISS
+        self._used[key] = next(_ticks)
+        return plan.run(args)
 
     def __call__(self, *args, **kwargs):
         plain = self._plain and not kwargs and not self.check

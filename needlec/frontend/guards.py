@@ -264,8 +264,11 @@ def roots(fn: Callable) -> list[Root]:
                 todo.append(f.__wrapped__)
             continue
         name = getattr(f, "__name__", "f")
-        out[("defaults", id(f))] = Root(f"{name}.__defaults__", lambda f=f: f.__defaults__)
-        out[("kwdefaults", id(f))] = Root(f"{name}.__kwdefaults__", lambda f=f: f.__kwdefaults__)
+        # (partial(getattr, ...): read in C, for the hit path's guard check)
+        defaults = functools.partial(getattr, f, "__defaults__")
+        out[("defaults", id(f))] = Root(f"{name}.__defaults__", defaults)
+        kwdefaults = functools.partial(getattr, f, "__kwdefaults__")
+        out[("kwdefaults", id(f))] = Root(f"{name}.__kwdefaults__", kwdefaults)
         for var, cell in zip(code.co_freevars, f.__closure__ or (), strict=False):
             out[("cell", id(cell))] = Root(var, lambda c=cell: _cell(c))
             value = _cell(cell)

@@ -25,10 +25,10 @@ from ..autograd import Tensor
 from ..ir.ops import FLOATS
 from .pytree import unflatten
 from .trace import _local as _traces
-from .traced import GraphCall, _as_tensor, write_back
+from .traced import GraphCall, _as_tensor
 
 MISS = object()  # the general path must take this call
-_NDArray = nd.NDArray
+_NDArray = NDArray = nd.NDArray
 _new_ndarray = nd.NDArray._new
 _wrap = nd._wrap_buffer
 _constant = Tensor._constant
@@ -87,7 +87,8 @@ def _make_plan(lowered, leaves: Sequence[Tensor]) -> HitPlan | None:
 
 class HitPlan:
     """How a cached trace runs on a hit: what to read from the arguments, captured tensors and
-    hyperparameters, and how to wrap the outputs. Made once per trace (`plan_for`)."""
+    hyperparameters, and how to wrap the outputs and write values back. Made once per trace
+    (`plan_for`)."""
 
     def __init__(self, lowered, leaves: Sequence[Tensor], device, executable) -> None:
         traced = lowered.traced
@@ -95,13 +96,12 @@ class HitPlan:
         self.executable = executable
         self.n_args = len(leaves)
         captures = traced.current_captures()
-        # constant for a trace: arguments' requires_grad is in the key, captures' in their guard
+        # constant for a trace: arguments' requires_grad is in the key, captures' are checked
         self.requires_grad = any(t.requires_grad for t in [*leaves, *captures])
-        self.n_user = traced.n_results
+        self.n_user = n_user = traced.n_results
         graph = lowered.graph
         self.differentiable = [
-            self.requires_grad and i < self.n_user and graph.outputs[i].dtype in FLOATS
-            for i in range(len(graph.outputs))
+            self.requires_grad and graph.outputs[i].dtype in FLOATS for i in range(n_user)
         ]
         _, _, specs = executable._bound
         # an output updated in place or copied over its input is that input's own tensor
@@ -111,34 +111,53 @@ class HitPlan:
         ]
         self.written = traced.written
         self.scalars = traced.scalars
+        self.scalar_tensors: list = [None] * len(traced.scalars)  # (value, its tensor) of last
         self.random = traced.random
+        self.has_captures = bool(traced.captured or traced.grad_reads)
+        # what a trace assumed of each captured tensor (Traced.stale_capture checks the same)
+        self.capture_sigs = [
+            (shape, np.dtype(dtype), rg) for shape, dtype, rg in traced.captured_sig
+        ]
+        self.user_outputs = self.outputs[:n_user]
+        self.plain = not any(self.differentiable) and all(
+            d is None for d, _, _ in self.user_outputs
+        )
         static, tree = traced.out_static, traced.out_tree
-        self.has_captures = bool(traced.captured)
-        self.plain = not any(self.differentiable) and all(d is None for d, _, _ in self.outputs)
         self.single = not static and tree == "*"  # one tensor returned as is
-        # what a hit re-checks of the trace besides its guard (see Traced.stale_capture)
-        self.stale_capture = traced.stale_capture if traced.captured or traced.grad_reads else None
-        self.stale_arguments = self._grad_appeared if traced.arg_grad_reads else None
+        self.arg_grad_reads = traced.arg_grad_reads
 
     def run(self, args: Sequence):
-        """The call's result, or MISS (nothing changed) where the general path must decide."""
+        """The call's result, or MISS (nothing changed) where the general path must decide
+        (which then says what changed, or raises what it raises)."""
         traced, device, written = self.traced, self.device, self.written
         objs = []
         for x in args:
             if type(x) is np.ndarray:
                 objs.append(x)
                 continue
-            if written and id(x) in written:  # the general path says why this is refused
+            if written and id(x) in written:  # refused by the general path
                 return MISS
             data = x.cached_data
             view = data._np
             objs.append(view if view is not None else data._view())
+        for k in self.arg_grad_reads:  # a .grad the trace read as None
+            if getattr(args[k], "_grad", None) is not None:
+                return MISS
         captures = values = ()
         if self.has_captures:
+            for t, was_none in traced.grad_reads:
+                if (t._grad is None) != was_none:
+                    return MISS
             captures = traced._capture_objects()
-            for t in captures:
+            for t, (shape, dtype, requires_grad) in zip(captures, self.capture_sigs, strict=True):
                 data = t.cached_data
-                if type(data) is not _NDArray or data._device is not device:
+                if (
+                    type(data) is not _NDArray
+                    or data._device is not device
+                    or data.shape != shape
+                    or data._handle._data.dtype is not dtype
+                    or t.requires_grad is not requires_grad
+                ):
                     return MISS
                 view = data._np
                 objs.append(view if view is not None else data._view())
@@ -158,39 +177,44 @@ class HitPlan:
         arrays = self.executable.run_bound(objs)
         if arrays is None:
             return MISS
+        n_user = self.n_user
         if self.plain:  # only new values, none differentiable
             results = [
                 _constant(_new_ndarray(shape, strides, device, _wrap(a), 0, a))
-                for a, (_, shape, strides) in zip(arrays, self.outputs, strict=True)
+                for a, (_, shape, strides) in zip(arrays, self.user_outputs, strict=False)
             ]
         else:
             results = self._results(args, arrays, captures, values, objs)
-        n_user = self.n_user
-        if len(results) > n_user:
-            write_back(traced.writes, results[n_user:], args)
+        if len(arrays) > n_user:
+            self._write_back(arrays, captures)
         if self.single:
             return results[0]
-        outs = iter(results[:n_user])
+        outs = iter(results)
         static = traced.out_static
         flat = [static[k] if k in static else next(outs) for k in range(n_user + len(static))]
         return unflatten(traced.out_tree, flat)
 
-    def _grad_appeared(self, args: Sequence) -> bool:
-        """Whether an argument whose `.grad` the trace read as None has one now (each argument
-        is one leaf here; `Traced.stale_arguments` says the same of leaves)."""
-        return any(getattr(args[k], "_grad", None) is not None for k in self.traced.arg_grad_reads)
+    def _data(self, i: int, a: np.ndarray, captures) -> NDArray:
+        """Output i's values as an NDArray (an input updated in place: that input's own)."""
+        donated, shape, strides = self.outputs[i]
+        if donated is not None:
+            return captures[donated - self.n_args].cached_data
+        return _new_ndarray(shape, strides, self.device, _wrap(a), 0, a)
 
     def _results(self, args, arrays, captures, values, objs) -> list[Tensor]:
-        """The output tensors, where some are inputs updated in place or differentiable."""
+        """The function's output tensors, where some are inputs updated in place or
+        differentiable."""
         n_args, differentiable, device = self.n_args, self.differentiable, self.device
         results = []
         inputs = None
-        for i, (a, (donated, shape, strides)) in enumerate(zip(arrays, self.outputs, strict=True)):
+        for i, d in enumerate(differentiable):
+            a = arrays[i]
+            donated, shape, strides = self.outputs[i]
             if donated is not None:  # updated in place: its tensor holds the new value
                 results.append(args[donated] if donated < n_args else captures[donated - n_args])
                 continue
             data = _new_ndarray(shape, strides, device, _wrap(a), 0, a)
-            if differentiable[i]:
+            if d:
                 if inputs is None:
                     inputs = self._inputs(args, captures, values, objs)
                 t = Tensor.__new__(Tensor)
@@ -202,11 +226,33 @@ class HitPlan:
             results.append(t)
         return results
 
+    def _write_back(self, arrays, captures) -> None:
+        """`traced.write_back` of the trailing outputs, from their arrays."""
+        i = self.n_user
+        for kind, target in self.traced.writes:
+            if kind == "no_grad":
+                target._grad = None
+                continue
+            data = self._data(i, arrays[i], captures)
+            i += 1
+            if kind == "data":
+                target.cached_data = data
+            elif kind == "grad":
+                target._grad = _constant(data)
+            else:  # "scalar" (a plan has no argument writes)
+                obj, name = target
+                setattr(obj, name, type(getattr(obj, name))(data.numpy().item()))
+
     def _inputs(self, args, captures, values, objs) -> list[Tensor]:
-        """The tensors a differentiable output's GraphCall holds, as the general path makes them."""
+        """The tensors a differentiable output's GraphCall holds, as the general path makes
+        them (a hyperparameter's tensor is made again only when its value changed)."""
         out = [x if type(x) is Tensor else _as_tensor(x) for x in args]
         out += captures
-        out += [_as_tensor(np.array(v, dtype="float64")) for v in values]
+        made = self.scalar_tensors
+        for j, v in enumerate(values):
+            if made[j] is None or made[j][0] != v:
+                made[j] = (v, _as_tensor(np.array(v, dtype="float64")))
+            out.append(made[j][1])
         if self.random:
             out.append(_as_tensor(np.array(objs[-1], dtype="int64")))
         return out
