@@ -1,4 +1,5 @@
-/* needlec._runtime: the runtime's symbols for the LLVM engine, and the pool's thread count. */
+/* needlec._runtime: the runtime's symbols for the LLVM engine, the pool's thread count, and the
+   native calls of compiled steps (run_step, and bind_run for a cached jitted call). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
