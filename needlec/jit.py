@@ -434,8 +434,7 @@ class Jitted:
         return plan.run(args)
 
     def __call__(self, *args, **kwargs):
-        plain = self._plain and not kwargs and not self.check
-        if plain and self._hits:
+        if self._hits and not kwargs and not self.check:  # (only plain calls fill _hits)
             out = self._hit(args)
             if out is not hit.MISS:
                 return out
@@ -445,7 +444,7 @@ class Jitted:
         if cached and self.check:
             self._check(lowered, args, kwargs, leaves)
         out = lowered(leaves)
-        if plain:
+        if self._plain and not kwargs and not self.check:
             self._remember(args, leaves, lowered)
         return out
 
