@@ -24,6 +24,8 @@ from .autograd import Tensor
 from .codegen import reference
 from .codegen.backends import BACKENDS, Backend, make_backend
 from .frontend import guards, hit
+from .frontend.hit import MISS, hit_key
+from .frontend.hit import traces as _traces
 from .frontend.pytree import unflatten
 from .frontend.trace import current
 from .frontend.traced import (
@@ -418,25 +420,25 @@ class Jitted:
 
     def _hit(self, args):
         """A call's result through the hit path (`frontend.hit`), or hit.MISS."""
-        if hit.traces.stack:  # inside a trace: inlined
-            return hit.MISS
-        key = self._hits.get(hit.hit_key(args))
+        if _traces.stack:  # inside a trace: inlined
+            return MISS
+        key = self._hits.get(hit_key(args))
         if key is None:
-            return hit.MISS
+            return MISS
         entries = self._cache.get(key, ())
         if len(entries) != 1:  # several traces under one key: _lookup decides
-            return hit.MISS
+            return MISS
         lowered, guard = entries[0]
         plan = lowered.hit_plan
         if not plan or guard.check() is not None:  # (captures are checked by the plan)
-            return hit.MISS
+            return MISS
         self._used[key] = next(_ticks)
         return plan.run(args)
 
     def __call__(self, *args, **kwargs):
         if self._hits and not kwargs and not self.check:  # (only plain calls fill _hits)
             out = self._hit(args)
-            if out is not hit.MISS:
+            if out is not MISS:
                 return out
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
@@ -451,7 +453,7 @@ class Jitted:
     def _remember(self, args, leaves, lowered: Lowered) -> None:
         """After a general call succeeded: let the next call with such arguments take the hit
         path, where the trace allows it."""
-        key = hit.hit_key(args)
+        key = hit_key(args)
         if key is None or hit.plan_for(lowered, leaves, args) is None or key in self._hits:
             return
         if len(self._hits) >= 4 * self.max_cache_size:  # kinds of call come and go: start over

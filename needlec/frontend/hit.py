@@ -125,6 +125,7 @@ class HitPlan:
         static, tree = traced.out_static, traced.out_tree
         self.single = not static and tree == "*"  # one tensor returned as is
         self.arg_grad_reads = traced.arg_grad_reads
+        self.single_plain = self.single and self.plain and len(self.outputs) == 1
 
     def run(self, args: Sequence):
         """The call's result, or MISS (nothing changed) where the general path must decide
@@ -178,6 +179,10 @@ class HitPlan:
         if arrays is None:
             return MISS
         n_user = self.n_user
+        if self.single_plain:  # one new value returned (a jitted expression)
+            a = arrays[0]
+            _, shape, strides = self.outputs[0]
+            return _constant(_new_ndarray(shape, strides, device, _wrap(a), 0, a))
         if self.plain:  # only new values, none differentiable
             results = [
                 _constant(_new_ndarray(shape, strides, device, _wrap(a), 0, a))
