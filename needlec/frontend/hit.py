@@ -126,6 +126,27 @@ class HitPlan:
         self.single = not static and tree == "*"  # one tensor returned as is
         self.arg_grad_reads = traced.arg_grad_reads
         self.single_plain = self.single and self.plain and len(self.outputs) == 1
+        self.writes = self._writes(traced)
+
+    def _writes(self, traced) -> list[tuple]:
+        """(kind, target, output index) of each value to write back, but a new `.data` the step
+        wrote over the tensor's own buffer: it holds it already."""
+        out, i = [], self.n_user
+        for kind, target in traced.writes:
+            if kind == "no_grad":
+                out.append((kind, target, None))
+                continue
+            k = self.outputs[i][0] - self.n_args if self.outputs[i][0] is not None else None
+            own = (
+                kind == "data"
+                and k is not None
+                and k not in traced.grad_owner
+                and traced.captured[k] is target
+            )
+            if not own:
+                out.append((kind, target, i))
+            i += 1
+        return out
 
     def run(self, args: Sequence):
         """The call's result, or MISS (nothing changed) where the general path must decide
@@ -190,7 +211,7 @@ class HitPlan:
             ]
         else:
             results = self._results(args, arrays, captures, values, objs)
-        if len(arrays) > n_user:
+        if self.writes:
             self._write_back(arrays, captures)
         if self.single:
             return results[0]
@@ -233,13 +254,11 @@ class HitPlan:
 
     def _write_back(self, arrays, captures) -> None:
         """`traced.write_back` of the trailing outputs, from their arrays."""
-        i = self.n_user
-        for kind, target in self.traced.writes:
+        for kind, target, i in self.writes:
             if kind == "no_grad":
                 target._grad = None
                 continue
             data = self._data(i, arrays[i], captures)
-            i += 1
             if kind == "data":
                 target.cached_data = data
             elif kind == "grad":
