@@ -340,7 +340,7 @@ class Executable:
         must decide: no native entry, an array not C-contiguous, an input updated in place
         that is read-only or shares memory with another input."""
         bound = self._bound
-        if bound is None:
+        if bound is None or len(objs) != len(self._in_specs):  # (the table has these slots)
             return None
         step, updated, specs = bound
         if not runtime._started:
