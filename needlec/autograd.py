@@ -264,6 +264,23 @@ class Tensor(Value, OpMixin):
         return t
 
     @staticmethod
+    def _constant(data: NDArray) -> Tensor:
+        """`make_const(data)` for an NDArray, as `_init` makes it, for hot paths (the outputs
+        of a cached jitted call)."""
+        global TENSOR_COUNTER
+        t = Tensor.__new__(Tensor)
+        _counter_lock.acquire()
+        TENSOR_COUNTER += 1
+        _counter_lock.release()
+        t._serial = new_serial()
+        t._thread = get_ident()
+        t._origin, t._detached = None, True
+        t.op, t.inputs = None, []
+        t.cached_data, t._node, t._trace = data, None, None
+        t.requires_grad, t._grad = False, None
+        return t
+
+    @staticmethod
     def _make_tracer(node: Node, trace, op=None, inputs=(), requires_grad=False) -> Tensor:
         t = Tensor.__new__(Tensor)
         t._init(op, inputs, node=node, trace=trace, requires_grad=requires_grad)

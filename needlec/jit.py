@@ -24,7 +24,9 @@ from .autograd import Tensor
 from .codegen import reference
 from .codegen.backends import BACKENDS, Backend, compiled_backend, make_backend
 from .distributed import check_same_program
-from .frontend import guards
+from .frontend import guards, hit
+from .frontend.hit import MISS, hit_key
+from .frontend.hit import traces as _traces
 from .frontend.pytree import unflatten
 from .frontend.trace import current
 from .frontend.traced import (
@@ -67,6 +69,7 @@ class Lowered:
     """A traced and optimized function: its graph, printed IR and generated code."""
 
     _jit_opaque = True  # guard walks do not descend into compiled programs
+    hit_plan = None  # how a cache hit runs it (frontend.hit), made on the first; False: generally
 
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
@@ -333,6 +336,8 @@ class Jitted:
         self._bound: dict = {}  # id(instance) -> (a reader of the instance, its bound Jitted)
         self.trace_count = 0
         self._warned_large = False  # a guard that checks many objects warns once
+        self._hits: dict = {}  # hit key (frontend.hit) -> cache key, for plain positional calls
+        self._plain = not self.static_argnums and not self.static_argnames
 
     _jit_guard_attrs = ("fn",)  # a guard walk reads the function, not the cache
 
@@ -463,13 +468,47 @@ class Jitted:
             self._bound[k] = (ref, bound)
         return bound
 
+    def _hit(self, args):
+        """A call's result through the hit path (`frontend.hit`), or hit.MISS."""
+        if _traces.stack:  # inside a trace: inlined
+            return MISS
+        key = self._hits.get(hit_key(args))
+        if key is None:
+            return MISS
+        entries = self._cache.get(key, ())
+        if len(entries) != 1:  # several traces under one key: _lookup decides
+            return MISS
+        lowered, guard = entries[0]
+        plan = lowered.hit_plan
+        if not plan or guard.check() is not None:  # (captures are checked by the plan)
+            return MISS
+        self._used[key] = next(_ticks)
+        return plan.run(args)
+
     def __call__(self, *args, **kwargs):
+        if self._hits and not kwargs and not self.check:  # (only plain calls fill _hits)
+            out = self._hit(args)
+            if out is not MISS:
+                return out
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
         lowered, leaves, cached = self._entry(args, kwargs)
         if cached and self.check:
             self._check(lowered, args, kwargs, leaves)
-        return lowered(leaves)
+        out = lowered(leaves)
+        if self._plain and not kwargs and not self.check:
+            self._remember(args, leaves, lowered)
+        return out
+
+    def _remember(self, args, leaves, lowered: Lowered) -> None:
+        """After a general call succeeded: let the next call with such arguments take the hit
+        path, where the trace allows it."""
+        key = hit_key(args)
+        if key is None or hit.plan_for(lowered, leaves, args) is None or key in self._hits:
+            return
+        if len(self._hits) >= 4 * self.max_cache_size:  # kinds of call come and go: start over
+            self._hits.clear()
+        self._hits[key] = call_signature(self.__name__, args, {}, (), ())[0]
 
     def lower(self, *args, **kwargs) -> Lowered:
         """Trace (or reuse the trace) for these arguments and return the optimized function."""

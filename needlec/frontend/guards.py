@@ -53,6 +53,7 @@ _NOT_ENTERED = (types.ModuleType, types.BuiltinFunctionType, types.CodeType, np.
 _DUNDER_SKIP = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"})
 
 Getter = Callable[[], object]
+_call = getattr(operator, "call", lambda f: f())  # f(): operator.call from Python 3.11
 
 # The change log: (id(obj), attribute name or None) for every write to a Watched object or
 # container, newest last. A guard holds the newest entry it has checked (so that entry is never
@@ -264,8 +265,11 @@ def roots(fn: Callable) -> list[Root]:
                 todo.append(f.__wrapped__)
             continue
         name = getattr(f, "__name__", "f")
-        out[("defaults", id(f))] = Root(f"{name}.__defaults__", lambda f=f: f.__defaults__)
-        out[("kwdefaults", id(f))] = Root(f"{name}.__kwdefaults__", lambda f=f: f.__kwdefaults__)
+        # (partial(getattr, ...): read in C, for the hit path's guard check)
+        defaults = functools.partial(getattr, f, "__defaults__")
+        out[("defaults", id(f))] = Root(f"{name}.__defaults__", defaults)
+        kwdefaults = functools.partial(getattr, f, "__kwdefaults__")
+        out[("kwdefaults", id(f))] = Root(f"{name}.__kwdefaults__", kwdefaults)
         for var, cell in zip(code.co_freevars, f.__closure__ or (), strict=False):
             out[("cell", id(cell))] = Root(var, lambda c=cell: _cell(c))
             value = _cell(cell)
@@ -548,6 +552,7 @@ class Guard:
         self._last = _CHANGES[-1]  # before the walk: a change made during it is seen later
         self.root_values = [g() for g in getters]  # held: their identity stays theirs
         self.root_keys = [_key(v) for v in self.root_values]
+        self._readers = [g.read for g in getters]
         skips: dict[int, set] = {}
         for i, name in dynamic:
             skips.setdefault(i, set()).add(name)
@@ -591,13 +596,15 @@ class Guard:
 
     def check(self) -> str | None:
         """None if the trace still holds, else what changed."""
-        for g, value, old in zip(self.roots, self.root_values, self.root_keys, strict=True):
-            now = g()
-            if now is value:
-                continue
-            new = _key(now)
-            if new != old:
-                return f"{g.name} changed ({_show(old)} -> {_show(new)})"
+        # every root reads the very object it read at trace time (the common case, in C)
+        if not all(map(operator.is_, map(_call, self._readers), self.root_values)):
+            for g, value, old in zip(self.roots, self.root_values, self.root_keys, strict=True):
+                now = g.read()
+                if now is value:
+                    continue
+                new = _key(now)
+                if new != old:
+                    return f"{g.name} changed ({_show(old)} -> {_show(new)})"
         for entry in self._walked:
             why = self._stale(entry)
             if why is not None:

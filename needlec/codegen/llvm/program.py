@@ -123,6 +123,8 @@ class Executable:
             spec = (at, self.donated.get(b), self.copied.get(b), np.dtype(b.dtype))
             self._out_specs.append(spec)
         self._build()
+        self._bound = self._bound_specs()
+        self._bound_bytes = max(self.output_bytes, 1)
 
     @property
     def schedules(self) -> list[KernelSchedule]:
@@ -328,7 +330,9 @@ class Executable:
             first_constant = FIRST_INPUT + len(self.kg.inputs)
             for i, c in enumerate(self.constants):
                 table[first_constant + i] = c.ctypes.data
-            state = loc.state = (arena, workspace, table, table.ctypes.data)
+            scratch = _aligned(8 * max(len(self.kg.inputs), 1))  # scalars passed by value
+            state = (arena, workspace, table, table.ctypes.data, scratch, scratch.ctypes.data)
+            loc.state = state
         return state
 
     def _output_block(self) -> tuple[np.ndarray, int]:
@@ -367,7 +371,7 @@ class Executable:
                         f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
                     )
         runtime.ensure_started()
-        arena, _, table, table_address = self._thread_state()
+        arena, _, table, table_address, *_ = self._thread_state()
         outputs, table[OUTPUTS] = self._output_block()
         fast = runtime.run_step  # the runtime's C entry, where it is built
         if fast is not None:
@@ -389,6 +393,62 @@ class Executable:
                 if timings is not None:
                     timings.append((j, time.perf_counter() - t0))
             return self._outputs(arrays, regions, outputs, shared)
+
+    def _bound_specs(self) -> tuple | None:
+        """What `run_bound` needs: (step address, updated inputs, one (offset, donated input,
+        input copied over, dtype, shape) per output); None where it cannot run this program
+        (no runtime, a kernel on the interpreter, an input or constant passed through)."""
+        if runtime.bind_run is None or len(self.segments) != 1 or self.segments[0][0] != "native":
+            return None
+        specs = []
+        for b, (offset, donated, copied, dtype) in zip(
+            self.kg.outputs, self._out_specs, strict=True
+        ):
+            if offset is None and donated is None:
+                return None
+            specs.append((offset, donated, copied, dtype, b.shape))
+        return self._addresses[0], tuple(sorted(self._updated_inputs)), specs
+
+    def run_bound(self, objs: list) -> list | None:
+        """`run` for a cached jit call, in one native call: `objs` holds one entry per input,
+        C-contiguous numpy arrays of the right shapes and dtypes (unchecked) or Python floats
+        (a float64 input) and ints (an int64 one). Returns the outputs as `run` does (an input
+        updated in place is the caller's own array), or None, having run nothing, where `run`
+        must decide: no native entry, an array not C-contiguous, an input updated in place
+        that is read-only or shares memory with another input."""
+        bound = self._bound
+        if bound is None or len(objs) != len(self._in_specs):  # (the table has these slots)
+            return None
+        step, updated, specs = bound
+        if not runtime._started:
+            runtime.ensure_started()
+        loc = self._local
+        state = getattr(loc, "state", None) or self._thread_state()
+        for raw, start, at in getattr(loc, "blocks", ()):  # as _output_block finds one
+            if sys.getrefcount(raw) <= 3:
+                block, address = raw[start : start + self._bound_bytes], at
+                break
+        else:
+            block, address = self._output_block()
+        if updated:  # steps updating their inputs run one call at a time
+            self._lock.acquire()
+        try:
+            if not runtime.bind_run(step, state[3], address, FIRST_INPUT, objs, state[5], updated):
+                return None
+            out = []
+            for offset, donated, copied, dtype, shape in specs:
+                if donated is not None:  # the caller's array, updated in place
+                    out.append(objs[donated])
+                    continue
+                new = np.ndarray(shape, dtype, block, offset)
+                if copied is not None:  # the caller's array takes the new value
+                    np.copyto(objs[copied], new)
+                    new = objs[copied]
+                out.append(new)
+            return out
+        finally:
+            if updated:
+                self._lock.release()
 
     def _outputs(self, arrays: list, regions: dict, outputs: np.ndarray, shared) -> list:
         """The call's outputs: views of the output block, inputs updated in place (or copied

@@ -26,6 +26,9 @@ _started = False
 # `run_step(step, table, first, arrays)`: point a step's table at its input arrays and run it, in
 # C (an older build without it: None, and the caller uses ctypes)
 run_step = getattr(_runtime, "run_step", None)
+# `bind_run(step, table, outputs, first, objs, scratch, updated)`: the jit hit path's call (see
+# runtime/module.c); None without the runtime, and a hit takes the general path
+bind_run = getattr(_runtime, "bind_run", None)
 
 
 def available() -> bool:
