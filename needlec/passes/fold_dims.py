@@ -38,7 +38,10 @@ def _store_dims(s: Store) -> frozenset[int]:
 def _candidate(k: Kernel) -> tuple[int, tuple[int, ...]] | None:
     """(a, B): a dim and the dims to fold it into, or None."""
     space = k.space
+    # the dims each value, reduction and store runs over together (a reduction also runs over
+    # the dims it reduces, even those its source is broadcast along)
     groups = [_deps(e) for e in k.exprs] + [_store_dims(s) for s in k.stores]
+    groups += [_deps(e.src[0]) | set(e.arg.dims) for e in k.exprs if e.op is KOp.REDUCE]
     fixed: set[int] = set()
     if k.core is not None:
         fixed |= {d for kd in k.core.dims for d in kd}

@@ -90,3 +90,19 @@ def test_fold_dims_keeps_a_kernel_without_twin_dims():
     for k in lowered.kernels.kernels:
         assert fold_dims(k) is k  # already folded: nothing left to do
         assert all(e.op is not KOp.REDUCE or e.arg.dims for e in k.exprs)
+
+
+@pytest.mark.parametrize("axes", [(0,), (3,), (0, 1)])
+@pytest.mark.parametrize("red", ["max", "sum"])
+def test_a_reduction_over_a_broadcast_dim_is_not_folded_away(axes, red):
+    """A reduction runs over the dims it reduces even where its source is broadcast along
+    them (max over a broadcast dim, a sum that multiplies by its extent): those dims are not
+    free to fold another into."""
+    from needlec.ir import Graph, Node, Op
+
+    x = Node.leaf(Op.INPUT, "float64", (2, 2, 2), ("arg", 0))
+    y = getattr(x.broadcast_to((2, 2, 2, 2)), red)(axes).exp()
+    graph = Graph([x], [y])
+    a = np.arange(8.0).reshape(2, 2, 2) / 8
+    (got,) = run_kernels(fusion.fuse(graph), [a])
+    np.testing.assert_allclose(got, run_graph(graph, [a])[0], rtol=1e-12)

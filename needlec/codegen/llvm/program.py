@@ -145,6 +145,7 @@ class Executable:
         "_lock",
         "_local",
         "_twin",
+        "_bound",  # holds the native entry's address
     )
 
     def snapshot(self) -> dict | None:
@@ -177,6 +178,7 @@ class Executable:
         ex.segments = [("native", []) for _ in range(n)]
         ex._lock, ex._local = threading.Lock(), threading.local()
         ex._bind([(j, f"step{j}" if n > 1 else "step") for j in range(n)])
+        ex._bound = ex._bound_specs()  # with this process's address of the entry
         return ex
 
     def _bind(self, names: list[tuple[int, str]]) -> None:
