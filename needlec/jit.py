@@ -150,15 +150,19 @@ class Lowered:
 
     def source(self, target: str = "llvm") -> str:
         """Generated code for `target`: "llvm" (the optimized LLVM module that runs),
-        "llvm-unoptimized" (as rendered), "asm" (its machine code) or "python" (the reference
-        backend's straight-line numpy)."""
+        "llvm-unoptimized" (as rendered), "asm" (its machine code), "cuda" (every kernel as
+        CUDA C, one translation unit) or "python" (the reference backend's straight-line numpy)."""
         if target == "python":
             return reference.source(self.graph)
+        if target == "cuda":
+            from .codegen.cuda.program import render_program
+
+            return render_program(self.kernels).source
         if target in ("llvm", "llvm-unoptimized", "asm"):
             return self.executable.source(target)
         raise ValueError(
             f"source: no backend renders target {target!r}; "
-            "available: 'llvm', 'llvm-unoptimized', 'asm', 'python'"
+            "available: 'llvm', 'llvm-unoptimized', 'asm', 'cuda', 'python'"
         )
 
     def __call__(self, leaves: Sequence[Tensor]) -> Any:

@@ -217,6 +217,35 @@ def deps(e: Expr, space: Shape) -> frozenset[int]:
     return frozenset(d for d, n in enumerate(e.shape) if n != 1 and space[d] != 1)
 
 
+def _reduced_dims(e: Expr) -> set[int]:
+    return {d for d, (n, m) in enumerate(zip(e.src[0].shape, e.shape, strict=True)) if n != m}
+
+
+def parallel_safe(lp: Loop, space: Shape) -> bool:
+    """Whether the iterations of loop `lp` may run in parallel (on threads of a pool or of a
+    GPU): each writes memory of its own. Every store inside is indexed by the loop's dim, every
+    reduction inside keeps that dim (its accumulator differs per iteration), no scratch is reset
+    inside, no GEMM."""
+    if lp.role != "outer" or lp.extent < 2:
+        return False
+    stack = list(lp.body)
+    while stack:
+        it = stack.pop()
+        if isinstance(it, Loop):
+            stack.extend(it.body)
+        elif isinstance(it, RunCore) or (isinstance(it, Init) and it.mode == "scratch"):
+            return False
+        elif isinstance(it, Accumulate) and lp.dim in _reduced_dims(it.expr):
+            return False
+        elif isinstance(it, Write) and lp.dim not in {d for kd in it.store.dims for d in kd}:
+            return False
+        elif isinstance(it, Finish) and space[lp.dim] != it.expr.shape[lp.dim]:
+            return False
+        elif isinstance(it, Keep) and lp.dim not in deps(it.expr, space):
+            return False
+    return True
+
+
 def _store_dims(s: Store, space: Shape) -> frozenset[int]:
     return frozenset(d for kd in s.dims for d in kd if space[d] != 1)
 
@@ -695,4 +724,12 @@ def run_schedule(s: KernelSchedule, env: dict[Buffer, np.ndarray]) -> None:
         env[s.core_store.buffer] = flat[s.core_buffer].reshape(s.core_buffer.shape)
 
 
-__all__ = ["Keep", "KernelSchedule", "Reload", "items", "run_schedule", "schedule_kernel"]
+__all__ = [
+    "Keep",
+    "KernelSchedule",
+    "Reload",
+    "items",
+    "parallel_safe",
+    "run_schedule",
+    "schedule_kernel",
+]

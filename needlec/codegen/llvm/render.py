@@ -37,7 +37,7 @@ from ..schedule import (
     Reload,
     RunCore,
     Write,
-    deps,
+    parallel_safe,
 )
 from . import collective, conv, gemm, intcore
 from .loops import counted_loop, predicated_tail
@@ -282,33 +282,11 @@ def _work(items: list) -> int:
     return total
 
 
-def _reduced_dims(e: Expr) -> set[int]:
-    return {d for d, (n, m) in enumerate(zip(e.src[0].shape, e.shape, strict=True)) if n != m}
-
-
 def parallel_work(lp: Loop, s: KernelSchedule) -> int | None:
     """The work of one iteration of top-level loop `lp` if its iterations may run in parallel
-    and it is large enough to be worth it, else None. Safe means each iteration writes memory
-    of its own: every store inside is indexed by the loop's dim, every reduction inside keeps
-    that dim (its accumulator differs per iteration), no scratch is reset inside, no GEMM."""
-    if lp.role != "outer" or lp.extent < 2:
+    (`parallel_safe`) and it is large enough to be worth it, else None."""
+    if not parallel_safe(lp, s.kernel.space):
         return None
-    space = s.kernel.space
-    stack = list(lp.body)
-    while stack:
-        it = stack.pop()
-        if isinstance(it, Loop):
-            stack.extend(it.body)
-        elif isinstance(it, RunCore) or (isinstance(it, Init) and it.mode == "scratch"):
-            return None
-        elif isinstance(it, Accumulate) and lp.dim in _reduced_dims(it.expr):
-            return None
-        elif isinstance(it, Write) and lp.dim not in {d for kd in it.store.dims for d in kd}:
-            return None
-        elif isinstance(it, Finish) and space[lp.dim] != it.expr.shape[lp.dim]:
-            return None
-        elif isinstance(it, Keep) and lp.dim not in deps(it.expr, space):
-            return None
     per_iteration = max(1, _work(lp.body))
     if per_iteration * lp.extent < PARALLEL_MIN_WORK:
         return None

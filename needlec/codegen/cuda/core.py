@@ -1,0 +1,186 @@
+"""GEMM and convolution cores as CUDA C.
+
+A matmul (batched, operands read through their views: transposes, broadcast batch dims and masks
+are in the strides and bounds) is a shared-memory tiled kernel: a block of TILE x TILE threads
+computes a TILE x TILE tile of C, stepping over K a tile at a time, each step loading a tile of A
+and one of B into shared memory. A convolution and its two gradients are direct kernels: one
+thread per output element, its sum over the window (and input channels, or batch positions) in
+registers. Products accumulate in the core's dtype, integers wrapping as numpy's do. The
+epilogue the passes fuse after a core runs in the kernel's later phases, reading the core's
+output buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ...ir import Op
+from ...ir.kernel import Core, Load
+from ...ir.schedule import Buffer
+from .cexpr import CTYPE, const, convert
+
+TILE = 16
+
+
+def _operand(r, ld: Load, idx: list[str], dtype: str) -> str:
+    """`ld`'s element at logical indices `idx` (the trailing ones if it has fewer dims: a
+    broadcast batch), converted to `dtype`; 0 outside its mask."""
+    v = ld.view
+    idx = idx[len(idx) - len(v.shape) :]
+    terms = [str(v.offset)] if v.offset else []
+    valid = []
+    for i, n, st, (lo, hi) in zip(idx, v.shape, v.strides, v.bounds(), strict=True):
+        if n == 1:
+            if not lo <= 0 < hi:
+                return const(dtype, 0)
+            continue
+        if st:
+            terms.append(f"({i}) * {st}LL")
+        if (lo, hi) != (0, n):
+            valid.append(f"({i}) >= {lo} && ({i}) < {hi}")
+    return r.guarded_read(ld.buffer, " + ".join(terms) or "0LL", valid, dtype)
+
+
+def _mac(acc: str, a: str, b: str, dt: str) -> str:
+    if dt == "bool":
+        return f"{acc} = {acc} || ({a} && {b});"
+    if dt in ("float32", "float64"):
+        p = "f" if dt == "float32" else "d"
+        return f"{acc} = __{p}add_rn({acc}, __{p}mul_rn({a}, {b}));"
+    return f"{acc} = nc_wadd({acc}, nc_wmul({a}, {b}));"
+
+
+def render_core(r, c: Core, into: Buffer) -> None:
+    """The phases of core `c`, writing its result (compact, shape `c.shape`) to `into`."""
+    if c.op is Op.MATMUL:
+        _matmul(r, c, into)
+    elif c.op in (Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD):
+        _conv(r, c, into)
+    else:
+        raise ValueError(f"kernel {r.k.name}: no CUDA lowering for a {c.op.name.lower()} core")
+
+
+def _matmul(r, c: Core, into: Buffer) -> None:
+    a, b = c.operands
+    *batch, m, n = c.shape
+    k = a.view.shape[-1]
+    nb = math.prod(batch)
+    dt = c.dtype
+    t = CTYPE[dt]
+    grid_x, grid_y = -(-n // TILE), -(-m // TILE)
+    # blocks: x over column tiles, y over row tiles and batch (flattened, grid-stride in y)
+    r.begin(grid_x * max(1, min(65535, grid_y * nb)), TILE * TILE)
+    r.emit(f"__shared__ {t} ta[{TILE}][{TILE}];")
+    r.emit(f"__shared__ {t} tb[{TILE}][{TILE}];")
+    r.emit(f"const int tx = threadIdx.x % {TILE}, ty = threadIdx.x / {TILE};")
+    r.emit(f"const long long bx = blockIdx.x % {grid_x};")
+    r.open(
+        f"for (long long by = blockIdx.x / {grid_x}; by < {grid_y * nb}LL; "
+        f"by += gridDim.x / {grid_x})"
+    )
+    r.emit(f"const long long bt = by / {grid_y}, row = (by % {grid_y}) * {TILE} + ty;")
+    r.emit(f"const long long col = bx * {TILE} + tx;")
+    bidx = []
+    rest = "bt"
+    for j, d in enumerate(reversed(batch)):
+        r.emit(f"const long long z{j} = ({rest}) % {d}LL;")
+        bidx.insert(0, f"z{j}")
+        rest = f"({rest}) / {d}LL"
+    r.emit(f"{t} acc = {const(dt, 0)};")
+    r.open(f"for (long long k0 = 0; k0 < {k}LL; k0 += {TILE})")
+    r.emit("const long long ka = k0 + tx, kb = k0 + ty;")
+    av = _operand(r, a, [*bidx, "row", "ka"], dt)
+    bv = _operand(r, b, [*bidx, "kb", "col"], dt)
+    r.emit(f"ta[ty][tx] = (row < {m}LL && ka < {k}LL) ? {av} : {const(dt, 0)};")
+    r.emit(f"tb[ty][tx] = (kb < {k}LL && col < {n}LL) ? {bv} : {const(dt, 0)};")
+    r.emit("__syncthreads();")
+    r.open(f"for (int kk = 0; kk < {TILE}; ++kk)")
+    r.emit(_mac("acc", "ta[ty][kk]", "tb[kk][tx]", dt))
+    r.close()
+    r.emit("__syncthreads();")
+    r.close()
+    out = f"bt * {m * n}LL + row * {n}LL + col"
+    v = "(unsigned char)acc" if into.dtype == "bool" else convert("acc", dt, into.dtype)
+    r.emit(f"if (row < {m}LL && col < {n}LL) {r.base(into)}[{out}] = {v};")
+    r.close()
+    r.end()
+
+
+def _conv(r, c: Core, into: Buffer) -> None:
+    """One thread per output element of a convolution (NHWC input, (KH, KW, Cin, Cout) weight)
+    or of one of its gradients."""
+    dt = c.dtype
+    t = CTYPE[dt]
+    total = math.prod(c.shape)
+    r.begin(max(1, min(132 * 32, -(-total // 256))), 256)
+    r.open(
+        f"for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < {total}LL; "
+        "o += (long long)gridDim.x * blockDim.x)"
+    )
+    names = ["o0", "o1", "o2", "o3"]
+    rest = "o"
+    for j in range(3, -1, -1):
+        r.emit(f"const long long {names[j]} = {rest} % {c.shape[j]}LL;")
+        if j:
+            r.emit(f"const long long r{j} = {rest} / {c.shape[j]}LL;")
+            rest = f"r{j}"
+    r.emit(f"{t} acc = {const(dt, 0)};")
+    x, y = c.operands
+    if c.op is Op.CONV:
+        stride, pad = c.arg
+        kh, kw, cin, _ = y.view.shape
+        h, w = x.view.shape[1:3]
+        r.open(f"for (long long i = 0; i < {kh}; ++i)")
+        r.emit(f"const long long hy = o1 * {stride} - {pad} + i;")
+        r.emit(f"if (hy < 0 || hy >= {h}) continue;")
+        r.open(f"for (long long j = 0; j < {kw}; ++j)")
+        r.emit(f"const long long wx = o2 * {stride} - {pad} + j;")
+        r.emit(f"if (wx < 0 || wx >= {w}) continue;")
+        r.open(f"for (long long ci = 0; ci < {cin}; ++ci)")
+        xv = _operand(r, x, ["o0", "hy", "wx", "ci"], dt)
+        wv = _operand(r, y, ["i", "j", "ci", "o3"], dt)
+        r.emit(_mac("acc", xv, wv, dt))
+        r.close()
+        r.close()
+        r.close()
+    elif c.op is Op.CONV_INPUT_GRAD:  # g (N, HO, WO, Cout), w (KH, KW, Cin, Cout) -> dx
+        stride, pad, _, _ = c.arg
+        _, ho, wo, cout = x.view.shape
+        kh, kw = y.view.shape[:2]
+        r.open(f"for (long long i = 0; i < {kh}; ++i)")
+        r.emit(f"const long long py = o1 + {pad} - i;")
+        r.emit(f"if (py < 0 || py % {stride} != 0 || py / {stride} >= {ho}) continue;")
+        r.open(f"for (long long j = 0; j < {kw}; ++j)")
+        r.emit(f"const long long px = o2 + {pad} - j;")
+        r.emit(f"if (px < 0 || px % {stride} != 0 || px / {stride} >= {wo}) continue;")
+        r.open(f"for (long long co = 0; co < {cout}; ++co)")
+        gv = _operand(r, x, ["o0", f"py / {stride}", f"px / {stride}", "co"], dt)
+        wv = _operand(r, y, ["i", "j", "o3", "co"], dt)
+        r.emit(_mac("acc", gv, wv, dt))
+        r.close()
+        r.close()
+        r.close()
+    else:  # CONV_WEIGHT_GRAD: x (N, H, W, Cin), g (N, HO, WO, Cout) -> dw (KH, KW, Cin, Cout)
+        stride, pad, _, _ = c.arg
+        nb, h, w, _ = x.view.shape
+        _, ho, wo, _ = y.view.shape
+        r.open(f"for (long long b = 0; b < {nb}; ++b)")
+        r.open(f"for (long long p = 0; p < {ho}; ++p)")
+        r.emit(f"const long long hy = p * {stride} - {pad} + o0;")
+        r.emit(f"if (hy < 0 || hy >= {h}) continue;")
+        r.open(f"for (long long q = 0; q < {wo}; ++q)")
+        r.emit(f"const long long wx = q * {stride} - {pad} + o1;")
+        r.emit(f"if (wx < 0 || wx >= {w}) continue;")
+        xv = _operand(r, x, ["b", "hy", "wx", "o2"], dt)
+        gv = _operand(r, y, ["b", "p", "q", "o3"], dt)
+        r.emit(_mac("acc", xv, gv, dt))
+        r.close()
+        r.close()
+        r.close()
+    v = "(unsigned char)acc" if into.dtype == "bool" else convert("acc", dt, into.dtype)
+    r.emit(f"{r.base(into)}[o] = {v};")
+    r.close()
+    r.end()
+
+
+__all__ = ["TILE", "render_core"]
