@@ -238,7 +238,8 @@ STEPS = _steps()
 
 
 @functools.cache
-def step_source(name: str) -> str:
+def lowered_step(name: str):
+    """The training step `name` (SGD with momentum, softmax loss), traced and optimized."""
     from benchmarks.bench_train_step import make_step
     from needlec import nn, optim
 
@@ -254,7 +255,12 @@ def step_source(name: str) -> str:
     else:
         x = rng.random(batch, dtype="float32")
         y = rng.integers(0, 10, batch[0]).astype("float32")
-    return step.lower(nc.Tensor(x), nc.Tensor(y)).source("cuda")
+    return step.lower(nc.Tensor(x), nc.Tensor(y))
+
+
+@functools.cache
+def step_source(name: str) -> str:
+    return lowered_step(name).source("cuda")
 
 
 @pytest.mark.parametrize("name", list(STEPS))

@@ -68,16 +68,14 @@ def _matmul(r, c: Core, into: Buffer) -> None:
     dt = c.dtype
     t = CTYPE[dt]
     grid_x, grid_y = -(-n // TILE), -(-m // TILE)
-    # blocks: x over column tiles, y over row tiles and batch (flattened, grid-stride in y)
-    r.begin(grid_x * max(1, min(65535, grid_y * nb)), TILE * TILE)
+    tiles = grid_x * grid_y * nb
+    # a block-stride loop over the tiles of C (column tiles fastest, then row tiles, then batch)
+    r.begin(max(1, min(65535, tiles)), TILE * TILE)
     r.emit(f"__shared__ {t} ta[{TILE}][{TILE}];")
     r.emit(f"__shared__ {t} tb[{TILE}][{TILE}];")
     r.emit(f"const int tx = threadIdx.x % {TILE}, ty = threadIdx.x / {TILE};")
-    r.emit(f"const long long bx = blockIdx.x % {grid_x};")
-    r.open(
-        f"for (long long by = blockIdx.x / {grid_x}; by < {grid_y * nb}LL; "
-        f"by += gridDim.x / {grid_x})"
-    )
+    r.open(f"for (long long tile = blockIdx.x; tile < {tiles}LL; tile += gridDim.x)")
+    r.emit(f"const long long bx = tile % {grid_x}, by = tile / {grid_x};")
     r.emit(f"const long long bt = by / {grid_y}, row = (by % {grid_y}) * {TILE} + ty;")
     r.emit(f"const long long col = bx * {TILE} + tx;")
     bidx = []
@@ -132,12 +130,12 @@ def _conv(r, c: Core, into: Buffer) -> None:
         h, w = x.view.shape[1:3]
         r.open(f"for (long long i = 0; i < {kh}; ++i)")
         r.emit(f"const long long hy = o1 * {stride} - {pad} + i;")
-        r.emit(f"if (hy < 0 || hy >= {h}) continue;")
         r.open(f"for (long long j = 0; j < {kw}; ++j)")
         r.emit(f"const long long wx = o2 * {stride} - {pad} + j;")
-        r.emit(f"if (wx < 0 || wx >= {w}) continue;")
+        # padding reads 0, and 0 times a weight still counts (0 * inf is NaN, as numpy's)
+        r.emit(f"const bool in = hy >= 0 && hy < {h} && wx >= 0 && wx < {w};")
         r.open(f"for (long long ci = 0; ci < {cin}; ++ci)")
-        xv = _operand(r, x, ["o0", "hy", "wx", "ci"], dt)
+        xv = f"(in ? {_operand(r, x, ['o0', 'hy', 'wx', 'ci'], dt)} : {const(dt, 0)})"
         wv = _operand(r, y, ["i", "j", "ci", "o3"], dt)
         r.emit(_mac("acc", xv, wv, dt))
         r.close()
@@ -167,11 +165,10 @@ def _conv(r, c: Core, into: Buffer) -> None:
         r.open(f"for (long long b = 0; b < {nb}; ++b)")
         r.open(f"for (long long p = 0; p < {ho}; ++p)")
         r.emit(f"const long long hy = p * {stride} - {pad} + o0;")
-        r.emit(f"if (hy < 0 || hy >= {h}) continue;")
         r.open(f"for (long long q = 0; q < {wo}; ++q)")
         r.emit(f"const long long wx = q * {stride} - {pad} + o1;")
-        r.emit(f"if (wx < 0 || wx >= {w}) continue;")
-        xv = _operand(r, x, ["b", "hy", "wx", "o2"], dt)
+        r.emit(f"const bool in = hy >= 0 && hy < {h} && wx >= 0 && wx < {w};")
+        xv = f"(in ? {_operand(r, x, ['b', 'hy', 'wx', 'o2'], dt)} : {const(dt, 0)})"
         gv = _operand(r, y, ["b", "p", "q", "o3"], dt)
         r.emit(_mac("acc", xv, gv, dt))
         r.close()

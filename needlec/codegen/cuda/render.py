@@ -549,19 +549,22 @@ class KernelRenderer:
         blocks = max(1, min(PARTIALS, -(-n // BLOCK)))
         off = self.scratch_buffer(PARTIALS * 8)
         partials = f"(({t}*)(scratch + {off}))"
+        # partial p sums elements p*blockDim + t, stepping by blocks*blockDim: the partials are
+        # the same whatever grid runs them (a block-stride loop over them)
         self.begin(blocks, BLOCK)
+        p = self.var("p")
+        self.open(f"for (int {p} = blockIdx.x; {p} < {blocks}; {p} += gridDim.x)")
         a = self.var("acc")
         self.acc[e] = a
         self.emit(f"{t} {a} = {ident};")
         self.flat_loop(
-            chain,
-            "(long long)blockIdx.x * blockDim.x + threadIdx.x",
-            "(long long)gridDim.x * blockDim.x",
+            chain, f"(long long){p} * blockDim.x + threadIdx.x", f"{blocks}LL * blockDim.x"
         )
         self.thread_walk(body)
         self.close()
         self.emit(f"{a} = {block_reduce(e.arg.op, a, e.dtype, ident)};")
-        self.emit(f"if (threadIdx.x == 0) {partials}[blockIdx.x] = {a};")
+        self.emit(f"if (threadIdx.x == 0) {partials}[{p}] = {a};")
+        self.close()
         self.end()
         self.begin(1, BLOCK)
         a = self.var("acc")
