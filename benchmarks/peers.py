@@ -139,6 +139,7 @@ class TorchOps:
         self.torch = torch
         self.F = torch.nn.functional
         self.buffers = buffers  # id(BatchNorm) -> (running_mean, running_var)
+        self.device = "cpu"  # where constants go (the GPU benchmark sets "cuda")
 
     def relu(self, x):
         return self.torch.relu(x)
@@ -147,7 +148,7 @@ class TorchOps:
         return x.transpose(a, b)
 
     def constant(self, a: np.ndarray):
-        return self.torch.from_numpy(a)
+        return self.torch.from_numpy(a).to(self.device)
 
     def softmax(self, x):
         return self.torch.softmax(x, dim=-1)
@@ -198,9 +199,11 @@ def _modules(m):
         yield from _modules(child)
 
 
-def torch_runner(model, init: list[np.ndarray], x, y, compiled: bool) -> Runner:
+def torch_runner(
+    model, init: list[np.ndarray], x, y, compiled: bool, device: str = "cpu"
+) -> Runner:
     """torch eager (or, with `compiled`, forward and loss under torch.compile, backward
-    through the compiled graph's autograd) from the initial weights `init`."""
+    through the compiled graph's autograd) from the initial weights `init`, on `device`."""
     import torch
 
     layouts = _torch_layouts(model)
@@ -209,15 +212,20 @@ def torch_runner(model, init: list[np.ndarray], x, y, compiled: bool) -> Runner:
         a = {"conv": lambda a: a.transpose(3, 2, 0, 1), "T": lambda a: a.T}.get(
             layouts.get(i), lambda a: a
         )(a)
-        params.append(torch.tensor(np.ascontiguousarray(a), requires_grad=True))
+        params.append(torch.tensor(np.ascontiguousarray(a), requires_grad=True, device=device))
     buffers = {
-        id(m): (torch.zeros(m.weight.shape[0]), torch.ones(m.weight.shape[0]))
+        id(m): (
+            torch.zeros(m.weight.shape[0], device=device),
+            torch.ones(m.weight.shape[0], device=device),
+        )
         for m in _modules(model)
         if type(m).__name__ in ("BatchNorm1d", "BatchNorm2d")
     }
-    fwd = Forward(model, TorchOps(torch, buffers))
-    xt = torch.from_numpy(x.astype(np.int64) if fwd_lm(model) else x)
-    yt = torch.from_numpy(y.astype(np.int64))
+    ops = TorchOps(torch, buffers)
+    ops.device = device
+    fwd = Forward(model, ops)
+    xt = torch.from_numpy(x.astype(np.int64) if fwd_lm(model) else x).to(device)
+    yt = torch.from_numpy(y.astype(np.int64)).to(device)
 
     def loss_fn(x, y):
         return torch.nn.functional.cross_entropy(fwd(params, x), y)

@@ -184,6 +184,8 @@ class Lowered:
         name = self.execute
         if name == "compiled" and device == nd.cpu_numpy():  # needle's numpy device: numpy
             name = "reference"
+        if name == "compiled" and device == nd.cuda():  # the GPU: generated CUDA C
+            name = "cuda"
         backend = self.backend(name)
         n_user = traced.n_results
         results = call_graph(

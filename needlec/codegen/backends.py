@@ -11,7 +11,10 @@ the caller need not copy. `make_backend` picks one by name; the jit front end pi
 - "kernels": the fused kernels interpreted one at a time (`kernels.run_kernels`), the contract
   the compiled backends render;
 - "compiled": the LLVM-compiled program for this CPU (`llvm.program.Executable`), one native
-  call per step.
+  call per step;
+- "cuda": the program's kernels as CUDA C on the GPU through pycuda
+  (`cuda.runtime.CudaExecutable`, a fixed launch list over buffers allocated once); the jit picks
+  it for tensors on `cuda()`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from . import reference
 from .kernels import run_kernels
 
-BACKENDS = ("compiled", "reference", "kernels")
+BACKENDS = ("compiled", "reference", "kernels", "cuda")
 
 
 class Backend(Protocol):
@@ -74,6 +77,12 @@ def make_backend(name: str, program) -> Backend:
         from .llvm.program import compile_program as compile_llvm
 
         return _Compiled(compile_llvm(program))
+    if name == "cuda":
+        from .cuda.runtime import CudaExecutable, available
+
+        if not available():
+            raise RuntimeError("the cuda backend needs pycuda and a CUDA device (cuda().enabled())")
+        return _Compiled(CudaExecutable(program))
     raise ValueError(f"no backend {name!r}: use one of {', '.join(BACKENDS)}")
 
 

@@ -3,7 +3,8 @@
 The kernels' text is compiled, as it is, with the system C++ compiler against a header that makes
 each thread of a block a host thread; a launch runs its blocks one after another (at most
 `MAX_GRID` of them: every phase is a grid-stride or block-stride loop, so a smaller grid computes
-the same result, and the strides get exercised). Each buffer gets an array of its own (the memory
+the same result, and the strides get exercised), each of `BLOCK` threads unless the launch needs
+its own number (a matmul tile). Each buffer gets an array of its own (the memory
 plan is not applied); a kernel the renderer leaves on the host runs on the kernel interpreter.
 """
 
@@ -28,6 +29,7 @@ from needlec.passes import compile_program
 CXX = shutil.which("g++") or shutil.which("clang++")
 HEADER = os.path.join(os.path.dirname(__file__), "cuda_host.h")
 MAX_GRID = 2
+BLOCK = 64  # threads of a launch that takes any block size (fewer fibers to switch between)
 
 
 @dataclass
@@ -93,9 +95,8 @@ def run(case: Case, lib: ctypes.CDLL, arrays: list[np.ndarray]) -> list[np.ndarr
         args = (ctypes.c_void_p * len(ptrs))(*ptrs)
         for launch in ck.launches:
             fn = ctypes.cast(getattr(lib, f"run_{launch.name}"), ctypes.c_void_p)
-            emulate(
-                fn, ctypes.cast(args, ctypes.c_void_p), min(launch.grid, MAX_GRID), launch.block
-            )
+            block = launch.block if launch.fixed_block else min(launch.block, BLOCK)
+            emulate(fn, ctypes.cast(args, ctypes.c_void_p), min(launch.grid, MAX_GRID), block)
     return [env[b].reshape(b.shape) for b in kg.outputs]
 
 

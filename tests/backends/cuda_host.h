@@ -1,51 +1,61 @@
-// Runs generated CUDA C on the host, to check it without a GPU: every thread of a block is a
-// std::thread (so __syncthreads is a real barrier and each thread has its own registers), the
-// blocks of a launch run one after another (so __shared__ can be a function static), a warp's
-// shuffles go through per-warp slots between two warp barriers. Float arithmetic is the host's
-// IEEE arithmetic (compiled with -ffp-contract=off, as the _rn intrinsics never contract); the
-// math functions (expf, logf, tanhf, powf, ...) are the host's libm, not CUDA's.
+// Runs generated CUDA C on the host, to check it without a GPU. The threads of a block are
+// cooperative fibers (ucontext) on one host thread, each with its own stack and registers; a
+// thread runs until it waits at __syncthreads (until every live thread of the block waits there)
+// or at a warp shuffle (until every lane of its warp does), so barriers and shuffles mean what
+// they mean on the device. The blocks of a launch run one after another (so __shared__ is a
+// function static). Float arithmetic is the host's IEEE arithmetic (compiled with
+// -ffp-contract=off, as the _rn intrinsics never contract); the math functions (expf, logf,
+// tanhf, powf, ...) are the host's libm, not CUDA's.
 #pragma once
-#include <atomic>
-#include <barrier>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <thread>
-#include <vector>
+#include <ucontext.h>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static thread_local dim3 threadIdx, blockIdx;
-static dim3 blockDim, gridDim;
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(n)
 #define __shared__ static
 
-static std::barrier<>* nc_block_barrier;
-static std::barrier<>* nc_warp_barrier[32];
-static unsigned long long nc_slots[32][32];
-static std::atomic<int> nc_or_flag;
+enum { NC_RUN, NC_BLOCK, NC_WARP, NC_DONE };
+static const int NC_MAX = 1024;
+static const size_t NC_STACK = 64 * 1024;
+static ucontext_t nc_sched, nc_ctx[NC_MAX];
+static char* nc_stacks[NC_MAX];
+static int nc_state[NC_MAX];
+static int nc_current;
+static void (*nc_kernel)(void**);
+static void** nc_args;
+static unsigned long long nc_slots[NC_MAX];
+static int nc_or_flag;
 
-inline void __syncthreads() { nc_block_barrier->arrive_and_wait(); }
+static void nc_wait(int kind) {
+  nc_state[nc_current] = kind;
+  swapcontext(&nc_ctx[nc_current], &nc_sched);
+}
+inline void __syncthreads() { nc_wait(NC_BLOCK); }
 inline int __syncthreads_or(int v) {
+  if (v) nc_or_flag = 1;
   __syncthreads();
-  if (v) nc_or_flag.store(1);
+  int r = nc_or_flag;
   __syncthreads();
-  int r = nc_or_flag.load();
-  __syncthreads();
-  if (threadIdx.x == 0) nc_or_flag.store(0);
+  if (threadIdx.x == 0) nc_or_flag = 0;
   __syncthreads();
   return r;
 }
 template <class T> inline T __shfl_down_sync(unsigned, T v, int offset) {
-  unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned lane = threadIdx.x & 31, base = threadIdx.x - lane;
   unsigned long long bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  nc_slots[warp][lane] = bits;
-  nc_warp_barrier[warp]->arrive_and_wait();
+  nc_slots[threadIdx.x] = bits;
+  nc_wait(NC_WARP);
   T r = v;
-  if (lane + offset < 32) std::memcpy(&r, &nc_slots[warp][lane + offset], sizeof(T));
-  nc_warp_barrier[warp]->arrive_and_wait();
+  if (lane + offset < 32) std::memcpy(&r, &nc_slots[base + lane + offset], sizeof(T));
+  nc_wait(NC_WARP);  // every lane has read before the slots are written again
   return r;
 }
 
@@ -67,19 +77,60 @@ inline float __uint2float_rn(unsigned i) { return (float)i; }
 inline float __double2float_rn(double d) { return (float)d; }
 using std::signbit;
 
-// run `kernel(args)` as a launch of `grid` blocks of `block` threads
+static void nc_fiber() {
+  nc_kernel(nc_args);
+  nc_state[nc_current] = NC_DONE;
+  swapcontext(&nc_ctx[nc_current], &nc_sched);
+}
+
+static void nc_resume(int t) {
+  nc_current = t;
+  threadIdx.x = t;
+  nc_state[t] = NC_RUN;
+  swapcontext(&nc_sched, &nc_ctx[t]);
+}
+
+// run `kernel(args)` as a launch of `grid` blocks of `block` threads (block a multiple of 32)
 extern "C" void nc_emulate(void (*kernel)(void**), void** args, int grid, int block) {
   blockDim.x = block;
   gridDim.x = grid;
-  std::barrier<> bar(block);
-  nc_block_barrier = &bar;
-  std::vector<std::barrier<>*> warps;
-  for (int w = 0; w < (block + 31) / 32; ++w) warps.push_back(nc_warp_barrier[w] = new std::barrier<>(32));
+  nc_kernel = kernel;
+  nc_args = args;
   for (int b = 0; b < grid; ++b) {
-    std::vector<std::thread> threads;
-    for (int t = 0; t < block; ++t)
-      threads.emplace_back([=] { blockIdx.x = b; threadIdx.x = t; kernel(args); });
-    for (auto& th : threads) th.join();
+    blockIdx.x = b;
+    for (int t = 0; t < block; ++t) {
+      if (!nc_stacks[t]) nc_stacks[t] = (char*)std::malloc(NC_STACK);
+      getcontext(&nc_ctx[t]);
+      nc_ctx[t].uc_stack.ss_sp = nc_stacks[t];
+      nc_ctx[t].uc_stack.ss_size = NC_STACK;
+      nc_ctx[t].uc_link = nullptr;
+      makecontext(&nc_ctx[t], nc_fiber, 0);
+      nc_resume(t);  // runs until its first wait (or its end)
+    }
+    for (;;) {
+      int live = 0, at_block = 0, progressed = 0;
+      for (int t = 0; t < block; ++t) {
+        live += nc_state[t] != NC_DONE;
+        at_block += nc_state[t] == NC_BLOCK;
+      }
+      if (!live) break;
+      for (int w = 0; w < block; w += 32) {  // a warp whose lanes all wait at a shuffle
+        bool all = true;
+        for (int t = w; t < w + 32; ++t) all = all && nc_state[t] == NC_WARP;
+        if (all) {
+          for (int t = w; t < w + 32; ++t) nc_resume(t);
+          progressed = 1;
+        }
+      }
+      if (!progressed && at_block == live) {  // every live thread at __syncthreads
+        for (int t = 0; t < block; ++t)
+          if (nc_state[t] == NC_BLOCK) nc_resume(t);
+        progressed = 1;
+      }
+      if (!progressed) {
+        std::fprintf(stderr, "nc_emulate: block %d deadlocks (threads wait at different barriers)\n", b);
+        std::abort();
+      }
+    }
   }
-  for (auto* w : warps) delete w;
 }

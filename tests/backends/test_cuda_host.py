@@ -159,6 +159,12 @@ def _ids(group: str) -> list[str]:
 
 def _check(group: str, name: str) -> None:
     graph, arrays, budgets, got = group_results(group)[name]
+    compare(name, graph, arrays, budgets, got)
+
+
+def compare(name: str, graph: Graph, arrays: list, budgets, got: list) -> None:
+    """`got` (a backend's outputs of `graph` on `arrays`) against the reference, under the
+    case's budgets: None (each op's tolerance), "exact", "close", or (n, scale[, op]) per output."""
     want = run_graph(graph, arrays)
     for j, (node, g, w) in enumerate(zip(graph.outputs, got, want, strict=True)):
         g = np.asarray(g).astype(w.dtype) if g.dtype != w.dtype else g

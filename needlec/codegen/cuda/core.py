@@ -70,7 +70,7 @@ def _matmul(r, c: Core, into: Buffer) -> None:
     grid_x, grid_y = -(-n // TILE), -(-m // TILE)
     tiles = grid_x * grid_y * nb
     # a block-stride loop over the tiles of C (column tiles fastest, then row tiles, then batch)
-    r.begin(max(1, min(65535, tiles)), TILE * TILE)
+    r.begin(max(1, min(65535, tiles)), TILE * TILE, fixed_block=True)
     r.emit(f"__shared__ {t} ta[{TILE}][{TILE}];")
     r.emit(f"__shared__ {t} tb[{TILE}][{TILE}];")
     r.emit(f"const int tx = threadIdx.x % {TILE}, ty = threadIdx.x / {TILE};")

@@ -64,6 +64,7 @@ class Launch:
     name: str
     grid: int
     block: int
+    fixed_block: bool = False  # the code needs exactly `block` threads (else any multiple of 32)
 
 
 @dataclass
@@ -151,9 +152,9 @@ class KernelRenderer:
         self.fresh += 1
         return f"{prefix}{self.fresh}"
 
-    def begin(self, grid: int, block: int) -> None:
+    def begin(self, grid: int, block: int, fixed_block: bool = False) -> None:
         name = f"{self.name}_{len(self.launches)}"
-        self.launches.append(Launch(name, grid, block))
+        self.launches.append(Launch(name, grid, block, fixed_block))
         self.fn = _Fn(name)
         self.scopes: list[dict] = [{}]
         self.idx: dict[int, str] = {}

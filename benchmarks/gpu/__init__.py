@@ -1,0 +1,1 @@
+"""GPU benchmarks of the CUDA backend (`python -m benchmarks.gpu.bench_cuda`), run on a GPU machine."""

@@ -1,0 +1,208 @@
+"""The CUDA backend against the GPU's ceilings and torch, on one GPU.
+
+    python -m benchmarks.gpu.bench_cuda --out DIR
+
+Measures, in one run: the device-to-device copy bandwidth (the ceiling of elementwise work);
+an elementwise chain over 64M floats (achieved GB/s); fp32 matmul 4096^3 by the generated tiled
+kernel against torch's cuBLAS (TF32 off, TF32 on, bf16); the MLP (batch 256) and ResNet9
+(batch 128) training steps, jitted (the generated kernels replayed, GPU time by CUDA events)
+against torch eager on the same GPU. Writes `bench.json` and `RESULTS-gpu.md` (a section for
+benchmarks/RESULTS.md) under DIR. Needs pycuda, a GPU and torch built for CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _graph_time(graph, arrays, repeats: int) -> float:
+    from needlec.codegen.cuda.runtime import CudaExecutable
+    from needlec.passes import compile_program
+
+    ex = CudaExecutable(compile_program(graph))
+    ex.run(arrays)
+    return ex.time(repeats)
+
+
+def elementwise(n: int, repeats: int) -> dict:
+    from needlec.ir import Graph, Node, Op
+
+    x = Node.leaf(Op.INPUT, "float32", (n,), ("arg", 0))
+    y = Node.leaf(Op.INPUT, "float32", (n,), ("arg", 1))
+    out = ((x * 2.0 + 1.0).relu() * y - x) * 0.5  # reads 2, writes 1 float per element
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(n).astype("float32") for _ in range(2)]
+    t = _graph_time(Graph([x, y], [out]), arrays, repeats)
+    return {"n": n, "seconds": t, "bytes_per_s": 3 * 4 * n / t}
+
+
+def matmul(n: int, repeats: int) -> dict:
+    import torch
+
+    from needlec.ir import Graph, Node, Op
+
+    a = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 0))
+    b = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 1))
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((n, n)).astype("float32") for _ in range(2)]
+    flops = 2 * n**3
+    ours = flops / _graph_time(Graph([a, b], [a @ b]), arrays, repeats)
+
+    def torch_rate(dtype, tf32: bool) -> float:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        x, y = (torch.from_numpy(v).cuda().to(dtype) for v in arrays)
+        torch.matmul(x, y)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            torch.matmul(x, y)
+        end.record()
+        end.synchronize()
+        return flops / (start.elapsed_time(end) / 1e3 / repeats)
+
+    out = {
+        "n": n,
+        "ours_fp32_flops": ours,
+        "cublas_fp32_flops": torch_rate(torch.float32, False),
+        "cublas_tf32_flops": torch_rate(torch.float32, True),
+        "cublas_bf16_flops": torch_rate(torch.bfloat16, False),
+    }
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return out
+
+
+def training_step(name: str, repeats: int) -> dict:
+    """The step's generated kernels replayed on the GPU, against torch eager on the GPU."""
+    import torch
+
+    import needlec as nc
+    from benchmarks import peers, steps
+    from benchmarks.bench_train_step import make_step
+    from needlec import nn, optim
+    from needlec.codegen.cuda.runtime import CudaExecutable
+
+    s = steps.spec(name)
+    np.random.seed(s.seed)
+    model = s.build()
+    init = [p.numpy().copy() for p in model.parameters()]
+    opt = optim.SGD(model.parameters(), lr=steps.LR, momentum=steps.MOMENTUM)
+    x, y = s.batch(np.random.default_rng(s.seed + 1))
+    step = nc.jit(make_step(model, opt, nn.SoftmaxLoss()))
+    lowered = step.lower(nc.Tensor(x), nc.Tensor(y))
+    program = lowered.program
+    ex = CudaExecutable(program)
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.uniform(0.1, 1.0, b.shape).astype(b.dtype)
+        if b.dtype.startswith("float")
+        else rng.integers(0, 2**31, b.shape).astype(b.dtype)
+        for b in program.kernels.inputs
+    ]
+    ex.run(arrays)
+    jit_s = ex.time(repeats)
+    runner = peers.torch_runner(model, init, x, y, compiled=False, device="cuda")
+    for _ in range(3):
+        runner.step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        runner.step()
+    torch.cuda.synchronize()
+    torch_s = (time.perf_counter() - t0) / repeats
+    return {
+        "step": name,
+        "kernels": len(program.kernels.kernels),
+        "launches": sum(1 for kind, _ in ex.launches if kind == "device"),
+        "jit_gpu_seconds": jit_s,
+        "torch_eager_seconds": torch_s,
+        "cuda_eager_seconds": None,  # eager CUDA (a kernel per op) is not built yet
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--elements", type=int, default=64 << 20)
+    ap.add_argument("--matmul", type=int, default=4096)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import pycuda.driver as drv
+
+    from needlec.codegen.cuda import runtime
+
+    runtime.context()
+    results: dict = {
+        "device": drv.Context.get_device().name(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        "nvcc": runtime.nvcc_version(),
+    }
+
+    def save() -> None:
+        (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+
+    results["copy_bytes_per_s"] = runtime.copy_bandwidth(1 << 30, args.repeats)
+    save()
+    for key, fn in (
+        ("elementwise", lambda: elementwise(args.elements, args.repeats)),
+        ("matmul", lambda: matmul(args.matmul, max(3, args.repeats // 4))),
+        ("mlp", lambda: training_step("mlp-784-256-10-b256", args.repeats)),
+        ("resnet9", lambda: training_step("resnet9-b128", max(3, args.repeats // 4))),
+    ):
+        try:
+            results[key] = fn()
+        except Exception as err:  # one failed row must not lose the others
+            results[key] = {"error": f"{type(err).__name__}: {err}"}
+        save()
+        print(key, json.dumps(results[key]), flush=True)
+    (args.out / "RESULTS-gpu.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    """The section for benchmarks/RESULTS.md."""
+    gbs = lambda v: f"{v / 1e9:,.0f} GB/s"
+    tf = lambda v: f"{v / 1e12:,.1f} TFLOP/s"
+    lines = [f"## CUDA backend on {r['device']} ({r['date']}, {r['nvcc']})", ""]
+    copy = r["copy_bytes_per_s"]
+    lines.append(f"- device-to-device copy (1 GiB): {gbs(copy)} (read + write)")
+    e = r.get("elementwise", {})
+    if "bytes_per_s" in e:
+        lines.append(
+            f"- elementwise chain, {e['n']:,} floats: {e['seconds'] * 1e3:.3f} ms, "
+            f"{gbs(e['bytes_per_s'])} = {e['bytes_per_s'] / copy:.0%} of the copy (target 85%)"
+        )
+    m = r.get("matmul", {})
+    if "ours_fp32_flops" in m:
+        lines.append(
+            f"- fp32 matmul {m['n']}^3: generated tiled kernel {tf(m['ours_fp32_flops'])} = "
+            f"{m['ours_fp32_flops'] / m['cublas_fp32_flops']:.0%} of cuBLAS fp32 "
+            f"{tf(m['cublas_fp32_flops'])} (target 70%); cuBLAS TF32 {tf(m['cublas_tf32_flops'])}, "
+            f"bf16 {tf(m['cublas_bf16_flops'])} (no tensor-core path generated yet)"
+        )
+    for key in ("mlp", "resnet9"):
+        s = r.get(key, {})
+        if "jit_gpu_seconds" in s:
+            lines.append(
+                f"- {s['step']}: jit {s['jit_gpu_seconds'] * 1e3:.2f} ms GPU time "
+                f"({s['kernels']} kernels, {s['launches']} launches), torch eager "
+                f"{s['torch_eager_seconds'] * 1e3:.2f} ms: "
+                f"{s['torch_eager_seconds'] / s['jit_gpu_seconds']:.2f}x torch's speed "
+                "(target within 1.5x); CUDA eager not built"
+            )
+    for key in ("elementwise", "matmul", "mlp", "resnet9"):
+        if "error" in r.get(key, {}):
+            lines.append(f"- {key}: failed: {r[key]['error']}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

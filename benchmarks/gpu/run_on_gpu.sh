@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The CUDA tier and the GPU benchmarks, in one go, on a GPU machine (see GPU.md); every log
+# under $OUT.
+#
+# Before: build the pycuda wheel on a development machine and carry it over with the tree
+# (about 5 minutes; the GPU machine has no network):
+#     ../shared/gpu/build-pycuda-wheel.sh .whl
+# Then, on the GPU machine, from the repository root:
+#     OUT=/some/folder benchmarks/gpu/run_on_gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/run.log") 2>&1
+
+echo "== $(date -u +%FT%TZ) $(hostname)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+nvcc --version | tail -2 || true
+
+# pycuda from the carried wheel, needlec from the tree (its native runtime built in place)
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+fi
+export PYTHONPATH=$PWD/.site:$PWD
+python3 setup.py build_ext --inplace -q > "$OUT/build.log" 2>&1 || echo "native runtime build failed (see build.log)"
+python3 - <<'PY'
+import needlec as nc
+print("cuda enabled:", nc.cuda().enabled())
+PY
+
+# the CUDA test tier: device tests, host-run CUDA C, nvcc compiles of every generated kernel
+timeout 420 python3 -m pytest -q -p no:cacheprovider \
+    tests/backends/test_cuda_device.py tests/backends/test_cuda_source.py \
+    --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
+echo "cuda tests: exit $? (tail of cuda-tests.log:)"
+tail -25 "$OUT/cuda-tests.log"
+
+# the benchmarks: ceilings (copy bandwidth, cuBLAS) measured in the same run
+timeout 300 python3 -m benchmarks.gpu.bench_cuda --out "$OUT" > "$OUT/bench.log" 2>&1
+echo "bench: exit $?"
+cat "$OUT/bench.log"
+echo "== done $(date -u +%FT%TZ); paste $OUT/RESULTS-gpu.md into benchmarks/RESULTS.md"
