@@ -85,3 +85,73 @@ def test_jit_on_cuda_tensors_runs_the_cuda_backend():
     f = nc.jit(lambda t: (t.exp() * 2.0).sum((1,)))
     got = f(nc.Tensor(x, device=nc.cuda())).numpy()
     np.testing.assert_allclose(got, (np.exp(x) * 2).sum(1), rtol=1e-5)
+
+
+@pytest.fixture
+def host_gpu(monkeypatch, tmp_path):
+    """The runtime over `fake_pycuda` (the host as the GPU), with a disk cache of its own."""
+    from needlec.codegen.cuda import runtime
+
+    from . import cuda_emulation, fake_pycuda
+
+    if cuda_emulation.CXX is None:
+        pytest.skip("no C++ compiler to stand in for the GPU")
+    fake_pycuda.install(monkeypatch)
+    monkeypatch.setenv("NEEDLEC_CACHE_DIR", str(tmp_path))
+    caches = (runtime.available, runtime.context, runtime.allocator)
+    for f in caches:
+        f.cache_clear()
+    yield fake_pycuda
+    for f in caches:
+        f.cache_clear()
+
+
+def test_runtime_runs_a_program_and_replays_it_without_allocating(host_gpu):
+    """The executable over the host stand-in: results match the reference; a second run
+    allocates nothing; a second executable of the same program reuses the first one's freed
+    memory and finds its compiled module on disk."""
+    from needlec.codegen.cuda.runtime import CudaExecutable, available
+    from needlec.codegen.reference import run_graph
+    from needlec.ir import Graph
+
+    assert available()
+    x, w = H.T.arg("float32", (33, 70), 0), H.T.arg("float32", (70, 5), 1)
+    graph = Graph([x, w], [x.logsoftmax(), (x @ w).relu(), x.sum((0,))])
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((33, 70)).astype("float32"),
+        rng.standard_normal((70, 5)).astype("float32"),
+    ]
+    program = compile_program(graph)
+    ex = CudaExecutable(program)
+    got = ex.run([a.copy() for a in arrays])
+    for g, w_ in zip(got, run_graph(graph, arrays), strict=True):
+        np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-4)
+    made = host_gpu.stats["allocations"]
+    again = ex.run([a.copy() for a in arrays])
+    assert host_gpu.stats["allocations"] == made  # steady state: nothing allocated
+    for a, b in zip(got, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    ex.close()
+    compiles = host_gpu.stats["compiles"]
+    CudaExecutable(program).run([a.copy() for a in arrays])
+    assert host_gpu.stats["compiles"] == compiles  # the module came from the disk cache
+    assert host_gpu.stats["allocations"] == made  # the freed buffers were reused
+
+
+def test_jit_on_cuda_tensors_over_the_stand_in(host_gpu, monkeypatch):
+    """A jitted function of tensors on cuda() runs the CUDA backend (here over the stand-in)."""
+    from needlec import backend_ndarray
+
+    backend_ndarray._cuda_available.cache_clear()
+    monkeypatch.setattr(backend_ndarray, "_cuda_available", lambda: True)
+    monkeypatch.setitem(
+        backend_ndarray._DEVICES, "cuda", backend_ndarray.BackendDevice("cuda", lambda: True)
+    )
+    monkeypatch.delenv("NEEDLEC_EXECUTE", raising=False)
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype("float32")
+    f = nc.jit(lambda t: (t.exp() * 2.0).sum((1,)))
+    before = host_gpu.stats["compiles"]
+    got = f(nc.Tensor(x, device=nc.cuda())).numpy()
+    assert host_gpu.stats["compiles"] == before + 1
+    np.testing.assert_allclose(got, (np.exp(x) * 2).sum(1), rtol=1e-5)

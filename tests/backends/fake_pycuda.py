@@ -1,0 +1,135 @@
+"""A stand-in for pycuda whose "GPU" is the host: device memory is numpy byte arrays, "nvcc"
+compiles the CUDA C with the host compiler against `cuda_host.h`, and a launch runs the kernel
+on the host's fibers. It has only what `needlec.codegen.cuda.runtime` calls, so the runtime's
+allocation, compilation cache, launch list and transfers run without a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+from . import cuda_emulation as emu
+
+_SIGNATURE = re.compile(r'extern "C" __global__ void __launch_bounds__\(\d+\) (\w+)\(([^)]*)\)')
+
+
+class DeviceAllocation:
+    def __init__(self, nbytes: int) -> None:
+        self.array = np.zeros(nbytes, np.uint8)
+
+    def __int__(self) -> int:
+        return self.array.ctypes.data
+
+
+class Stream:
+    def synchronize(self) -> None:
+        pass
+
+
+class Event:
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def time_till(self, other) -> float:
+        return 1.0
+
+
+class Function:
+    def __init__(self, lib, name: str) -> None:
+        self.fn = ctypes.cast(getattr(lib, f"run_{name}"), ctypes.c_void_p)
+        self.emulate = lib.nc_emulate
+        self.emulate.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self.format = None
+
+    def prepare(self, fmt: str) -> None:
+        self.format = fmt
+
+    def prepared_async_call(self, grid, block, stream, *args) -> None:
+        assert self.format == "P" * len(args), (self.format, len(args))
+        ptrs = (ctypes.c_void_p * len(args))(*args)
+        grid = min(grid[0], emu.MAX_GRID)  # grid-stride kernels: fewer blocks, same result
+        self.emulate(self.fn, ctypes.cast(ptrs, ctypes.c_void_p), grid, block[0])
+
+
+class Module:
+    def __init__(self, blob: bytes) -> None:
+        fd, path = tempfile.mkstemp(suffix=".so")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        self.lib = ctypes.CDLL(path)
+
+    def get_function(self, name: str) -> Function:
+        return Function(self.lib, name)
+
+
+stats = {"compiles": 0, "allocations": 0}
+
+
+def compile(source: str, arch: str, options, no_extern_c: bool, cache_dir) -> bytes:  # noqa: A001
+    """The "cubin": a host shared library of the kernels and a wrapper per function."""
+    assert no_extern_c and arch == "sm_90" and "--use_fast_math" not in options
+    stats["compiles"] += 1
+    wrappers = []
+    for name, params in _SIGNATURE.findall(source):
+        types_ = [p.rsplit(" ", 1)[0] for p in params.split(", ")]
+        casts = ", ".join(f"({t})a[{i}]" for i, t in enumerate(types_))
+        wrappers.append(f'extern "C" void run_{name}(void** a) {{ {name}({casts}); }}')
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cpp")
+        with open(path, "w") as f:
+            f.write(source + "\n" + "\n".join(wrappers))
+        out = os.path.join(tmp, "k.so")
+        cmd = [emu.CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-w"]
+        subprocess.run([*cmd, "-include", emu.HEADER, path, "-o", out], check=True)
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def install(monkeypatch) -> None:
+    """Put the stand-in in sys.modules as pycuda, pycuda.driver, pycuda.compiler, pycuda.autoinit."""
+    drv = types.ModuleType("pycuda.driver")
+
+    def mem_alloc(n: int) -> DeviceAllocation:
+        stats["allocations"] += 1
+        return DeviceAllocation(n)
+
+    def htod(dst, src, stream=None):
+        src = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
+        dst.array[: src.size] = src
+
+    def dtoh(dst, src, stream=None):
+        flat = dst.reshape(-1).view(np.uint8)
+        flat[:] = src.array[: flat.size]
+
+    device = types.SimpleNamespace(compute_capability=lambda: (9, 0), name=lambda: "host")
+    ctx = types.SimpleNamespace(get_device=lambda: device)
+    drv.init = lambda: None
+    drv.Device = types.SimpleNamespace(count=lambda: 1)
+    drv.Context = types.SimpleNamespace(get_current=lambda: ctx, get_device=lambda: device)
+    drv.mem_alloc = mem_alloc
+    drv.memcpy_htod = drv.memcpy_htod_async = htod
+    drv.memcpy_dtoh = drv.memcpy_dtoh_async = dtoh
+    drv.module_from_buffer = Module
+    drv.Stream, drv.Event = Stream, Event
+    compiler = types.ModuleType("pycuda.compiler")
+    compiler.compile = compile
+    pkg = types.ModuleType("pycuda")
+    pkg.driver, pkg.compiler = drv, compiler
+    for name, mod in (
+        ("pycuda", pkg),
+        ("pycuda.driver", drv),
+        ("pycuda.compiler", compiler),
+        ("pycuda.autoinit", types.ModuleType("pycuda.autoinit")),
+    ):
+        monkeypatch.setitem(sys.modules, name, mod)
