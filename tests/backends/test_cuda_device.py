@@ -31,14 +31,33 @@ def test_caching_allocator_reuses_freed_blocks():
     assert alloc.allocations == 3 and alloc.cached_bytes() == 0
 
 
-@functools.cache
-def _executable(group: str, name: str):
-    from needlec.codegen.cuda.runtime import CudaExecutable
+def _build_group(group: str) -> dict:
+    """Case id -> (executable, graph, inputs, budgets): the group's programs compiled as one
+    module (one nvcc call a group)."""
+    import pycuda.driver as drv
 
-    for case_name, graph, arrays, budgets in H.GROUPS[group]():
-        if case_name == name:
-            return CudaExecutable(compile_program(graph)), graph, arrays, budgets
-    raise KeyError(name)
+    from needlec.codegen.cuda.program import header, render_program
+    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
+
+    found = list(H.GROUPS[group]())
+    programs = [compile_program(g) for _, g, _, _ in found]
+    parts = [header()]
+    parts += [
+        render_program(p.kernels, prefix=f"c{j}_", with_header=False).source
+        for j, p in enumerate(programs)
+    ]
+    module = drv.module_from_buffer(compile_source("\n".join(parts)))
+    return {
+        name: (CudaExecutable(p, prefix=f"c{j}_", module=module), g, arrays, budgets)
+        for j, ((name, g, arrays, budgets), p) in enumerate(zip(found, programs, strict=True))
+    }
+
+
+_group = functools.cache(_build_group)
+
+
+def _executable(group: str, name: str):
+    return _group(group)[name]
 
 
 @on_gpu
@@ -155,3 +174,12 @@ def test_jit_on_cuda_tensors_over_the_stand_in(host_gpu, monkeypatch):
     got = f(nc.Tensor(x, device=nc.cuda())).numpy()
     assert host_gpu.stats["compiles"] == before + 1
     np.testing.assert_allclose(got, (np.exp(x) * 2).sum(1), rtol=1e-5)
+
+
+def test_a_group_compiled_as_one_module_over_the_stand_in(host_gpu):
+    """Programs sharing one module (the GPU op-table tier's one nvcc call a group)."""
+    before = host_gpu.stats["compiles"]
+    built = _build_group("random")
+    assert host_gpu.stats["compiles"] == before + 1
+    for name, (ex, graph, arrays, budgets) in built.items():
+        H.compare(name, graph, arrays, budgets, ex.run([np.asarray(a).copy() for a in arrays]))

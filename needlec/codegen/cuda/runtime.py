@@ -141,17 +141,19 @@ class CudaExecutable:
 
     fresh_outputs = True
 
-    def __init__(self, program) -> None:
+    def __init__(self, program, prefix: str = "", module=None) -> None:
+        """`module`: an already loaded module holding this program's kernels, rendered with
+        function names starting with `prefix` (several programs compiled as one file)."""
         import pycuda.driver as drv
 
         from .program import render_program
 
         self.drv = drv
         self.kernels = program.kernels
-        self.cuda = render_program(self.kernels)
+        self.cuda = render_program(self.kernels, prefix=prefix, with_header=module is None)
         self.source = self.cuda.source
         context()
-        self.module = drv.module_from_buffer(compile_source(self.source))
+        self.module = module or drv.module_from_buffer(compile_source(self.source))
         self.stream = drv.Stream()
         alloc = allocator()
         self._blocks: list = []
