@@ -57,7 +57,7 @@ def hit_key(args: Sequence) -> tuple | None:
 def plan_for(lowered, leaves: Sequence[Tensor], args: Sequence) -> HitPlan | None:
     """The hit plan of a trace (made once, after a general call with `leaves` succeeded), or
     None where a hit must take the general path: an executor other than compiled code, the
-    numpy device, arguments the step writes to, numpy arrays read from the closure, a program
+    numpy device, the CUDA device, arguments the step writes to, numpy arrays read from the closure, a program
     `run_bound` cannot run, or an array argument whose dtype a general call would convert."""
     plan = lowered.hit_plan
     if plan is None:
@@ -77,7 +77,7 @@ def _make_plan(lowered, leaves: Sequence[Tensor]) -> HitPlan | None:
     tensors = list(leaves) + traced.current_captures()
     devices = {t.device for t in tensors}
     device = devices.pop() if devices else nd.default_device()
-    if devices or device == nd.cpu_numpy():
+    if devices or device in (nd.cpu_numpy(), nd.cuda()):  # numpy, or generated CUDA C
         return None
     executable = lowered.backend("compiled").executable
     if executable._bound is None:

@@ -59,6 +59,7 @@ class Function:
         assert self.format == "P" * len(args), (self.format, len(args))
         ptrs = (ctypes.c_void_p * len(args))(*args)
         grid = min(grid[0], emu.MAX_GRID)  # grid-stride kernels: fewer blocks, same result
+        stats["launches"] += 1
         self.emulate(self.fn, ctypes.cast(ptrs, ctypes.c_void_p), grid, block[0])
 
 
@@ -73,7 +74,7 @@ class Module:
         return Function(self.lib, name)
 
 
-stats = {"compiles": 0, "allocations": 0}
+stats = {"compiles": 0, "allocations": 0, "launches": 0}
 
 
 def compile(source: str, arch: str, options, no_extern_c: bool, cache_dir) -> bytes:  # noqa: A001

@@ -174,6 +174,11 @@ def test_jit_on_cuda_tensors_over_the_stand_in(host_gpu, monkeypatch):
     got = f(nc.Tensor(x, device=nc.cuda())).numpy()
     assert host_gpu.stats["compiles"] == before + 1
     np.testing.assert_allclose(got, (np.exp(x) * 2).sum(1), rtol=1e-5)
+    for _ in range(2):  # cached calls run the CUDA backend too, never the CPU's code
+        launches = host_gpu.stats["launches"]
+        got = f(nc.Tensor(x, device=nc.cuda())).numpy()
+        assert host_gpu.stats["launches"] > launches
+        np.testing.assert_allclose(got, (np.exp(x) * 2).sum(1), rtol=1e-5)
 
 
 def test_a_group_compiled_as_one_module_over_the_stand_in(host_gpu):
