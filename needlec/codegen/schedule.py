@@ -614,6 +614,23 @@ class _Builder:
         return out
 
 
+def to_compute(e: Expr, s: KernelSchedule, known, pos: dict[Expr, int]) -> list[Expr]:
+    """What a renderer computes to have `e` at the point it is emitting: `e` and, back from
+    it, every source `known(x)` says is not in scope there, stopping at values read from memory
+    (reductions, the core, kept values); in creation order, so sources come first. Iterative:
+    kernels of deep graphs hold long chains."""
+    todo, seen, stack = [], set(), [e]
+    while stack:
+        x = stack.pop()
+        if x in seen or known(x):
+            continue
+        seen.add(x)
+        todo.append(x)
+        if x.op not in (KOp.REDUCE, KOp.CORE) and x not in s.kept:
+            stack.extend(x.src)
+    return sorted(todo, key=pos.__getitem__)
+
+
 def schedule_kernel(k: Kernel) -> KernelSchedule:
     """The loop nest of one kernel (see the module docstring)."""
     return _Builder(k).build()

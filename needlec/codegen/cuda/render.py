@@ -43,6 +43,7 @@ from ..schedule import (
     RunCore,
     Write,
     parallel_safe,
+    to_compute,
 )
 from . import core as cores
 from .cexpr import CTYPE, LOWER, MEMTYPE, block_reduce, combine, const, convert
@@ -180,16 +181,7 @@ class KernelRenderer:
         v = self.lookup(e)
         if v is not None:
             return v
-        todo, seen, stack = [], set(), [e]
-        while stack:
-            x = stack.pop()
-            if x in seen or self.lookup(x) is not None:
-                continue
-            seen.add(x)
-            todo.append(x)
-            if x.op not in (KOp.REDUCE, KOp.CORE) and x not in self.s.kept:
-                stack.extend(x.src)
-        for x in sorted(todo, key=self.pos.__getitem__):
+        for x in to_compute(e, self.s, lambda x: self.lookup(x) is not None, self.pos):
             try:
                 text = self.compute(x)
             except CudaRenderError:

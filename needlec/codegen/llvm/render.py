@@ -38,6 +38,7 @@ from ..schedule import (
     RunCore,
     Write,
     parallel_safe,
+    to_compute,
 )
 from . import collective, conv, gemm, intcore
 from .loops import counted_loop, predicated_tail
@@ -442,16 +443,7 @@ class KernelRenderer:
         v = self.lookup(e)
         if v is not None:
             return v
-        todo, seen, stack = [], set(), [e]
-        while stack:
-            x = stack.pop()
-            if x in seen or self.lookup(x) is not None:
-                continue
-            seen.add(x)
-            todo.append(x)
-            if x.op not in (KOp.REDUCE, KOp.CORE) and x not in self.s.kept:
-                stack.extend(x.src)
-        for x in sorted(todo, key=self.pos.__getitem__):
+        for x in to_compute(e, self.s, lambda x: self.lookup(x) is not None, self.pos):
             try:
                 self.scopes[-1][x] = self._compute(x)
             except LoweringError:
