@@ -22,9 +22,11 @@ in. A guard remembers the newest log entry it has seen; a check compares it with
 entry (one comparison when nothing changed) and re-fingerprints only the watched objects named
 by the entries after it, or every watched object if those are too many or have left the bounded
 log. Everything else it holds (lists and dicts the user made, plain objects, functions, classes)
-is checked at every call as before; tuples never change and are not. Writes the log cannot see:
-`vars(module)[k] = v`, `object.__setattr__(module, k, v)`, and a subclass that overrides
-`__setattr__` (its objects are checked at every call instead). There is no walk limit:
+is checked at every call as before; tuples never change and are not. A watched object's instance
+dict logs the writes made to it directly (`vars(module)[k] = v`). Writes the log cannot see:
+`object.__setattr__(module, k, v)` (it writes through C; `NEEDLEC_CHECK=1` catches the stale
+trace), and a subclass that overrides `__setattr__` (its objects are checked at every call
+instead). There is no walk limit:
 a guard that checks many objects warns once, when it is made. Objects that hold state no
 fingerprint reads (`__slots__`, C extension types) are guarded by identity only and listed by
 `NEEDLEC_DEBUG=guards`.
@@ -78,16 +80,68 @@ class Watched:
 
     def __setattr__(self, name: str, value: object) -> None:
         try:
-            same = self.__dict__.get(name, _MISSING) is value
+            d = self.__dict__
         except AttributeError:  # a subclass with __slots__ only
-            same = False
+            object.__setattr__(self, name, value)
+            _CHANGES.append((id(self), name))
+            return
+        same = d.get(name, _MISSING) is value
         object.__setattr__(self, name, value)
+        if type(d) is dict:  # from now on, writes to the instance dict itself are logged too
+            object.__setattr__(self, "__dict__", _InstanceDict(d, id(self)))
         if not same:
             _CHANGES.append((id(self), name))
 
     def __delattr__(self, name: str) -> None:
         object.__delattr__(self, name)
         _CHANGES.append((id(self), name))
+
+    def __setstate__(self, state) -> None:
+        """Unpickling (and `copy.deepcopy`): the state lands in a logged instance dict."""
+        if isinstance(state, tuple):  # (dict, slots) from a subclass with __slots__
+            state, slots = state
+            for k, v in (slots or {}).items():
+                object.__setattr__(self, k, v)
+        if state:
+            for k, v in state.items():
+                object.__setattr__(self, k, v)
+            object.__setattr__(self, "__dict__", _InstanceDict(self.__dict__, id(self)))
+
+
+class _InstanceDict(dict):
+    """The instance dict of a Watched object: writes made to it directly (`vars(m)[k] = v`,
+    `m.__dict__.update(...)`) go to the change log too. (`object.__setattr__(m, k, v)` writes
+    through C and is still not seen.) Pickles as a plain dict."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, items, owner: int) -> None:
+        super().__init__(items)
+        self.owner = owner
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
+def _logged_item(name: str) -> Callable:
+    method = getattr(dict, name)
+
+    def logged(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _CHANGES.append((self.owner, args[0] if name == "__setitem__" and args else None))
+
+    logged.__name__ = logged.__qualname__ = name
+    logged.__doc__ = method.__doc__
+    return logged
+
+
+for _name in (
+    "__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault", "__ior__",
+):  # fmt: skip
+    setattr(_InstanceDict, _name, _logged_item(_name))
+del _name
 
 
 def _logged(base: type, name: str) -> Callable:

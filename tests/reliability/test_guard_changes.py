@@ -276,6 +276,37 @@ def test_a_direct_dict_write_with_note_change_is_seen():
     _assert_dropped(m, step(x).numpy())
 
 
+@pytest.mark.parametrize("how", ["vars", "update", "setdefault-after-del"])
+def test_a_direct_dict_write_is_seen(how):
+    """Writes to a module's instance dict itself, not through `__setattr__`, go to the log too
+    (the dict is a logged one): the next call retraces with the new value."""
+    m = _mlp()
+    step = nc.jit(lambda x: m(x))
+    x, _ = _batch()
+    step(x)
+    drop = m.modules[2]
+    if how == "vars":
+        vars(drop)["p"] = 0.999999
+    elif how == "update":
+        drop.__dict__.update(p=0.999999)
+    else:
+        del vars(drop)["p"]
+        vars(drop).setdefault("p", 0.999999)
+    _assert_dropped(m, step(x).numpy())
+
+
+def test_a_watched_object_keeps_a_logged_dict_through_copy_and_pickle():
+    import pickle
+
+    m = _mlp()
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        step = nc.jit(lambda x, twin=twin: twin(x))
+        x, _ = _batch()
+        step(x)
+        vars(twin.modules[2])["p"] = 0.999999
+        _assert_dropped(twin, step(x).numpy())
+
+
 def test_a_change_from_another_thread_is_seen():
     m = _mlp()
     step = nc.jit(lambda x: m(x))
