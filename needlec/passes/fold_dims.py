@@ -72,10 +72,7 @@ def _fold_once(k: Kernel, a: int, sub: tuple[int, ...]) -> Kernel:
     inner = strides_of(tuple(space[d] for d in sub))  # a = sum of sub[j] * inner[j]
 
     def dims_of(kd: tuple[int, ...]) -> tuple[int, ...]:
-        out: list[int] = []
-        for d in kd:
-            out.extend(new_index[b] for b in sub) if d == a else out.append(new_index[d])
-        return tuple(out)
+        return tuple(new_index[x] for d in kd for x in (sub if d == a else (d,)))
 
     def shape_of(shape: tuple[int, ...]) -> tuple[int, ...]:
         out = [shape[d] for d in keep]
@@ -92,7 +89,7 @@ def _fold_once(k: Kernel, a: int, sub: tuple[int, ...]) -> Kernel:
             for b, step in zip(sub, inner, strict=True):
                 strides[new_index[b]] = v.strides[a] * step
                 bounds[new_index[b]] = (0, space[b])
-        return View(tuple(shape), tuple(strides), v.offset)._with(shape, strides, v.offset, bounds)
+        return v._with(shape, strides, v.offset, bounds)
 
     table = ExprTable()
     new: dict[Expr, Expr] = {}

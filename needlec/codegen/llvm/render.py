@@ -583,14 +583,15 @@ class KernelRenderer:
         saved = self.idx.get(lp.dim)
         pieces = self._cuts(lp)
         self.copies *= len(pieces)
+        split = len(pieces) > 1
         for a, c in pieces:
-            start = a if lo is None else b.select(b.icmp_signed(">", lo, I64(a)), lo, I64(a))
-            end = c if hi is None else b.select(b.icmp_signed("<", hi, I64(c)), hi, I64(c))
-            if len(pieces) > 1:
+            start, end = a if lo is None else lo, c if hi is None else hi
+            if split:  # a task's share, clipped to the piece
                 self.static[lp.dim] = (a, c)
-            hints = None
-            if self._short(lp, c - a):
-                hints = predicated_tail(self.module)
+                if lo is not None:
+                    start = b.select(b.icmp_signed(">", lo, I64(a)), lo, I64(a))
+                    end = b.select(b.icmp_signed("<", hi, I64(c)), hi, I64(c))
+            hints = predicated_tail(self.module) if self._short(lp, c - a) else None
             with counted_loop(b, end, f"i{lp.dim}", start, hints) as i:
                 self.idx[lp.dim] = i
                 self.scopes.append({})
