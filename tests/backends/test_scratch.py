@@ -87,3 +87,17 @@ def test_results_have_the_same_bits_on_one_and_two_threads():
     gw_ref = tw.grad.permute(2, 3, 1, 0).numpy()
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-3, atol=1e-3 * np.abs(gx_ref).max())
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-3, atol=1e-3 * np.abs(gw_ref).max())
+
+
+@compiled_only
+def test_debug_memory_prints_the_plan_with_its_scratch(monkeypatch, capsys):
+    from needlec.codegen.llvm.program import compile_program
+
+    step, x, w = _conv_step()
+    program = step.lower(nc.Tensor(x), nc.Tensor(w)).program
+    monkeypatch.setenv("NEEDLEC_DEBUG", "memory")
+    ex = compile_program(program)
+    err = capsys.readouterr().err
+    assert err.startswith("memory plan:")
+    for b in ex.plan.scratch_parts:
+        assert f"{b.name} " in err
