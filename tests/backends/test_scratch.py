@@ -101,3 +101,22 @@ def test_debug_memory_prints_the_plan_with_its_scratch(monkeypatch, capsys):
     assert err.startswith("memory plan:")
     for b in ex.plan.scratch_parts:
         assert f"{b.name} " in err
+
+
+def test_chunks_are_cut_as_the_runtime_cuts_them():
+    """A per-chunk scratch copy is picked by `lo // chunk_size(n, grain)`: the formula must be
+    the runtime's own (runtime/pool.c), or two chunks could share a copy."""
+    import re
+    from pathlib import Path
+
+    from needlec.codegen.llvm import loops
+
+    pool = (Path(__file__).resolve().parents[2] / "runtime" / "pool.c").read_text()
+    assert int(re.search(r"#define MAX_CHUNKS (\d+)", pool).group(1)) == loops.MAX_CHUNKS
+    assert "int64_t chunk = (n + MAX_CHUNKS - 1) / MAX_CHUNKS;" in pool
+    assert "if (chunk < grain) chunk = grain;" in pool
+    for n, grain in [(1, 1), (10, 3), (64, 1), (65, 1), (1000, 1), (1000, 40), (129, 2)]:
+        chunk = loops.chunk_size(n, grain)
+        starts = list(range(0, n, chunk))
+        assert len(starts) <= loops.MAX_CHUNKS
+        assert [lo // chunk for lo in starts] == list(range(len(starts)))
