@@ -71,6 +71,8 @@ class Primitive(TensorOp):
 
 def _compute(op: Op, arrays, arg) -> NDArray:
     shape, dtype = infer(op, [x.shape for x in arrays], [x.dtype for x in arrays], arg)
+    if arrays and arrays[0]._device.on_gpu:  # a generated CUDA kernel over device memory
+        return nd._gpu_run(op, arrays, arg, shape)
     a = [np.asarray(x) for x in arrays]
     try:
         out = evaluate(op, a, arg, shape, dtype)

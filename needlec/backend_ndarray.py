@@ -1,8 +1,12 @@
-"""needle's strided NDArray on a device; numpy does the arithmetic on host buffers for now.
+"""needle's strided NDArray on a device.
 
-An NDArray's `_handle` is a flat `Array` buffer (`ndarray_backend.Array`: `.size`, `.ptr()`),
-shared by every view of it, and each device exposes needle's backend kernels (`Array`, `compact`,
-`ewise_add`, `matmul_tiled`, ...) as attributes, as needle's devices do."""
+An NDArray's `_handle` is a flat buffer (`.size`, `.ptr()`) shared by every view of it, and each
+device exposes needle's backend kernels (`Array`, `compact`, `ewise_add`, `matmul_tiled`, ...) as
+attributes, as needle's devices do. On `cpu()` and `cpu_numpy()` the buffer is an
+`ndarray_backend.Array` in host memory and numpy does the arithmetic. On `cuda()` (where a GPU is)
+it is a `codegen.cuda.storage.DeviceBuffer` in device memory: data moves only through
+`from_numpy` / `numpy()` / `to`, views share the device buffer, and every op runs as a generated
+CUDA kernel (`codegen.cuda.eager`), compiled once per signature."""
 
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class BackendDevice:
 
     def __init__(self, name: str, enabled: Callable[[], bool], mod: Any = ndarray_backend):
         self.name = name
+        self.on_gpu = name == "cuda"  # its arrays live in device memory
         self._enabled = enabled
         self.mod = mod
 
@@ -310,6 +315,8 @@ class NDArray:
         if len(strides) != len(shape):
             raise ValueError(f"NDArray.make: shape {shape} and strides {strides} differ in length")
         device = _check_device(device or default_device())
+        if device.on_gpu:
+            return _gpu_make(shape, strides, device, handle, offset, dtype)
         if handle is None:
             handle = Array(prod(shape), _dtype(dtype))
         else:
@@ -350,6 +357,8 @@ class NDArray:
             arr = np.array(arr, order="C", copy=True)
         device = default_device() if device is None else _check_device(device)
         shape = arr.shape
+        if device.on_gpu:  # copied into device memory
+            return NDArray._new(shape, _compact_strides(shape), device, _gpu_buffer(arr), 0)
         return NDArray._new(shape, _compact_strides(shape), device, _wrap_buffer(arr), 0, arr)
 
     # ---- properties -------------------------------------------------------------------------
@@ -375,8 +384,26 @@ class NDArray:
 
     @property
     def handle(self) -> np.ndarray:
-        """The flat numpy buffer behind `_handle` (shared by every view of it)."""
+        """The flat numpy buffer behind `_handle` (shared by every view of it; on `cuda()`
+        a host copy of the device buffer)."""
         return self._handle.array
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """The CUDA array interface (version 3) of an array on `cuda()`: its device address
+        (offset included), shape, dtype, and strides in bytes (None when compact). An
+        AttributeError on other devices, as the protocol asks of host arrays."""
+        if not self._device.on_gpu:
+            raise AttributeError("__cuda_array_interface__: not a cuda() array")
+        item = self._handle.dtype.itemsize
+        compact = self.strides == _compact_strides(self.shape)
+        return {
+            "shape": self.shape,
+            "typestr": self._handle.dtype.str,
+            "data": (self._handle.ptr() + self._offset * item, False),
+            "strides": None if compact else tuple(s * item for s in self.strides),
+            "version": 3,
+        }
 
     @property
     def _shape(self) -> Shape:
@@ -400,7 +427,10 @@ class NDArray:
             h = self._handle.array
             item = h.itemsize
             strides = tuple(s * item for s in self.strides)
-            self._np = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
+            view = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
+            if self._device.on_gpu:  # a host copy of the device buffer: never kept
+                return view
+            self._np = view
         return self._np
 
     def numpy(self) -> np.ndarray:
@@ -437,7 +467,13 @@ class NDArray:
 
     def compact(self) -> NDArray:
         """Self when compact, else a compact copy."""
-        return self if self.is_compact() else NDArray.from_numpy(self.numpy(), self.device)
+        if self.is_compact():
+            return self
+        if self._device.on_gpu:
+            out = NDArray.make(self.shape, device=self._device, dtype=self.dtype)
+            _gpu_copy(out, self)
+            return out
+        return NDArray.from_numpy(self.numpy(), self.device)
 
     def as_strided(self, shape: Sequence[int], strides: Sequence[int]) -> NDArray:
         """A view of the same buffer with new shape and strides (in elements)."""
@@ -523,6 +559,8 @@ class NDArray:
 
     def __setitem__(self, idxs: Any, other: Any) -> None:
         """Write `other` (an NDArray or scalar, broadcast) into the selected view, in place."""
+        if self._device.on_gpu:
+            return _gpu_setitem(self[idxs], other)
         view = self[idxs]._view()
         src = other._view() if isinstance(other, NDArray) else other
         try:
@@ -536,6 +574,8 @@ class NDArray:
 
     def fill(self, value: Any) -> None:
         """Set every element to `value`, in place."""
+        if self._device.on_gpu:
+            return _gpu_setitem(self, value)
         self._view()[...] = value
 
     def to(self, device: BackendDevice) -> NDArray:
@@ -635,6 +675,87 @@ class NDArray:
         if len(axes) != self.ndim:
             raise ValueError(f"pad: {len(axes)} (lo, hi) pairs for shape {self.shape}")
         return NDArray.from_numpy(np.pad(self._view(), tuple(axes)), self.device)
+
+
+# ---- arrays in device memory (cuda()) --------------------------------------------------------
+def _gpu_buffer(host: np.ndarray):
+    """A device buffer holding a copy of the compact host array `host`."""
+    from .codegen.cuda.storage import DeviceBuffer
+
+    return DeviceBuffer.from_host(host)
+
+
+def _gpu_make(shape: Shape, strides: Shape, device: BackendDevice, handle: Any, offset: int,
+              dtype: Any) -> NDArray:  # fmt: skip
+    """`NDArray.make` on `cuda()`: a fresh device buffer, or a view of `handle`'s."""
+    from .codegen.cuda.storage import DeviceBuffer
+
+    if handle is None:
+        handle = DeviceBuffer(prod(shape), _dtype(dtype))
+    elif not isinstance(handle, DeviceBuffer):
+        raise TypeError(
+            f"NDArray.make: a cuda() array's handle is a DeviceBuffer (an NDArray's _handle), "
+            f"got {type(handle).__name__}"
+        )
+    last = offset
+    for n, s in zip(shape, strides, strict=True):
+        last += (n - 1) * s
+    if prod(shape) and (offset < 0 or min(strides, default=0) < 0 or last >= handle.size):
+        raise ValueError(
+            f"NDArray.make: shape {shape}, strides {strides} and offset {offset} leave the "
+            f"buffer of {handle.size} elements"
+        )
+    return NDArray._new(shape, strides, device, handle, offset)
+
+
+def _gpu_target(a: NDArray) -> tuple:
+    """(address of the first element, strides, dtype) of a view, as `copy_strided` takes it."""
+    return (a._handle.ptr() + a._offset * a._handle.dtype.itemsize, a.strides, a.dtype)
+
+
+def _gpu_copy(dst: NDArray, src: NDArray) -> None:
+    """Copy `src` into `dst` (the same shape) on the device."""
+    from .codegen.cuda import eager
+
+    eager.copy_strided(dst.shape, _gpu_target(dst), _gpu_target(src))
+
+
+def _gpu_setitem(view: NDArray, other: Any) -> None:
+    """`view[...] = other` on the device: an NDArray (broadcast, or of the same size, as in
+    needle), a numpy array (copied in first) or a scalar."""
+    from .codegen.cuda import eager
+
+    if not isinstance(other, NDArray) and np.ndim(other) == 0:  # a scalar: broadcast from one
+        src = eager.from_scalar(np.asarray(other).item(), view.dtype)  # element
+        zeros = (0,) * view.ndim
+        return eager.copy_strided(view.shape, _gpu_target(view), (src.ptr(), zeros, view.dtype))
+    if not isinstance(other, NDArray):
+        other = NDArray.from_numpy(np.asarray(other), view.device)
+    elif other.device != view.device:
+        other = other.to(view.device)
+    if other._handle is view._handle:  # the views may overlap: read from a copy
+        copy = NDArray.make(other.shape, device=other.device, dtype=other.dtype)
+        _gpu_copy(copy, other)
+        other = copy
+    if other.shape != view.shape:
+        try:
+            other = other.broadcast_to(view.shape)
+        except ValueError:
+            if other.size != view.size:
+                msg = f"cannot assign shape {other.shape} to view of shape {view.shape}"
+                raise ValueError(msg) from None
+            other = other.compact().reshape(view.shape)  # needle: equal sizes suffice
+    _gpu_copy(view, other)
+
+
+def _gpu_run(op: Any, arrays: Sequence[NDArray], arg: Any, shape: Shape) -> NDArray:
+    """`op(arrays)` as a generated CUDA kernel; the result a fresh compact cuda() array."""
+    from .codegen.cuda import eager
+
+    args = [a if a.strides == _compact_strides(a.shape) else a.compact() for a in arrays]
+    out = eager.run_op(op, arg, args)
+    shape = tuple(shape)
+    return NDArray._new(shape, _compact_strides(shape), arrays[0].device, out, 0)
 
 
 # ---- module-level helpers (as in needle) ----------------------------------------------------

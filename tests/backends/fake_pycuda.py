@@ -74,7 +74,13 @@ class Module:
         return Function(self.lib, name)
 
 
-stats = {"compiles": 0, "allocations": 0, "launches": 0}
+stats = {"compiles": 0, "allocations": 0, "launches": 0, "htod": 0, "dtoh": 0, "dtod": 0}
+copies: list[tuple[str, int]] = []  # (direction, bytes) of every memcpy, in order
+
+
+def _address(x) -> int:
+    """A device pointer given as an allocation or as an int (an address inside one)."""
+    return x.array.ctypes.data if isinstance(x, DeviceAllocation) else int(x)
 
 
 def compile(source: str, arch: str, options, no_extern_c: bool, cache_dir) -> bytes:  # noqa: A001
@@ -107,11 +113,20 @@ def install(monkeypatch) -> None:
 
     def htod(dst, src, stream=None):
         src = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
-        dst.array[: src.size] = src
+        stats["htod"] += 1
+        copies.append(("htod", src.size))
+        ctypes.memmove(_address(dst), src.ctypes.data, src.size)
 
     def dtoh(dst, src, stream=None):
         flat = dst.reshape(-1).view(np.uint8)
-        flat[:] = src.array[: flat.size]
+        stats["dtoh"] += 1
+        copies.append(("dtoh", flat.size))
+        ctypes.memmove(flat.ctypes.data, _address(src), flat.size)
+
+    def dtod(dst, src, nbytes, stream=None):
+        stats["dtod"] += 1
+        copies.append(("dtod", nbytes))
+        ctypes.memmove(_address(dst), _address(src), nbytes)
 
     device = types.SimpleNamespace(compute_capability=lambda: (9, 0), name=lambda: "host")
     ctx = types.SimpleNamespace(get_device=lambda: device)
@@ -121,6 +136,7 @@ def install(monkeypatch) -> None:
     drv.mem_alloc = mem_alloc
     drv.memcpy_htod = drv.memcpy_htod_async = htod
     drv.memcpy_dtoh = drv.memcpy_dtoh_async = dtoh
+    drv.memcpy_dtod = drv.memcpy_dtod_async = dtod
     drv.module_from_buffer = Module
     drv.Stream, drv.Event = Stream, Event
     compiler = types.ModuleType("pycuda.compiler")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import subprocess
 from collections.abc import Callable
 
@@ -47,6 +48,25 @@ def context():
     import pycuda.driver as drv
 
     return drv.Context.get_current()
+
+
+def drv():
+    """pycuda's driver module, with the context current."""
+    import pycuda.driver as driver
+
+    context()
+    return driver
+
+
+def device_pointer(a) -> int | None:
+    """The device address of `a`'s first element when `a` lives on the GPU (it has a
+    `__cuda_array_interface__`, compact), else None (a host array)."""
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is None:
+        return None
+    if iface.get("strides") is not None:
+        raise ValueError("a device array passed to a CUDA program must be compact")
+    return int(iface["data"][0])
 
 
 def architecture() -> str:
@@ -141,9 +161,11 @@ class CudaExecutable:
 
     fresh_outputs = True
 
-    def __init__(self, program, prefix: str = "", module=None) -> None:
+    def __init__(self, program, prefix: str = "", module=None, own_io: bool = True) -> None:
         """`module`: an already loaded module holding this program's kernels, rendered with
-        function names starting with `prefix` (several programs compiled as one file)."""
+        function names starting with `prefix` (several programs compiled as one file).
+        `own_io=False`: the program's inputs and outputs get memory only when a host array
+        needs it (its callers bind device arrays: eager ops)."""
         import pycuda.driver as drv
 
         from .program import render_program
@@ -161,10 +183,10 @@ class CudaExecutable:
         every = [*self.kernels.inputs, *self.kernels.constants]
         for k in self.kernels.kernels:
             every += [*k.inputs, *k.outputs]
+        io = set() if own_io else {*self.kernels.inputs, *self.kernels.outputs}
         for b in dict.fromkeys(every):
-            c, blk = alloc.alloc(max(1, b.nbytes))
-            self._blocks.append((c, blk))
-            self.memory[b] = blk
+            if b not in io or b in self.kernels.constants:
+                self._own(b)
         for b, a in self.kernels.constants.items():
             drv.memcpy_htod(self.memory[b], np.ascontiguousarray(a))
         scratch = max([ck.scratch_bytes for ck in self.cuda.kernels] + [64])
@@ -172,18 +194,48 @@ class CudaExecutable:
         self._blocks.append((c, self.scratch))
         # the launch list, fixed: (function, grid, block, argument pointers) or a host kernel
         self.launches: list = []
+        self._ptr = {b: int(self.memory.get(b, 0)) for b in every}  # what each is bound to
+        self._uses: dict = {}  # Buffer -> [(argument list, position)]: where its pointer sits
         for k, ck in zip(self.kernels.kernels, self.cuda.kernels, strict=True):
             if ck.host is not None:
                 self.launches.append(("host", k))
                 continue
-            args = [int(self.memory[b]) for b in ck.buffers] + [int(self.scratch)]
+            args = [self._ptr[b] for b in ck.buffers] + [int(self.scratch)]
+            for i, b in enumerate(ck.buffers):
+                self._uses.setdefault(b, []).append((args, i))
             for launch in ck.launches:
                 fn = self.module.get_function(launch.name)
                 fn.prepare("P" * len(args))  # packed once: a launch is one driver call
                 self.launches.append(("device", (fn, launch.grid, launch.block, args)))
+        self.donated = _donations(program, self.cuda.kernels)
 
-    def run(self, arrays: list[np.ndarray], checked: bool = True) -> list[np.ndarray]:
+    def _own(self, b) -> object:
+        """The executable's own memory for buffer `b` (allocated on first use)."""
+        blk = self.memory.get(b)
+        if blk is None:
+            c, blk = allocator().alloc(max(1, b.nbytes))
+            self._blocks.append((c, blk))
+            self.memory[b] = blk
+        return blk
+
+    def _bind(self, pointers: dict) -> None:
+        """Point every launch argument of each buffer in `pointers` (Buffer -> address) there."""
+        for b, p in pointers.items():
+            if self._ptr.get(b) != p:
+                self._ptr[b] = p
+                for args, i in self._uses.get(b, ()):
+                    args[i] = p
+
+    def run(self, arrays: list, checked: bool = True) -> list:
+        """Outputs of one call: numpy arrays in and out, or, when an input lives on the GPU
+        (see `run_on_device`), device arrays out."""
+        if any(device_pointer(a) is not None for a in arrays):
+            return self.run_on_device(arrays)
         drv, s = self.drv, self.stream
+        io = [*self.kernels.inputs, *self.kernels.outputs]
+        self._bind(
+            {b: int(self._own(b)) for b in io}
+        )  # its own buffers (a device run binds others)
         for b, a in zip(self.kernels.inputs, arrays, strict=True):
             if b.nbytes:
                 drv.memcpy_htod_async(self.memory[b], np.ascontiguousarray(a, b.dtype), s)
@@ -195,6 +247,46 @@ class CudaExecutable:
                 drv.memcpy_dtoh_async(host, self.memory[b], s)
             out.append(host)
         s.synchronize()
+        return out
+
+    def run_on_device(self, arrays: list) -> list:
+        """One call over device-resident inputs: each input with a `__cuda_array_interface__`
+        is bound by its pointer (no copy), a host array (a hyperparameter, a seed) is copied into
+        the executable's own buffer. Each output is the input object it was written over (a
+        donated parameter, updated in place) or a fresh `DeviceBuffer` the kernels wrote into."""
+        from .storage import DeviceBuffer
+
+        drv, s = self.drv, self.stream
+        kg = self.kernels
+        binding, device_inputs = {}, {}
+        for j, (b, a) in enumerate(zip(kg.inputs, arrays, strict=True)):
+            p = device_pointer(a)
+            if p is None:
+                if b.nbytes:
+                    drv.memcpy_htod_async(self._own(b), np.ascontiguousarray(a, b.dtype), s)
+                p = int(self.memory[b])
+            else:
+                device_inputs[b] = j
+            binding[b] = p
+        out, copies, made = [], [], {}
+        for b in kg.outputs:
+            j = device_inputs.get(kg.inputs[self.donated[b]]) if b in self.donated else None
+            if j is not None:  # written over the parameter it replaces
+                binding[b] = binding[kg.inputs[j]]
+                out.append(arrays[j])
+                continue
+            buf = DeviceBuffer(math.prod(b.shape), b.dtype)
+            if b in binding or b in made or b in kg.constants:  # an input or constant returned
+                copies.append((buf, b))  # as it is, or one output twice: a copy of its own
+            else:
+                binding[b] = made[b] = buf.ptr()
+            out.append(buf)
+        self._bind(binding)
+        self.launch()
+        for buf, b in copies:
+            if buf.nbytes:
+                drv.memcpy_dtod_async(buf.ptr(), self._ptr[b], buf.nbytes, s)
+        s.synchronize()  # the outputs are ready, and the inputs' memory free to reuse
         return out
 
     def launch(self) -> None:
@@ -232,11 +324,11 @@ class CudaExecutable:
         for b in k.inputs:
             env[b] = np.empty(b.shape, b.dtype)
             if b.nbytes:
-                drv.memcpy_dtoh(env[b], self.memory[b])
+                drv.memcpy_dtoh(env[b], self._ptr[b])
         run_kernel(k, env)
         for b in k.outputs:
             if b.nbytes:
-                drv.memcpy_htod(self.memory[b], np.ascontiguousarray(env[b], b.dtype))
+                drv.memcpy_htod(self._ptr[b], np.ascontiguousarray(env[b], b.dtype))
 
     def close(self) -> None:
         """Give the buffers back to the allocator's cache."""
@@ -250,6 +342,29 @@ class CudaExecutable:
             self.close()
         except Exception:
             pass
+
+
+def _donations(program, kernels: list) -> dict:
+    """Donated output -> index of the input whose memory it is written over: the memory plan's
+    aliases where the writing kernel reads the input once, in the loop body that stores the
+    output (a parameter's update: each thread reads its element before writing it), so no
+    thread reads an overwritten value."""
+    from ..llvm.program import _reads_before_writing
+    from ..schedule import schedule_kernel
+
+    plan = getattr(program, "memory", None)
+    if plan is None:
+        return {}
+    kg = program.kernels
+    index = {b: i for i, b in enumerate(kg.inputs)}
+    writer = {b: (k, ck) for k, ck in zip(kg.kernels, kernels, strict=True) for b in k.outputs}
+    out = {}
+    for o, i in plan.aliases.items():
+        k, ck = writer[o]
+        if ck.host is None and i in index:
+            if _reads_before_writing(schedule_kernel(k), i, o):
+                out[o] = index[i]
+    return out
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 20) -> float:

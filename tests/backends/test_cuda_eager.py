@@ -1,0 +1,241 @@
+"""Arrays in device memory and eager CUDA, over the stand-in GPU (`fake_pycuda`: the host's
+fibers run the generated kernels): storage, views, transfers, each eager op a generated kernel
+compiled once per signature, an eager training step against the CPU's, and a jitted step that
+binds the parameters' device memory instead of copying them."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import needlec as nc
+from needlec import backend_ndarray as nd
+from needlec import ops
+
+from .test_cuda_device import host_gpu  # noqa: F401  (the fixture)
+
+
+@pytest.fixture(scope="module")
+def kernel_cache(tmp_path_factory):
+    """One disk cache for the module: a kernel compiled by one test is loaded by the next."""
+    return tmp_path_factory.mktemp("cuda_kernels")
+
+
+@pytest.fixture
+def gpu(host_gpu, monkeypatch, kernel_cache):  # noqa: F811
+    """`nc.cuda()` enabled over the stand-in, with empty eager caches."""
+    from needlec.codegen.cuda import eager
+
+    monkeypatch.setenv("NEEDLEC_CACHE_DIR", str(kernel_cache))
+    monkeypatch.setattr(nd, "_cuda_available", lambda: True)
+    monkeypatch.setitem(nd._DEVICES, "cuda", nd.BackendDevice("cuda", lambda: True))
+    monkeypatch.delenv("NEEDLEC_EXECUTE", raising=False)  # jit picks the CUDA backend
+    eager.clear()
+    yield host_gpu
+    eager.clear()
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def test_a_cuda_tensor_lives_in_device_memory(gpu):
+    from needlec.codegen.cuda import runtime
+    from needlec.codegen.cuda.storage import DeviceBuffer
+
+    x = _rng().standard_normal((5, 7)).astype("float32")
+    t = nc.Tensor(x, device=nc.cuda())
+    data = t.cached_data
+    assert type(data._handle) is DeviceBuffer and not isinstance(data._handle, np.ndarray)
+    assert data.__cuda_array_interface__["data"][0] == data._handle.ptr()
+    np.testing.assert_array_equal(t.numpy(), x)
+    on_cpu = nc.Tensor(t, device=nc.cpu())  # device to host
+    assert on_cpu.device == nc.cpu() and isinstance(on_cpu.cached_data.handle, np.ndarray)
+    back = on_cpu.cached_data.to(nc.cuda())  # host to device
+    assert type(back._handle) is DeviceBuffer and back._handle is not data._handle
+    np.testing.assert_array_equal(back.numpy(), x)
+    with pytest.raises(AttributeError):
+        on_cpu.cached_data.__cuda_array_interface__  # noqa: B018
+    # a dead array's block goes back to the allocator and the next of its size reuses it
+    alloc = runtime.allocator()
+    del t, data, back
+    gc.collect()
+    cached, made = alloc.cached_bytes(), alloc.allocations
+    assert cached >= x.nbytes
+    again = nc.Tensor(x, device=nc.cuda())
+    assert alloc.allocations == made and alloc.cached_bytes() < cached
+    np.testing.assert_array_equal(again.numpy(), x)
+
+
+def test_views_share_the_device_buffer(gpu):
+    x = np.arange(60, dtype="float32").reshape(3, 4, 5)
+    a = nd.NDArray(x, device=nc.cuda())
+    views = [
+        (a.permute((2, 0, 1))[1:4, :, ::2], x.transpose(2, 0, 1)[1:4, :, ::2]),
+        (a[:, 1:2, :].broadcast_to((2, 3, 4, 5)), np.broadcast_to(x[:, 1:2, :], (2, 3, 4, 5))),
+        (a.reshape((12, 5))[2:7], x.reshape(12, 5)[2:7]),
+        (a[2, 1:, 3], x[2:3, 1:, 3:4]),
+    ]
+    for view, want in views:
+        assert view._handle is a._handle
+        np.testing.assert_array_equal(view.numpy(), want)
+    c = views[0][0].compact()  # a strided view gathered on the device
+    assert c.is_compact() and c._handle is not a._handle
+    np.testing.assert_array_equal(c.numpy(), views[0][1])
+
+
+def test_setitem_and_fill_write_on_the_device(gpu):
+    rng = _rng()
+    x = rng.standard_normal((4, 6)).astype("float32")
+    y = rng.standard_normal((2, 3)).astype("float32")
+    a, want = nd.NDArray(x, device=nc.cuda()), x.copy()
+    a[1:3, ::2] = nd.NDArray(y, device=nc.cuda())
+    want[1:3, ::2] = y
+    a[0] = 5.0
+    want[0] = 5.0
+    a[:, 5] = np.arange(4, dtype="float32").reshape(4, 1)  # a host array, copied in
+    want[:, 5] = np.arange(4)
+    a[3, :] = a[2, :]  # a row of itself
+    want[3, :] = want[2, :]
+    a[0:2, 1:5] = a[1:3, 0:4]  # overlapping views of one buffer
+    want[0:2, 1:5] = want[1:3, 0:4].copy()
+    np.testing.assert_array_equal(a.numpy(), want)
+    h = a._handle
+    a.fill(-2)
+    assert a._handle is h
+    np.testing.assert_array_equal(a.numpy(), np.full((4, 6), -2, "float32"))
+
+
+_X = _rng().uniform(0.5, 2.0, (6, 5)).astype("float32")
+_Y = _rng().uniform(-1.0, 1.0, (6, 5)).astype("float32")
+_W = _rng().standard_normal((5, 3)).astype("float32")
+_B = _rng().standard_normal((1, 5)).astype("float32")
+EAGER_CASES = {  # name: (the op on tensors x, y, w, b; the same in numpy)
+    "add": (lambda x, y, w, b: x + y, lambda x, y, w, b: x + y),
+    "mul_div": (lambda x, y, w, b: x * y / x, lambda x, y, w, b: x * y / x),
+    "scalars": (lambda x, y, w, b: (x + 1.5) * 2.0 - 0.5, lambda x, y, w, b: (x + 1.5) * 2 - 0.5),
+    "pow_scalar": (lambda x, y, w, b: x**3, lambda x, y, w, b: x**3),
+    "exp_log_tanh": (
+        lambda x, y, w, b: ops.log(x) + ops.exp(y) + ops.tanh(y),
+        lambda x, y, w, b: np.log(x) + np.exp(y) + np.tanh(y),
+    ),
+    "relu_neg": (lambda x, y, w, b: ops.relu(-y), lambda x, y, w, b: np.maximum(-y, 0)),
+    "broadcast": (
+        lambda x, y, w, b: x + ops.broadcast_to(b, (6, 5)),
+        lambda x, y, w, b: x + b,
+    ),
+    "sum_axis": (lambda x, y, w, b: ops.summation(y, axes=(0,)), lambda x, y, w, b: y.sum(0)),
+    "sum_all": (lambda x, y, w, b: ops.summation(y), lambda x, y, w, b: y.sum()),
+    "logsumexp": (
+        lambda x, y, w, b: ops.logsumexp(y, axes=(1,)),
+        lambda x, y, w, b: np.log(np.exp(y).sum(1)),
+    ),
+    "matmul": (lambda x, y, w, b: x @ w, lambda x, y, w, b: x @ w),
+    "view_chain": (
+        lambda x, y, w, b: ops.reshape(ops.transpose(x), (10, 3)) * 2.0,
+        lambda x, y, w, b: x.T.reshape(10, 3) * 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EAGER_CASES))
+def test_eager_op_on_cuda_matches_numpy(gpu, name):
+    from needlec.codegen.cuda import eager
+
+    fn, want = EAGER_CASES[name]
+    args = [nc.Tensor(a, device=nc.cuda()) for a in (_X, _Y, _W, _B)]
+    launches = gpu.stats["launches"]
+    got = fn(*args)
+    assert got.device == nc.cuda() and type(got.cached_data._handle).__name__ == "DeviceBuffer"
+    assert gpu.stats["launches"] > launches and eager.stats["programs"] > 0
+    np.testing.assert_allclose(got.numpy(), want(_X, _Y, _W, _B), rtol=1e-5, atol=1e-5)
+
+
+def test_an_op_compiles_once_per_signature(gpu):
+    from needlec.codegen.cuda import eager
+
+    x = nc.Tensor(_X, device=nc.cuda())
+    y = nc.Tensor(_Y, device=nc.cuda())
+    before = eager.stats["programs"]
+    np.testing.assert_allclose((x * y).numpy(), _X * _Y, rtol=1e-6)
+    assert eager.stats["programs"] == before + 1
+    compiles, programs = gpu.stats["compiles"], eager.stats["programs"]
+    np.testing.assert_allclose((y * x).numpy(), _X * _Y, rtol=1e-6)  # same signature
+    assert gpu.stats["compiles"] == compiles and eager.stats["programs"] == programs
+    x2 = nc.Tensor(_X[:3], device=nc.cuda())
+    np.testing.assert_allclose((x2 * x2).numpy(), _X[:3] ** 2, rtol=1e-6)  # a new shape
+    assert eager.stats["programs"] == programs + 1
+
+
+def _mlp_run(device, jit: bool, steps: int, watch=None):
+    """Train a small MLP for `steps` steps on `device`; (losses, parameters). `watch(i, model)`
+    runs around step i (a context manager factory) when given."""
+    np.random.seed(0)
+    model = nc.nn.Sequential(
+        nc.nn.Linear(6, 8, device=device), nc.nn.ReLU(), nc.nn.Linear(8, 3, device=device)
+    )
+    opt = nc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nc.nn.SoftmaxLoss()
+
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = nc.jit(step) if jit else step
+    rng = np.random.default_rng(1)
+    x = nc.Tensor(rng.standard_normal((4, 6)).astype("float32"), device=device)
+    y = nc.Tensor(rng.integers(0, 3, 4).astype("float32"), device=device)
+    losses = []
+    for i in range(steps):
+        if watch is not None:
+            with watch(i, model):
+                loss = step(x, y)
+        else:
+            loss = step(x, y)
+        losses.append(loss.numpy())
+    return np.array(losses), [p.numpy() for p in model.parameters()]
+
+
+def test_an_eager_training_step_on_cuda_equals_the_cpu(gpu):
+    want_loss, want_params = _mlp_run(nc.cpu(), jit=False, steps=2)
+    got_loss, got_params = _mlp_run(nc.cuda(), jit=False, steps=2)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    for g, w in zip(got_params, want_params, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jitted_step_binds_device_parameters_without_copies(gpu):
+    """In the steady state a jitted step over cuda tensors copies no parameter between host and
+    device (only its scalars: learning rate, momentum); parameters the memory plan lets it
+    update in place keep their device buffer; the numbers match the CPU's jitted step."""
+    import contextlib
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def watch(i, model):
+        params = list(model.parameters())
+        handles = [p.cached_data._handle for p in params]
+        n = len(gpu.copies)
+        yield
+        if i == 2:
+            seen["copies"] = gpu.copies[n:]
+            seen["kept"] = [
+                h is p.cached_data._handle for h, p in zip(handles, params, strict=True)
+            ]
+            seen["on_device"] = all(p.device == nc.cuda() for p in params)
+
+    want_loss, want_params = _mlp_run(nc.cpu(), jit=True, steps=3)
+    got_loss, got_params = _mlp_run(nc.cuda(), jit=True, steps=3, watch=watch)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    for g, w in zip(got_params, want_params, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert seen["on_device"]
+    # only the hyperparameters (float64 scalars) go in; nothing comes back
+    assert seen["copies"] and all(k == "htod" and n <= 8 for k, n in seen["copies"]), seen["copies"]
+    assert any(seen["kept"])  # updated in place, in its own device buffer
