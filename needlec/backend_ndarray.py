@@ -470,9 +470,7 @@ class NDArray:
         if self.is_compact():
             return self
         if self._device.on_gpu:
-            out = NDArray.make(self.shape, device=self._device, dtype=self.dtype)
-            _gpu_copy(out, self)
-            return out
+            return _gpu_clone(self)
         return NDArray.from_numpy(self.numpy(), self.device)
 
     def as_strided(self, shape: Sequence[int], strides: Sequence[int]) -> NDArray:
@@ -589,6 +587,10 @@ class NDArray:
     # ---- elementwise --------------------------------------------------------------------------
     def _binary(self, other: Any, ufunc: np.ufunc, reflected: bool, cmp: bool) -> NDArray:
         """Apply `ufunc` to self and an NDArray of the same shape or a scalar."""
+        if self._device.on_gpu:
+            out = _gpu_binary(self, other, ufunc, reflected, cmp)
+            if out is not None:
+                return out
         if isinstance(other, NDArray):
             if other.shape != self.shape:
                 raise ValueError(f"{ufunc.__name__}: shapes differ, {self.shape} vs {other.shape}")
@@ -609,6 +611,8 @@ class NDArray:
         return NDArray.from_numpy(ufunc(a, b, order="C"), self.device)
 
     def _unary(self, ufunc: np.ufunc) -> NDArray:
+        if self._device.on_gpu and ufunc in _GPU_UNARY and self.dtype in _GPU_FLOATS:
+            return _gpu_op(_GPU_UNARY[ufunc], [self])
         return NDArray.from_numpy(ufunc(self._view(), order="C"), self.device)
 
     # one row per operator: (ufunc, reflected, comparison)
@@ -646,6 +650,8 @@ class NDArray:
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
         """Sum over `axis` (int, tuple or None for all); int dtypes keep their width."""
         axis = tuple(axis) if isinstance(axis, list) else axis
+        if self._device.on_gpu and self.dtype != "bool":
+            return _gpu_reduce("SUM", self, axis, keepdims)
         dtype = None if self.dtype == "bool" else self.dtype
         out = np.sum(self._view(), axis=axis, keepdims=keepdims, dtype=dtype)
         return NDArray.from_numpy(out, self.device)
@@ -653,12 +659,22 @@ class NDArray:
     def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
         """Max over `axis` (int, tuple or None for all)."""
         axis = tuple(axis) if isinstance(axis, list) else axis
+        if self._device.on_gpu and self.size:
+            return _gpu_reduce("MAX", self, axis, keepdims)
         return NDArray.from_numpy(np.max(self._view(), axis=axis, keepdims=keepdims), self.device)
 
     def __matmul__(self, other: NDArray) -> NDArray:
         """Matrix product; leading (batch) dims broadcast as in numpy.matmul."""
         if not isinstance(other, NDArray):
             return NotImplemented
+        if (
+            self._device.on_gpu
+            and other.device == self.device
+            and self.ndim == other.ndim == 2
+            and self.dtype == other.dtype
+            and self.shape[1] == other.shape[0]
+        ):
+            return _gpu_op("MATMUL", [self, other])
         try:
             out = np.matmul(self._view(), other._view())
         except ValueError as e:
@@ -720,6 +736,13 @@ def _gpu_copy(dst: NDArray, src: NDArray) -> None:
     eager.copy_strided(dst.shape, _gpu_target(dst), _gpu_target(src))
 
 
+def _gpu_clone(a: NDArray) -> NDArray:
+    """A compact copy of `a`, made on the device."""
+    out = NDArray.make(a.shape, device=a.device, dtype=a.dtype)
+    _gpu_copy(out, a)
+    return out
+
+
 def _gpu_setitem(view: NDArray, other: Any) -> None:
     """`view[...] = other` on the device: an NDArray (broadcast, or of the same size, as in
     needle), a numpy array (copied in first) or a scalar."""
@@ -734,9 +757,7 @@ def _gpu_setitem(view: NDArray, other: Any) -> None:
     elif other.device != view.device:
         other = other.to(view.device)
     if other._handle is view._handle:  # the views may overlap: read from a copy
-        copy = NDArray.make(other.shape, device=other.device, dtype=other.dtype)
-        _gpu_copy(copy, other)
-        other = copy
+        other = _gpu_clone(other)
     if other.shape != view.shape:
         try:
             other = other.broadcast_to(view.shape)
@@ -746,6 +767,69 @@ def _gpu_setitem(view: NDArray, other: Any) -> None:
                 raise ValueError(msg) from None
             other = other.compact().reshape(view.shape)  # needle: equal sizes suffice
     _gpu_copy(view, other)
+
+
+_GPU_FLOATS = ("float32", "float64")
+_GPU_UNARY = {np.negative: "NEG", np.exp: "EXP", np.log: "LOG", np.tanh: "TANH"}
+# ufunc -> (op with an NDArray, op with a scalar); subtraction adds the negation
+_GPU_BINARY = {
+    np.add: ("ADD", "ADD_SCALAR"),
+    np.subtract: ("ADD", "ADD_SCALAR"),
+    np.multiply: ("MUL", "MUL_SCALAR"),
+    np.true_divide: ("DIV", "DIV_SCALAR"),
+    np.power: ("POW", "POW_SCALAR"),
+    np.maximum: ("MAXIMUM", None),
+    np.equal: ("CMPEQ", None),
+    np.less: ("CMPLT", None),
+    np.greater: ("CMPLT", None),  # b < a
+}
+
+
+def _gpu_op(name: str, arrays: Sequence[NDArray], arg: Any = None) -> NDArray:
+    """The IR op `name` on cuda() arrays, as a generated kernel."""
+    from .ir import Op, infer
+
+    op = Op[name]
+    shape, _ = infer(op, [a.shape for a in arrays], [a.dtype for a in arrays], arg)
+    return _gpu_run(op, arrays, arg, shape)
+
+
+def _gpu_binary(a: NDArray, b: Any, ufunc: np.ufunc, reflected: bool, cmp: bool):
+    """An elementwise NDArray operator on the device, or None where its dtype rules are not
+    the IR's (integer or mixed dtypes, a reflected scalar division...): numpy does it then."""
+    ops = _GPU_BINARY.get(ufunc)
+    if ops is None or a.dtype not in _GPU_FLOATS:
+        return None
+    if isinstance(b, NDArray):
+        if b.device != a.device or b.dtype != a.dtype or b.shape != a.shape:
+            return None
+        x, y = (b, a) if reflected != (ufunc is np.greater) else (a, b)
+        if ufunc is np.subtract:
+            y = _gpu_op("NEG", [y])
+        out = _gpu_op(ops[0], [x, y])
+        return _gpu_op("CAST", [out], a.dtype) if cmp else out
+    if ops[1] is None or not isinstance(b, (numbers.Real, np.floating, np.integer)):
+        return None
+    c = float(b)
+    if ufunc is np.subtract:
+        return (
+            _gpu_op("ADD_SCALAR", [_gpu_op("NEG", [a])], c)
+            if reflected
+            else _gpu_op("ADD_SCALAR", [a], -c)
+        )
+    if reflected and ufunc in (np.true_divide, np.power):
+        return None
+    return _gpu_op(ops[1], [a], c)
+
+
+def _gpu_reduce(name: str, a: NDArray, axis: Any, keepdims: bool) -> NDArray:
+    """`a.sum` / `a.max` on the device: the IR reduction over `axis`, reshaped for keepdims."""
+    axes = tuple(range(a.ndim)) if axis is None else (axis,) if np.ndim(axis) == 0 else axis
+    axes = tuple(sorted(int(x) + a.ndim if int(x) < 0 else int(x) for x in axes))
+    out = _gpu_op(name, [a], axes) if axes else _gpu_clone(a)
+    if keepdims:
+        out = out.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
+    return out
 
 
 def _gpu_run(op: Any, arrays: Sequence[NDArray], arg: Any, shape: Shape) -> NDArray:
