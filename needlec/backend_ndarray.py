@@ -103,6 +103,11 @@ class BackendDevice:
         if name.startswith("__") and name not in BackendDevice._MOD_DUNDERS:
             raise AttributeError(name)  # copy, pickle and numpy probe dunders: never the module's
         mod = self.__dict__.get("mod")
+        if self.__dict__.get("on_gpu") and name not in self._MOD_DUNDERS and self.enabled():
+            raise AttributeError(
+                f"{self!r}.{name}: needle's backend kernels work on host buffers; a cuda() "
+                "array's ops run as generated CUDA kernels: use NDArray or Tensor ops"
+            )
         public = getattr(mod, "__all__", None)
         if public is not None and name not in public and name not in BackendDevice._MOD_DUNDERS:
             raise AttributeError(f"{self!r} has no attribute {name!r}")
@@ -416,8 +421,11 @@ class NDArray:
         return self.strides
 
     @property
-    def flat(self) -> np.flatiter:
-        """A flat iterator over the shared buffer: `a.flat[j] += eps` changes `a` in place."""
+    def flat(self) -> Any:
+        """A flat iterator over the shared buffer: `a.flat[j] += eps` changes `a` in place
+        (on `cuda()`, element by element through the device)."""
+        if self._device.on_gpu:
+            return _DeviceFlat(self)
         return self._view().flat
 
     # ---- numpy interop ------------------------------------------------------------------------
@@ -734,6 +742,30 @@ def _gpu_copy(dst: NDArray, src: NDArray) -> None:
     from .codegen.cuda import eager
 
     eager.copy_strided(dst.shape, _gpu_target(dst), _gpu_target(src))
+
+
+class _DeviceFlat:
+    """`a.flat` of a cuda() array: reads and writes single elements (row-major index)."""
+
+    def __init__(self, a: NDArray) -> None:
+        self.a = a
+
+    def _at(self, j: Any) -> NDArray:
+        if not isinstance(j, (numbers.Integral, np.integer)):
+            raise TypeError(f"flat of a cuda() array takes an int index, got {type(j).__name__}")
+        j = int(j) + self.a.size if j < 0 else int(j)
+        if not 0 <= j < self.a.size:
+            raise IndexError(f"flat index {j} out of range for size {self.a.size}")
+        return self.a[np.unravel_index(j, self.a.shape)]
+
+    def __getitem__(self, j: Any) -> Any:
+        return self._at(j).numpy().reshape(-1)[0]
+
+    def __setitem__(self, j: Any, value: Any) -> None:
+        _gpu_setitem(self._at(j), value)
+
+    def __len__(self) -> int:
+        return self.a.size
 
 
 def _gpu_clone(a: NDArray) -> NDArray:

@@ -14,7 +14,7 @@ import needlec as nc
 from needlec import backend_ndarray as nd
 from needlec import ops
 
-from .test_cuda_device import host_gpu  # noqa: F401  (the fixture)
+from .test_cuda_device import host_gpu  # noqa: F401  (the stand-in's fixture)
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +23,59 @@ def kernel_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cuda_kernels")
 
 
-@pytest.fixture
-def gpu(host_gpu, monkeypatch, kernel_cache):  # noqa: F811
-    """`nc.cuda()` enabled over the stand-in, with empty eager caches."""
+def _counting(real, kind: str, size, rec):
+    def counted(*a, **k):
+        rec.stats[kind] += 1
+        rec.copies.append((kind, int(size(a))))
+        return real(*a, **k)
+
+    return counted
+
+
+def _record(monkeypatch):
+    """Counters over the real pycuda: every memcpy (direction, bytes) and every compile."""
+    import collections
+    import types
+
+    import pycuda.compiler as compiler
+    import pycuda.driver as drv
+
+    rec = types.SimpleNamespace(stats=collections.Counter(), copies=[])
+    for kind, size in (
+        ("htod", lambda a: a[1].nbytes),
+        ("dtoh", lambda a: a[0].nbytes),
+        ("dtod", lambda a: a[2]),
+    ):
+        for name in (f"memcpy_{kind}", f"memcpy_{kind}_async"):
+            monkeypatch.setattr(drv, name, _counting(getattr(drv, name), kind, size, rec))
+    real_compile = compiler.compile
+
+    def compiled(*a, **k):
+        rec.stats["compiles"] += 1
+        return real_compile(*a, **k)
+
+    monkeypatch.setattr(compiler, "compile", compiled)
+    return rec
+
+
+@pytest.fixture(params=["stand-in", "gpu"])
+def gpu(request, monkeypatch, kernel_cache):
+    """`nc.cuda()` enabled, with empty eager caches: over the stand-in (everywhere), and over
+    the real device where there is one; `.stats` and `.copies` count what it does."""
     from needlec.codegen.cuda import eager
 
+    if request.param == "stand-in":
+        found = request.getfixturevalue("host_gpu")
+        monkeypatch.setattr(nd, "_cuda_available", lambda: True)
+        monkeypatch.setitem(nd._DEVICES, "cuda", nd.BackendDevice("cuda", lambda: True))
+    elif not nc.cuda().enabled():
+        pytest.skip("no CUDA device or pycuda")
+    else:
+        found = _record(monkeypatch)
     monkeypatch.setenv("NEEDLEC_CACHE_DIR", str(kernel_cache))
-    monkeypatch.setattr(nd, "_cuda_available", lambda: True)
-    monkeypatch.setitem(nd._DEVICES, "cuda", nd.BackendDevice("cuda", lambda: True))
     monkeypatch.delenv("NEEDLEC_EXECUTE", raising=False)  # jit picks the CUDA backend
     eager.clear()
-    yield host_gpu
+    yield found
     eager.clear()
 
 
@@ -187,10 +229,10 @@ def test_eager_op_on_cuda_matches_numpy(gpu, name):
 
     fn, want = EAGER_CASES[name]
     args = [nc.Tensor(a, device=nc.cuda()) for a in (_X, _Y, _W, _B)]
-    launches = gpu.stats["launches"]
+    copies = len(gpu.copies)
     got = fn(*args)
     assert got.device == nc.cuda() and type(got.cached_data._handle).__name__ == "DeviceBuffer"
-    assert gpu.stats["launches"] > launches and eager.stats["programs"] > 0
+    assert eager.stats["programs"] > 0 and gpu.copies[copies:] == []  # on the device only
     np.testing.assert_allclose(got.numpy(), want(_X, _Y, _W, _B), rtol=1e-5, atol=1e-5)
 
 
@@ -280,3 +322,22 @@ def test_a_jitted_step_binds_device_parameters_without_copies(gpu):
     # only the hyperparameters (float64 scalars) go in; nothing comes back
     assert seen["copies"] and all(k == "htod" and n <= 8 for k, n in seen["copies"]), seen["copies"]
     assert any(seen["kept"])  # updated in place, in its own device buffer
+
+
+def test_the_copy_kernel_source_compiles_with_nvcc():
+    """The strided copy (`compact`, `setitem`, `fill`) for every dtype pair a copy meets,
+    broadcast and strided, built for sm_90 where nvcc is on the PATH."""
+    from needlec.codegen.cuda.eager import _copy_source
+
+    from .test_cuda_source import NVCC, nvcc_ptx
+
+    if NVCC is None:
+        pytest.skip("nvcc is not on the PATH")
+    pairs = [("float32", "float32"), ("float64", "float32"), ("bool", "float32")]
+    pairs += [("int64", "int32"), ("float32", "bool"), ("int32", "int64")]
+    parts = [
+        _copy_source(f"copy{j}", (3, 1, 4), (4, 4, 1), (0, 5, 2), dst, src)
+        for j, (dst, src) in enumerate(pairs)
+    ]
+    parts.append(_copy_source("scalar", (), (), (), "float32", "float32"))
+    nvcc_ptx("\n".join(parts), "the strided copy kernels")
