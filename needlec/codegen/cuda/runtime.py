@@ -12,8 +12,11 @@ pycuda is optional (`pip install -e ".[cuda]"`); nothing here imports it until a
   checksummed cache the CPU backend uses (a damaged entry is compiled afresh).
 - `CudaExecutable`: a `Program`'s kernels rendered (`program.render_program`), compiled once,
   every buffer allocated once; `run(arrays)` copies the inputs in, launches every phase of every
-  kernel in order on one stream, and copies the outputs back. A kernel the renderer leaves on
-  the host (a Python callback) runs on the kernel interpreter between launches.
+  kernel in order on one stream, and copies the outputs back. Given device arrays (anything with
+  a `__cuda_array_interface__`: a `cuda()` NDArray), `run` binds their pointers into the launch
+  list instead, writes each output into a fresh `storage.DeviceBuffer` or over the parameter the
+  memory plan donates to it, and copies nothing but host-side scalars. A kernel the renderer
+  leaves on the host (a Python callback) runs on the kernel interpreter between launches.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import functools
 import hashlib
 import math
 import subprocess
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -208,6 +212,7 @@ class CudaExecutable:
                 fn.prepare("P" * len(args))  # packed once: a launch is one driver call
                 self.launches.append(("device", (fn, launch.grid, launch.block, args)))
         self.donated = _donations(program, self.cuda.kernels)
+        self._lock = threading.Lock()  # a call binds pointers into the shared launch list
 
     def _own(self, b) -> object:
         """The executable's own memory for buffer `b` (allocated on first use)."""
@@ -231,6 +236,10 @@ class CudaExecutable:
         (see `run_on_device`), device arrays out."""
         if any(device_pointer(a) is not None for a in arrays):
             return self.run_on_device(arrays)
+        with self._lock:
+            return self._run_host(arrays)
+
+    def _run_host(self, arrays: list) -> list[np.ndarray]:
         drv, s = self.drv, self.stream
         io = [*self.kernels.inputs, *self.kernels.outputs]
         self._bind(
@@ -254,6 +263,10 @@ class CudaExecutable:
         is bound by its pointer (no copy), a host array (a hyperparameter, a seed) is copied into
         the executable's own buffer. Each output is the input object it was written over (a
         donated parameter, updated in place) or a fresh `DeviceBuffer` the kernels wrote into."""
+        with self._lock:
+            return self._run_device(arrays)
+
+    def _run_device(self, arrays: list) -> list:
         from .storage import DeviceBuffer
 
         drv, s = self.drv, self.stream
