@@ -869,6 +869,9 @@ def _gpu_run(op: Any, arrays: Sequence[NDArray], arg: Any, shape: Shape) -> NDAr
     from .codegen.cuda import eager
 
     args = [a if a.strides == _compact_strides(a.shape) else a.compact() for a in arrays]
+    if op.name in ("RESHAPE", "STOP_GRADIENT"):  # a view of the same memory, as numpy's is
+        a, shape = args[0], tuple(shape)
+        return NDArray._new(shape, _compact_strides(shape), a.device, a._handle, a._offset)
     out = eager.run_op(op, arg, args)
     shape = tuple(shape)
     return NDArray._new(shape, _compact_strides(shape), arrays[0].device, out, 0)

@@ -62,7 +62,7 @@ def program_for(op: Op, arg, inputs: Sequence):
         return ex
     xs = [Node.leaf(Op.INPUT, str(a.dtype), a.shape, ("arg", k)) for k, a in enumerate(inputs)]
     node = Node.make(op, *xs, arg=arg)
-    ex = runtime.CudaExecutable(compile_program(Graph(xs, [node])), own_io=False)
+    ex = runtime.CudaExecutable(compile_program(Graph(xs, [node])))
     stats["programs"] += 1
     _programs[key] = ex
     if len(_programs) > MAX_PROGRAMS:

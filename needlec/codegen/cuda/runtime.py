@@ -11,7 +11,7 @@ pycuda is optional (`pip install -e ".[cuda]"`); nothing here imports it until a
   disk by the source's hash, the GPU's architecture and the nvcc and needlec versions, in the
   checksummed cache the CPU backend uses (a damaged entry is compiled afresh).
 - `CudaExecutable`: a `Program`'s kernels rendered (`program.render_program`), compiled once,
-  every buffer allocated once; `run(arrays)` copies the inputs in, launches every phase of every
+  every buffer allocated once (inputs and outputs on the first call that needs them); `run(arrays)` copies the inputs in, launches every phase of every
   kernel in order on one stream, and copies the outputs back. Given device arrays (anything with
   a `__cuda_array_interface__`: a `cuda()` NDArray), `run` binds their pointers into the launch
   list instead, writes each output into a fresh `storage.DeviceBuffer` or over the parameter the
@@ -165,11 +165,11 @@ class CudaExecutable:
 
     fresh_outputs = True
 
-    def __init__(self, program, prefix: str = "", module=None, own_io: bool = True) -> None:
+    def __init__(self, program, prefix: str = "", module=None) -> None:
         """`module`: an already loaded module holding this program's kernels, rendered with
-        function names starting with `prefix` (several programs compiled as one file).
-        `own_io=False`: the program's inputs and outputs get memory only when a host array
-        needs it (its callers bind device arrays: eager ops)."""
+        function names starting with `prefix` (several programs compiled as one file). The
+        program's inputs and outputs get memory of their own only when a call passes host
+        arrays (a call over device arrays binds theirs)."""
         import pycuda.driver as drv
 
         from .program import render_program
@@ -187,7 +187,7 @@ class CudaExecutable:
         every = [*self.kernels.inputs, *self.kernels.constants]
         for k in self.kernels.kernels:
             every += [*k.inputs, *k.outputs]
-        io = set() if own_io else {*self.kernels.inputs, *self.kernels.outputs}
+        io = {*self.kernels.inputs, *self.kernels.outputs}
         for b in dict.fromkeys(every):
             if b not in io or b in self.kernels.constants:
                 self._own(b)
@@ -242,9 +242,7 @@ class CudaExecutable:
     def _run_host(self, arrays: list) -> list[np.ndarray]:
         drv, s = self.drv, self.stream
         io = [*self.kernels.inputs, *self.kernels.outputs]
-        self._bind(
-            {b: int(self._own(b)) for b in io}
-        )  # its own buffers (a device run binds others)
+        self._bind({b: int(self._own(b)) for b in io})  # its own (a device run binds others)
         for b, a in zip(self.kernels.inputs, arrays, strict=True):
             if b.nbytes:
                 drv.memcpy_htod_async(self.memory[b], np.ascontiguousarray(a, b.dtype), s)
