@@ -590,6 +590,9 @@ class NDArray:
 
     def astype(self, dtype: Any) -> NDArray:
         """A copy converted to `dtype`."""
+        if self._device.on_gpu:
+            dtype = _dtype(dtype)
+            return _gpu_clone(self) if dtype == self.dtype else _gpu_op("CAST", [self], dtype)
         return NDArray(self, dtype=dtype)
 
     # ---- elementwise --------------------------------------------------------------------------
@@ -692,12 +695,19 @@ class NDArray:
     def flip(self, axes: int | Sequence[int] | None = None) -> NDArray:
         """A compact copy reversed along `axes` (all axes when None)."""
         axes = tuple(axes) if isinstance(axes, list) else axes
+        if self._device.on_gpu:
+            every = tuple(range(self.ndim)) if axes is None else axes
+            every = (every,) if np.ndim(every) == 0 else tuple(every)
+            return _gpu_op("FLIP", [self], every) if every else _gpu_clone(self)
         return NDArray.from_numpy(np.flip(self._view(), axes).copy(), self.device)
 
     def pad(self, axes: Sequence[tuple[int, int]]) -> NDArray:
         """A copy zero-padded by (lo, hi) along each dim."""
         if len(axes) != self.ndim:
             raise ValueError(f"pad: {len(axes)} (lo, hi) pairs for shape {self.shape}")
+        if self._device.on_gpu and all(lo >= 0 and hi >= 0 for lo, hi in axes):
+            widths = tuple((int(lo), int(hi)) for lo, hi in axes)
+            return _gpu_op("PAD", [self], widths) if any(map(any, widths)) else _gpu_clone(self)
         return NDArray.from_numpy(np.pad(self._view(), tuple(axes)), self.device)
 
 

@@ -183,6 +183,10 @@ def test_ndarray_operators_on_cuda_match_numpy(gpu):
         (a.max(axis=0), x.max(0)),
         (a @ c, x @ w),
         (a.permute((1, 0))[1:5, 1:3] * 2.0, x.T[1:5, 1:3] * 2),
+        (a.astype("int32"), x.astype("int32")),
+        (a.flip((1,)), x[:, ::-1]),
+        (a.flip(), x[::-1, ::-1]),
+        (a.pad(((1, 0), (0, 2))), np.pad(x, ((1, 0), (0, 2)))),
     ]
     assert eager.stats["programs"] >= programs + len(cases) - 1  # all but >= ran as kernels
     for k, (got, want) in enumerate(cases):
