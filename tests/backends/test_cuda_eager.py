@@ -257,8 +257,8 @@ def test_an_op_compiles_once_per_signature(gpu):
 
 
 def _mlp_run(device, jit: bool, steps: int, watch=None):
-    """Train a small MLP for `steps` steps on `device`; (losses, parameters). `watch(i, model)`
-    runs around step i (a context manager factory) when given."""
+    """Train a small MLP for `steps` steps on `device`; (losses, parameters, the last loss
+    tensor). `watch(i, model)` runs around step i (a context manager factory) when given."""
     np.random.seed(0)
     model = nc.nn.Sequential(
         nc.nn.Linear(6, 8, device=device), nc.nn.ReLU(), nc.nn.Linear(8, 3, device=device)
@@ -285,12 +285,13 @@ def _mlp_run(device, jit: bool, steps: int, watch=None):
         else:
             loss = step(x, y)
         losses.append(loss.numpy())
-    return np.array(losses), [p.numpy() for p in model.parameters()]
+    return np.array(losses), [p.numpy() for p in model.parameters()], loss
 
 
 def test_an_eager_training_step_on_cuda_equals_the_cpu(gpu):
-    want_loss, want_params = _mlp_run(nc.cpu(), jit=False, steps=2)
-    got_loss, got_params = _mlp_run(nc.cuda(), jit=False, steps=2)
+    want_loss, want_params, _ = _mlp_run(nc.cpu(), jit=False, steps=2)
+    got_loss, got_params, loss = _mlp_run(nc.cuda(), jit=False, steps=2)
+    assert loss.device == nc.cuda() and type(loss.cached_data._handle).__name__ == "DeviceBuffer"
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     for g, w in zip(got_params, want_params, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
@@ -317,8 +318,9 @@ def test_a_jitted_step_binds_device_parameters_without_copies(gpu):
             ]
             seen["on_device"] = all(p.device == nc.cuda() for p in params)
 
-    want_loss, want_params = _mlp_run(nc.cpu(), jit=True, steps=3)
-    got_loss, got_params = _mlp_run(nc.cuda(), jit=True, steps=3, watch=watch)
+    want_loss, want_params, _ = _mlp_run(nc.cpu(), jit=True, steps=3)
+    got_loss, got_params, loss = _mlp_run(nc.cuda(), jit=True, steps=3, watch=watch)
+    assert loss.device == nc.cuda() and type(loss.cached_data._handle).__name__ == "DeviceBuffer"
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     for g, w in zip(got_params, want_params, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
