@@ -104,9 +104,14 @@ class BackendDevice:
             raise AttributeError(name)  # copy, pickle and numpy probe dunders: never the module's
         mod = self.__dict__.get("mod")
         if self.__dict__.get("on_gpu") and name not in self._MOD_DUNDERS and self.enabled():
+            from .codegen.cuda.eager import BACKEND
+
+            if name in BACKEND:  # Array, to_numpy, from_numpy, fill, compact: on the device
+                return BACKEND[name]
             raise AttributeError(
-                f"{self!r}.{name}: needle's backend kernels work on host buffers; a cuda() "
-                "array's ops run as generated CUDA kernels: use NDArray or Tensor ops"
+                f"{self!r}.{name}: needle's elementwise and reduction kernels work on host "
+                "buffers; a cuda() array's ops run as generated CUDA kernels: use NDArray or "
+                "Tensor ops"
             )
         public = getattr(mod, "__all__", None)
         if public is not None and name not in public and name not in BackendDevice._MOD_DUNDERS:

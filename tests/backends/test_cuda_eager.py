@@ -128,6 +128,24 @@ def test_views_share_the_device_buffer(gpu):
     np.testing.assert_array_equal(c.numpy(), views[0][1])
 
 
+def test_needles_backend_functions_move_device_buffers(gpu):
+    """`cuda().Array`, `from_numpy`, `to_numpy`, `fill` and `compact` on device buffers; the
+    arithmetic kernels are refused by name (the arrays' own ops run on the device)."""
+    dev = nc.cuda()
+    x = np.arange(12, dtype="float32")
+    buf = dev.Array(12)
+    dev.from_numpy(x, buf)
+    got = dev.to_numpy(buf, (3, 2), (1, 3), 2)  # element (i, j) at 2 + i + 3 j
+    np.testing.assert_array_equal(got, [[2, 5], [3, 6], [4, 7]])
+    out = dev.Array(6)
+    dev.compact(buf, out, (2, 3), (1, 2), 1)
+    np.testing.assert_array_equal(dev.to_numpy(out, (6,), (1,), 0), [1, 3, 5, 2, 4, 6])
+    dev.fill(out, 7)
+    np.testing.assert_array_equal(dev.to_numpy(out, (6,), (1,), 0), np.full(6, 7, "float32"))
+    with pytest.raises(AttributeError, match="ewise_add"):
+        dev.ewise_add  # noqa: B018
+
+
 def test_setitem_and_fill_write_on_the_device(gpu):
     rng = _rng()
     x = rng.standard_normal((4, 6)).astype("float32")

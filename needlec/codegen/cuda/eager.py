@@ -140,4 +140,57 @@ def from_scalar(value, dtype: str) -> DeviceBuffer:
     return DeviceBuffer.from_host(np.array(value, dtype=dtype).reshape(1))
 
 
-__all__ = ["clear", "copy_strided", "from_scalar", "program_for", "run_op", "signature", "stats"]
+# ---- needle's backend functions on device buffers (what `cuda().to_numpy(...)` and the like
+# are on a GPU): the ones that move or place data
+def to_numpy(a: DeviceBuffer, shape, strides, offset: int) -> np.ndarray:
+    """A C-contiguous host copy of the strided view (`shape`, `strides`, `offset`) of `a`."""
+    out = DeviceBuffer(math.prod(shape), a.dtype)
+    compact(a, out, shape, strides, offset)
+    return out.to_host().reshape(tuple(shape))
+
+
+def from_numpy(a, out: DeviceBuffer) -> None:
+    """Copy the elements of the host array `a`, in row-major order, into `out` (same size)."""
+    src = np.ascontiguousarray(a, dtype=out.dtype)
+    if src.size != out.size:
+        raise ValueError(
+            f"from_numpy: array of shape {src.shape} ({src.size} elements) into a device "
+            f"buffer of {out.size}"
+        )
+    out.copy_from(DeviceBuffer.from_host(src))
+
+
+def fill(out: DeviceBuffer, val) -> None:
+    """Set every element of `out` to `val`."""
+    src = from_scalar(val, str(out.dtype))
+    copy_strided((out.size,), (out.ptr(), (1,), str(out.dtype)), (src.ptr(), (0,), str(out.dtype)))
+
+
+def compact(a: DeviceBuffer, out: DeviceBuffer, shape, strides, offset: int) -> None:
+    """Write the strided view (`shape`, `strides`, `offset`) of `a` into the compact `out`."""
+    shape = tuple(int(n) for n in shape)
+    if math.prod(shape) != out.size:
+        raise ValueError(f"compact: shape {shape} into a device buffer of {out.size}")
+    src = (a.ptr() + int(offset) * a.dtype.itemsize, strides, str(a.dtype))
+    strides_out = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    copy_strided(shape, (out.ptr(), strides_out, str(out.dtype)), src)
+
+
+BACKEND = {"Array": DeviceBuffer, "to_numpy": to_numpy, "from_numpy": from_numpy}
+BACKEND.update(fill=fill, compact=compact)
+
+
+__all__ = [
+    "BACKEND",
+    "clear",
+    "compact",
+    "copy_strided",
+    "fill",
+    "from_numpy",
+    "from_scalar",
+    "program_for",
+    "run_op",
+    "signature",
+    "stats",
+    "to_numpy",
+]
