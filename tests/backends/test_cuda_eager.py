@@ -365,3 +365,16 @@ def test_the_copy_kernel_source_compiles_with_nvcc():
     ]
     parts.append(_copy_source("scalar", (), (), (), "float32", "float32"))
     nvcc_ptx("\n".join(parts), "the strided copy kernels")
+
+
+def test_a_jitted_function_on_cuda_reads_a_closure_array(gpu):
+    """A numpy array the function reads from its closure goes along with the call's device
+    (copied in at each call, as a hyperparameter is), and later writes to it are seen."""
+    w = _W.copy()
+    f = nc.jit(lambda t: ops.tanh(t @ nc.Tensor(w, requires_grad=False)) * 2.0)
+    x = nc.Tensor(_X, device=nc.cuda())
+    got = f(x)
+    assert got.device == nc.cuda()
+    np.testing.assert_allclose(got.numpy(), np.tanh(_X @ w) * 2, rtol=1e-5, atol=1e-6)
+    w[:] = -w
+    np.testing.assert_allclose(f(x).numpy(), np.tanh(_X @ -_W) * 2, rtol=1e-5, atol=1e-6)
