@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 
+import needlec as nc
 from needlec.codegen.cuda import autotune
 from needlec.codegen.cuda.program import header, render_program
 from needlec.codegen.reference import run_graph
@@ -167,6 +168,36 @@ def test_every_matmul_variant_compiles_with_nvcc():
                 kg = compile_program(g).kernels
                 parts.append(render_program(kg, prefix=f"v{j}_{i}_", with_header=False).source)
     nvcc_ptx("\n".join(parts), "the matmul variants")
+
+
+ON_GPU_CASES = ("130x33x7-epilogue", "both_transposed_batched-epilogue", "masked-padded")
+
+
+@pytest.mark.skipif(not nc.cuda().enabled(), reason="no CUDA device or pycuda")
+@pytest.mark.parametrize("t", VARIANTS, ids=_vid)
+def test_every_matmul_tiling_on_the_gpu(t):
+    """Each tiling on the device (its cases compiled as one module), against the reference."""
+    import pycuda.driver as drv
+
+    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
+
+    found = [c for c in _cases() if c[0] in ON_GPU_CASES]
+    with tiles(t):
+        programs = [compile_program(g) for _, g, _, _ in found]
+        parts = [header()]
+        parts += [
+            render_program(p.kernels, prefix=f"c{j}_", with_header=False).source
+            for j, p in enumerate(programs)
+        ]
+        module = drv.module_from_buffer(compile_source("\n".join(parts)))
+        exes = [CudaExecutable(p, prefix=f"c{j}_", module=module) for j, p in enumerate(programs)]
+    for (name, graph, arrays, (n, scale, _)), ex in zip(found, exes, strict=True):
+        got = ex.run([a.copy() for a in arrays])
+        bound = _bound(t, n, scale)
+        for j, (g, w) in enumerate(zip(got, run_graph(graph, arrays), strict=True)):
+            err = np.abs(g.astype(np.float64) - w)
+            assert (err <= bound).all(), f"{name} {_vid(t)} output {j}: max error {err.max()}"
+        ex.close()
 
 
 # ---------------------------------------------------------------- the autotuner
