@@ -143,11 +143,30 @@ def test_elementwise_epilogue_runs_inside_the_matmul_kernel(t):
     assert sum(len(ck.launches) for ck in plain.cuda.kernels) > 1
 
 
-def test_integer_and_float64_matmuls_keep_the_plain_kernel():
+def test_integer_and_float64_matmuls_keep_the_plain_kernel_and_fuse_the_epilogue():
+    """float64 and int32 products use the 16x16 tiled kernel; its epilogue runs inside it too."""
+    rng = np.random.default_rng(T.RNG_SEED)
+    found = []
     for dtype in ("float64", "int32"):
-        a, b = T.arg(dtype, (9, 7), 0), T.arg(dtype, (7, 5), 1)
-        src = render_program(compile_program(Graph([a, b], [a @ b])).kernels).source
-        assert "acc[" not in src and "ta[" in src, src
+        a, b, c = T.arg(dtype, (33, 9), 0), T.arg(dtype, (9, 7), 1), T.arg(dtype, (7,), 2)
+        graph = Graph([a, b, c], [(a @ b) * 3 + c])
+        case = emu.prepare(graph, f"{dtype}_")
+        assert "acc[" not in case.cuda.source and "ta[" in case.cuda.source, case.cuda.source
+        assert sum(len(ck.launches) for ck in case.cuda.kernels) == 1, case.cuda.source
+        arrays = [
+            T.int_values(dtype, s, rng) if dtype == "int32" else rng.standard_normal(s)
+            for s in ((33, 9), (9, 7), (7,))
+        ]
+        found.append((case, [np.asarray(x, dtype) for x in arrays]))
+    outs = emu.run_cases([f[0] for f in found], [f[1] for f in found])
+    for (case, arrays), (got,) in zip(found, outs, strict=True):
+        (want,) = run_graph(case.graph, arrays)
+        if want.dtype.kind == "i":
+            np.testing.assert_array_equal(got, want)
+        else:
+            x, y = np.abs(arrays[0]), np.abs(arrays[1])
+            bound = 3 * 2 * np.finfo("f8").eps * 3 * (x @ y) + 4 * np.spacing(np.abs(want))
+            assert (np.abs(got - want) <= bound).all()
 
 
 def test_matmul_option_is_checked(monkeypatch):

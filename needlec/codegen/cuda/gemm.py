@@ -44,6 +44,15 @@ def render_matmul(r, c: Core, into: Buffer) -> None:
         _wmma(r, c, into, cfg)
 
 
+def _unrolled(r, ni: int, nj: int, stmt: str) -> None:
+    """`stmt` for every (i, j) of ni x nj, both loops unrolled (register arrays stay registers)."""
+    r.emit("#pragma unroll")
+    r.emit(f"for (int i = 0; i < {ni}; ++i)")
+    r.emit("  #pragma unroll")
+    r.emit(f"  for (int j = 0; j < {nj}; ++j)")
+    r.emit(f"    {stmt}")
+
+
 def _problem(c: Core):
     a, b = c.operands
     *batch, m, n = c.shape
@@ -159,8 +168,7 @@ def _simt(r, c: Core, into: Buffer, cfg) -> None:
     r.emit(f"const int tx = threadIdx.x % {tc}, ty = threadIdx.x / {tc};")
     bidx = _tile_loop(r, c, cfg)
     r.emit(f"float acc[{cfg.tm}][{cfg.tn}];")
-    r.emit(f"#pragma unroll\nfor (int i = 0; i < {cfg.tm}; ++i)")
-    r.emit(f"#pragma unroll\n  for (int j = 0; j < {cfg.tn}; ++j) acc[i][j] = 0.0f;")
+    _unrolled(r, cfg.tm, cfg.tn, "acc[i][j] = 0.0f;")
 
     def compute() -> None:
         r.emit("#pragma unroll")
@@ -176,9 +184,7 @@ def _simt(r, c: Core, into: Buffer, cfg) -> None:
             r.emit(
                 f"  fb[{4 * g}] = v.x; fb[{4 * g + 1}] = v.y; fb[{4 * g + 2}] = v.z; fb[{4 * g + 3}] = v.w; }}"
             )
-        r.emit(f"#pragma unroll\nfor (int i = 0; i < {cfg.tm}; ++i)")
-        r.emit(f"#pragma unroll\n  for (int j = 0; j < {cfg.tn}; ++j)")
-        r.emit("    acc[i][j] = __fmaf_rn(fa[i], fb[j], acc[i][j]);")
+        _unrolled(r, cfg.tm, cfg.tn, "acc[i][j] = __fmaf_rn(fa[i], fb[j], acc[i][j]);")
         r.close()
 
     _main_loop(r, c, cfg, bidx, threads, "{}", compute)
@@ -217,8 +223,7 @@ def _wmma(r, c: Core, into: Buffer, cfg) -> None:
     r.emit(f"const int wm = warp / {wc}, wn = warp % {wc};")
     bidx = _tile_loop(r, c, cfg)
     r.emit(f"{w}fragment<{w}accumulator, 16, 16, {ks}, float> acc[{fm}][{fn}];")
-    r.emit(f"#pragma unroll\nfor (int i = 0; i < {fm}; ++i)")
-    r.emit(f"#pragma unroll\n  for (int j = 0; j < {fn}; ++j) {w}fill_fragment(acc[i][j], 0.0f);")
+    _unrolled(r, fm, fn, f"{w}fill_fragment(acc[i][j], 0.0f);")
 
     def compute() -> None:
         r.emit("#pragma unroll")
@@ -239,9 +244,7 @@ def _wmma(r, c: Core, into: Buffer, cfg) -> None:
             r.emit("for (int e = 0; e < fb[j].num_elements; ++e)")
             r.emit(f"  fb[j].x[e] = {w}__float_to_tf32(fb[j].x[e]);")
         r.close()
-        r.emit(f"#pragma unroll\nfor (int i = 0; i < {fm}; ++i)")
-        r.emit(f"#pragma unroll\n  for (int j = 0; j < {fn}; ++j)")
-        r.emit(f"    {w}mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);")
+        _unrolled(r, fm, fn, f"{w}mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);")
         r.close()
 
     _main_loop(r, c, cfg, bidx, threads, "{}" if tf32 else "__float2bfloat16({})", compute)
