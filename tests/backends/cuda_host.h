@@ -147,7 +147,12 @@ extern "C" void nc_emulate(void (*kernel)(void**), void** args, int grid, int bl
 // ---------------------------------------------------------------- bf16 and WMMA
 struct __nv_bfloat16 {
   unsigned short bits;
-  operator float() const { unsigned u = (unsigned)bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
+  operator float() const {
+    unsigned u = (unsigned)bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
 };
 inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even (NaN stays NaN)
   unsigned u;
@@ -196,7 +201,8 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, u
   typedef fragment<Use, M, N, K, T, Layout> F;
   const bool rows = std::is_same<Layout, row_major>::value;
   for (int r = 0; r < F::R; ++r)
-    for (int c = 0; c < F::C; ++c) f.x[r * F::C + c] = (float)(rows ? p[r * ldm + c] : p[c * ldm + r]);
+    for (int c = 0; c < F::C; ++c)
+      f.x[r * F::C + c] = (float)(rows ? p[r * ldm + c] : p[c * ldm + r]);
 }
 template <int M, int N, int K, class T>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm,
@@ -208,7 +214,8 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, T>&
     }
 }
 template <int M, int N, int K, class T, class TA, class LA, class LB>
-inline void mma_sync(fragment<accumulator, M, N, K, T>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+inline void mma_sync(fragment<accumulator, M, N, K, T>& d,
+                     const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TA, LB>& b,
                      const fragment<accumulator, M, N, K, T>& c) {
   float out[M * N];

@@ -133,6 +133,17 @@ def test_matmul_kernel_on_host(t, name):
         assert (err <= b).all(), f"{name} {_vid(t)} output {j}: max error {err.max()}"
 
 
+@pytest.mark.parametrize("kind", ["tf32", "bf16"])
+def test_tensor_core_kernels_round_their_inputs(kind):
+    """The tensor-core kernels are less accurate than fp32, by about their inputs' rounding:
+    their results are not fp32 results that merely passed a looser check."""
+    t = autotune.CANDIDATES[kind][0]
+    (_, graph, arrays, (_, scale, _)), _, (got,) = _results(t)["130x33x7"]
+    (want,) = run_graph(graph, arrays)
+    worst = float(np.max(np.abs(got - want) / scale))
+    assert TENSOR_CORE_ROUNDING[kind] / 8 < worst <= 3 * TENSOR_CORE_ROUNDING[kind], worst
+
+
 @pytest.mark.parametrize("t", VARIANTS[:1], ids=_vid)
 def test_elementwise_epilogue_runs_inside_the_matmul_kernel(t):
     """An epilogue elementwise over the core's output adds no phase; a reduction over it does."""

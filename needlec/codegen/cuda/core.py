@@ -2,13 +2,14 @@
 
 A matmul (batched, operands read through their views: transposes, broadcast batch dims and masks
 are in the strides and bounds) of float32 is `gemm.py`'s register-blocked kernel (or its
-tensor-core variant, `NEEDLEC_CUDA_MATMUL`); of the other dtypes a shared-memory tiled kernel: a
+tensor-core variant, `NEEDLEC_CUDA_MATMUL`); of another dtype, a shared-memory tiled kernel: a
 block of TILE x TILE threads computes a TILE x TILE tile of C, stepping over K a tile at a time,
-each step loading a tile of A and one of B into shared memory. A convolution and its two gradients are direct kernels: one
-thread per output element, its sum over the window (and input channels, or batch positions) in
-registers. Products accumulate in the core's dtype, integers wrapping as numpy's do. The
-epilogue the passes fuse after a core runs in the kernel's later phases, reading the core's
-output buffer.
+each step loading a tile of A and one of B into shared memory. A convolution and its two
+gradients are direct kernels: one thread per output element, its sum over the window (and input
+channels, or batch positions) in registers. Products accumulate in the core's dtype, integers
+wrapping as numpy's do. A matmul writes its outputs through the renderer's `store_core_output`,
+which also runs an elementwise epilogue the passes fused after the core on each output in
+registers; any other epilogue runs in the kernel's later phases, reading the core's output buffer.
 """
 
 from __future__ import annotations

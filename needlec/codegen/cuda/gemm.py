@@ -13,7 +13,7 @@ element goes through `store_core_output` (the renderer's hook that also runs a f
   16-byte vectors that do not conflict. Products are fused multiply-adds (`__fmaf_rn`, one
   rounding).
 - Tensor cores (`tf32` or `bf16`): WMMA (nvcuda::wmma) fragments, A and B rounded to TF32
-  (`m16n16k8`) or bf16 (`m16n16k16`) and accumulated in fp32; each warp owns a warp tile of 16x16
+  (`m16n16k8`) or bf16 (`m16n16k16`) as they are written to shared memory, accumulated in fp32; each warp owns a warp tile of 16x16
   accumulator fragments, stored through a per-warp 16x16 staging tile for the epilogue. The
   inputs' rounding makes it less accurate than fp32 (see `TENSOR_CORE_ROUNDING` in
   `needlec/ir/ops.py`).
@@ -174,16 +174,16 @@ def _simt(r, c: Core, into: Buffer, cfg) -> None:
         r.emit("#pragma unroll")
         r.open(f"for (int kk = 0; kk < {cfg.bk}; ++kk)")
         r.emit(f"float fa[{cfg.tm}], fb[{cfg.tn}];")
-        for g in range(cfg.tm // 4):
-            r.emit(f"{{ const float4 v = *(const float4*)&As[cur][kk][{g * tr * 4} + ty * 4];")
-            r.emit(
-                f"  fa[{4 * g}] = v.x; fa[{4 * g + 1}] = v.y; fa[{4 * g + 2}] = v.z; fa[{4 * g + 3}] = v.w; }}"
-            )
-        for g in range(cfg.tn // 4):
-            r.emit(f"{{ const float4 v = *(const float4*)&Bs[cur][kk][{g * tc * 4} + tx * 4];")
-            r.emit(
-                f"  fb[{4 * g}] = v.x; fb[{4 * g + 1}] = v.y; fb[{4 * g + 2}] = v.z; fb[{4 * g + 3}] = v.w; }}"
-            )
+        for name, arr, n, t, i in (("fa", "As", cfg.tm, tr, "ty"), ("fb", "Bs", cfg.tn, tc, "tx")):
+            for g in range(n // 4):  # a 16-byte shared-memory read a group of 4
+                r.emit(
+                    f"{{ const float4 v = *(const float4*)&{arr}[cur][kk][{g * t * 4} + {i} * 4];"
+                )
+                r.emit(
+                    "  "
+                    + " ".join(f"{name}[{4 * g + q}] = v.{x};" for q, x in enumerate("xyzw"))
+                    + " }"
+                )
         _unrolled(r, cfg.tm, cfg.tn, "acc[i][j] = __fmaf_rn(fa[i], fb[j], acc[i][j]);")
         r.close()
 
@@ -233,21 +233,17 @@ def _wmma(r, c: Core, into: Buffer, cfg) -> None:
         r.emit("#pragma unroll")
         r.open(f"for (int i = 0; i < {fm}; ++i)")
         r.emit(f"{w}load_matrix_sync(fa[i], &As[cur][wm * {cfg.tm} + i * 16][ks], {cfg.bk + pad});")
-        if tf32:
-            r.emit("for (int e = 0; e < fa[i].num_elements; ++e)")
-            r.emit(f"  fa[i].x[e] = {w}__float_to_tf32(fa[i].x[e]);")
         r.close()
         r.emit("#pragma unroll")
         r.open(f"for (int j = 0; j < {fn}; ++j)")
         r.emit(f"{w}load_matrix_sync(fb[j], &Bs[cur][ks][wn * {cfg.tn} + j * 16], {cfg.bn + pad});")
-        if tf32:
-            r.emit("for (int e = 0; e < fb[j].num_elements; ++e)")
-            r.emit(f"  fb[j].x[e] = {w}__float_to_tf32(fb[j].x[e]);")
         r.close()
         _unrolled(r, fm, fn, f"{w}mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);")
         r.close()
 
-    _main_loop(r, c, cfg, bidx, threads, "{}" if tf32 else "__float2bfloat16({})", compute)
+    # inputs rounded once, as they go to shared memory (a fragment's load then holds TF32 values)
+    rounding = f"{w}__float_to_tf32({{}})" if tf32 else "__float2bfloat16({})"
+    _main_loop(r, c, cfg, bidx, threads, rounding, compute)
     # each accumulator fragment through the warp's staging tile, then element by element
     r.open(f"for (int i = 0; i < {fm}; ++i)")
     r.open(f"for (int j = 0; j < {fn}; ++j)")
