@@ -530,28 +530,17 @@ class KernelRenderer:
         """Write the core's output element at logical indices `idx` (C expressions, one per axis
         of the core's shape), whose value is the C expression `value` (of the core's dtype).
 
-        Every core (GEMM, convolution) writes its results through this one hook. It stores the
-        element to `into` (the core's buffer) unless an epilogue fused into the core is the
-        only reader of that buffer; with a fused epilogue (`fusable_epilogue`) it then runs the
-        epilogue's values and stores for this element, the core's value bound to a register.
+        Every core (GEMM, convolution) writes its results through this one hook. Without a
+        fused epilogue it stores the element to `into` (the core's buffer). With one
+        (`fusable_epilogue`) it runs the epilogue's values and stores for this element, the
+        core's value bound to a register, and stores the element to `into` only where the
+        kernel outputs the core as is (then after the epilogue's reads, which may share its
+        memory); otherwise the epilogue was the buffer's only reader.
         The caller guards the element's bounds. A core whose renderer writes through this hook
         lists its op in `core.WRITES_THROUGH_HOOK`; only those get a fused epilogue."""
         c = self.k.core
-        shape = c.shape
-        if self.epilogue is None or self.s.core_store is not None:
-            terms, stride = [], 1
-            for i, n in reversed(list(zip(idx, shape, strict=True))):
-                if n != 1:
-                    terms.append(f"({i}) * {stride}LL" if stride != 1 else f"({i})")
-                stride *= n
-            off = " + ".join(reversed(terms)) or "0LL"
-            v = (
-                f"(unsigned char)({value})"
-                if into.dtype == "bool"
-                else convert(value, c.dtype, into.dtype)
-            )
-            self.emit(f"{self.base(into)}[{off}] = {v};")
         if self.epilogue is None:
+            self._store_core(into, idx, value)
             return
         core_e = next(e for e in self.k.exprs if e.op is KOp.CORE)
         self.open("")
@@ -566,7 +555,23 @@ class KernelRenderer:
         self.thread_walk(self.epilogue)
         for d in bound:
             self.idx.pop(d)
+        if self.s.core_store is not None:  # after the epilogue's reads (an input it may reuse)
+            self._store_core(into, idx, name)
         self.close()
+
+    def _store_core(self, into: Buffer, idx: list[str], value: str) -> None:
+        c = self.k.core
+        terms, stride = [], 1
+        for i, n in reversed(list(zip(idx, c.shape, strict=True))):
+            if n != 1:
+                terms.append(f"({i}) * {stride}LL" if stride != 1 else f"({i})")
+            stride *= n
+        off = " + ".join(reversed(terms)) or "0LL"
+        if into.dtype == "bool":
+            v = f"(unsigned char)({value})"
+        else:
+            v = convert(value, c.dtype, into.dtype)
+        self.emit(f"{self.base(into)}[{off}] = {v};")
 
     def flush(self, serial: list) -> None:
         """Top-level items outside loops (scalar stores): one thread."""
