@@ -280,8 +280,10 @@ def test_autotuner_times_the_candidates_on_the_gpu_picks_the_fastest_and_caches_
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((33, 9)).astype("f4"), rng.standard_normal((9, 7)).astype("f4")]
     program = compile_program(graph)
+    compiles = host_gpu.stats["compiles"]
     ex = CudaExecutable(program)
     assert timed == list(autotune.CANDIDATES["simt"])
+    assert host_gpu.stats["compiles"] == compiles + 2  # the candidates as one module, the program
     assert f"float acc[{fast.tm}][{fast.tn}]" in ex.source and f"[{fast.bn + 4}]" in ex.source
     np.testing.assert_allclose(ex.run(arrays)[0], run_graph(graph, arrays)[0], rtol=1e-5, atol=1e-5)
     ex.close()

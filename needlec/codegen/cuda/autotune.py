@@ -6,8 +6,9 @@ option (`NEEDLEC_CUDA_MATMUL`: simt, tf32 or bf16) and the GPU's architecture. `
 1. the choice stored on disk for that problem (an entry of the checksummed disk cache,
    `needlec.codegen.llvm.diskcache`, kind "tune"; a damaged or foreign entry is ignored);
 2. else, where a GPU is present and `NEEDLEC_CUDA_AUTOTUNE` is not 0, the fastest of a handful of
-   candidates (`CANDIDATES`): the kernel rendered once per candidate, compiled (nvcc, through
-   the compile cache) and timed with CUDA events (the least of a few runs), the winner stored;
+   candidates (`CANDIDATES`): the kernel rendered once per candidate, all compiled as one module
+   (one nvcc run, through the compile cache), each timed with CUDA events (the least of a few
+   runs), the winner stored;
 3. else a heuristic (`heuristic`): the largest tile that still gives every SM a block.
 
 The source a program shows (`source("cuda")`) is what runs: rendering asks `choose` once per
@@ -141,9 +142,10 @@ def store(p: Problem, t: Tiles) -> None:
 Timer = Callable[[Tiles, Callable[[], None]], float]
 
 
-def tune(p: Problem, measure: Callable[[Tiles], float]) -> Tiles:
-    """The candidate of `p.mode` that `measure` (seconds) finds fastest; stored on disk."""
-    times = {t: measure(t) for t in CANDIDATES[p.mode]}
+def tune(p: Problem, measure: Callable[[tuple[Tiles, ...]], dict[Tiles, float]]) -> Tiles:
+    """The candidate of `p.mode` that `measure` (seconds of each) finds fastest; stored on
+    disk."""
+    times = measure(CANDIDATES[p.mode])
     best = min(times, key=lambda t: (times[t], CANDIDATES[p.mode].index(t)))
     store(p, best)
     return best
@@ -161,7 +163,7 @@ def choose(r, c, mode: str) -> Tiles:
         if found is not None:
             return found
         if autotune_enabled():
-            return tune(p, lambda t: time_candidate(r, t))
+            return tune(p, lambda cands: time_candidates(r, cands))
     return heuristic(p)
 
 
@@ -183,9 +185,9 @@ def _event_timer(t: Tiles, launch: Callable[[], None], repeats: int = 5) -> floa
 timer: Timer = _event_timer  # replaced in tests by a fake clock
 
 
-def time_candidate(r, t: Tiles) -> float:
-    """Seconds the kernel of renderer `r` takes on the GPU with tiling `t` (its phases, on
-    buffers of random values)."""
+def time_candidates(r, candidates: tuple[Tiles, ...]) -> dict[Tiles, float]:
+    """Seconds the kernel of renderer `r` takes on the GPU with each tiling of `candidates` (its
+    phases, on buffers of random values); the candidates are compiled as one module."""
     import numpy as np
     import pycuda.driver as drv
 
@@ -193,37 +195,44 @@ def time_candidate(r, t: Tiles) -> float:
     from .render import KernelRenderer
     from .runtime import allocator, compile_source
 
-    tr = KernelRenderer(r.s, f"{r.name}_tune")
-    tr.forced_tiles = t
-    ck = tr.render()
-    module = drv.module_from_buffer(compile_source(header() + ck.source))
+    kernels = []
+    for j, t in enumerate(candidates):
+        tr = KernelRenderer(r.s, f"{r.name}_tune{j}")
+        tr.forced_tiles = t
+        kernels.append(tr.render())
+    module = drv.module_from_buffer(
+        compile_source("\n\n".join([header(), *(ck.source for ck in kernels)]))
+    )
     alloc = allocator()
     blocks, ptrs = [], []
     rng = np.random.default_rng(0)
-    for b in ck.buffers:
+    for b in kernels[0].buffers:
         c_, blk = alloc.alloc(max(1, b.nbytes))
         blocks.append((c_, blk))
         if b.nbytes and b.dtype == "float32":
             drv.memcpy_htod(blk, rng.standard_normal(b.shape).astype("float32"))
         ptrs.append(int(blk))
-    c_, scratch = alloc.alloc(max(64, ck.scratch_bytes))
+    c_, scratch = alloc.alloc(max([64] + [ck.scratch_bytes for ck in kernels]))
     blocks.append((c_, scratch))
     ptrs.append(int(scratch))
-    fns = []
-    for launch in ck.launches:
-        fn = module.get_function(launch.name)
-        fn.prepare("P" * len(ptrs))
-        fns.append((fn, launch))
-
-    def run() -> None:
-        for fn, launch in fns:
-            fn.prepared_async_call((launch.grid, 1), (launch.block, 1, 1), None, *ptrs)
-
+    times = {}
     try:
-        return timer(t, run)
+        for t, ck in zip(candidates, kernels, strict=True):
+            fns = []
+            for launch in ck.launches:
+                fn = module.get_function(launch.name)
+                fn.prepare("P" * len(ptrs))
+                fns.append((fn, launch))
+
+            def run(fns=fns) -> None:
+                for fn, launch in fns:
+                    fn.prepared_async_call((launch.grid, 1), (launch.block, 1, 1), None, *ptrs)
+
+            times[t] = timer(t, run)
     finally:
         for c_, blk in blocks:
             alloc.free(c_, blk)
+    return times
 
 
 __all__ = [
@@ -238,6 +247,6 @@ __all__ = [
     "matmul_mode",
     "problem_of",
     "store",
-    "time_candidate",
+    "time_candidates",
     "tune",
 ]
