@@ -3,8 +3,9 @@
     python -m benchmarks.gpu.bench_cuda --out DIR
 
 Measures, in one run: the device-to-device copy bandwidth (the ceiling of elementwise work);
-an elementwise chain over 64M floats (achieved GB/s); fp32 matmul 4096^3 by the generated tiled
-kernel against torch's cuBLAS (TF32 off, TF32 on, bf16); the MLP (batch 256) and ResNet9
+an elementwise chain over 64M floats (achieved GB/s); float32 matmul 4096^3 by the generated
+kernels (SIMT fp32, TF32 and bf16 tensor cores; tiles autotuned) against torch's cuBLAS (TF32
+off, TF32 on, bf16); the MLP (batch 256) and ResNet9
 (batch 128) training steps, jitted (the generated kernels replayed, GPU time by CUDA events)
 against torch eager on the same GPU. Writes `bench.json` and `RESULTS-gpu.md` (a section for
 benchmarks/RESULTS.md) under DIR. Needs pycuda, a GPU and torch built for CUDA.
@@ -43,16 +44,46 @@ def elementwise(n: int, repeats: int) -> dict:
 
 
 def matmul(n: int, repeats: int) -> dict:
+    """n^3 float32 matmul: the generated kernel of each kind (NEEDLEC_CUDA_MATMUL simt, tf32,
+    bf16; tiles from the autotuner) against torch's cuBLAS with TF32 off and on, and in bf16."""
+    import os
+
     import torch
 
+    from needlec.codegen.cuda import autotune, runtime
+    from needlec.codegen.cuda.runtime import CudaExecutable
     from needlec.ir import Graph, Node, Op
+    from needlec.passes import compile_program
 
     a = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 0))
     b = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 1))
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((n, n)).astype("float32") for _ in range(2)]
     flops = 2 * n**3
-    ours = flops / _graph_time(Graph([a, b], [a @ b]), arrays, repeats)
+    program = compile_program(Graph([a, b], [a @ b]))
+    want = arrays[0][:64].astype(np.float64) @ arrays[1].astype(np.float64)
+    out: dict = {"n": n}
+    before = os.environ.get("NEEDLEC_CUDA_MATMUL")
+    try:
+        for mode in autotune.MODES:
+            os.environ["NEEDLEC_CUDA_MATMUL"] = mode
+            ex = CudaExecutable(program)
+            (got,) = ex.run(arrays)
+            out[f"ours_{mode}_flops"] = flops / ex.time(repeats)
+            # the largest error of 64 rows against float64, relative to the largest |value|
+            out[f"ours_{mode}_error"] = float(np.abs(got[:64] - want).max() / np.abs(want).max())
+            problem = autotune.problem_of(
+                program.kernels.kernels[0].core, mode, runtime.architecture()
+            )
+            tiles = autotune.load(problem) or autotune.heuristic(problem)
+            out[f"ours_{mode}_tiles"] = f"{tiles.bm}x{tiles.bn}x{tiles.bk}/{tiles.tm}x{tiles.tn}"
+            ex.close()
+    finally:
+        if before is None:
+            os.environ.pop("NEEDLEC_CUDA_MATMUL", None)
+        else:
+            os.environ["NEEDLEC_CUDA_MATMUL"] = before
+    out["ours_fp32_flops"] = out["ours_simt_flops"]
 
     def torch_rate(dtype, tf32: bool) -> float:
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -67,13 +98,9 @@ def matmul(n: int, repeats: int) -> dict:
         end.synchronize()
         return flops / (start.elapsed_time(end) / 1e3 / repeats)
 
-    out = {
-        "n": n,
-        "ours_fp32_flops": ours,
-        "cublas_fp32_flops": torch_rate(torch.float32, False),
-        "cublas_tf32_flops": torch_rate(torch.float32, True),
-        "cublas_bf16_flops": torch_rate(torch.bfloat16, False),
-    }
+    out["cublas_fp32_flops"] = torch_rate(torch.float32, False)
+    out["cublas_tf32_flops"] = torch_rate(torch.float32, True)
+    out["cublas_bf16_flops"] = torch_rate(torch.bfloat16, False)
     torch.backends.cuda.matmul.allow_tf32 = False
     return out
 
@@ -182,12 +209,17 @@ def markdown(r: dict) -> str:
         )
     m = r.get("matmul", {})
     if "ours_fp32_flops" in m:
-        lines.append(
-            f"- fp32 matmul {m['n']}^3: generated tiled kernel {tf(m['ours_fp32_flops'])} = "
-            f"{m['ours_fp32_flops'] / m['cublas_fp32_flops']:.0%} of cuBLAS fp32 "
-            f"{tf(m['cublas_fp32_flops'])} (target 70%); cuBLAS TF32 {tf(m['cublas_tf32_flops'])}, "
-            f"bf16 {tf(m['cublas_bf16_flops'])} (no tensor-core path generated yet)"
-        )
+        for mode, peer, target in (
+            ("simt", "fp32", "70% of cuBLAS fp32, TF32 off"),
+            ("tf32", "tf32", "within 2x of cuBLAS TF32"),
+            ("bf16", "bf16", "within 2x of cuBLAS bf16"),
+        ):
+            ours, theirs = m[f"ours_{mode}_flops"], m[f"cublas_{peer}_flops"]
+            lines.append(
+                f"- matmul {m['n']}^3, generated {mode} kernel (tiles {m[f'ours_{mode}_tiles']}): "
+                f"{tf(ours)} = {ours / theirs:.0%} of cuBLAS {peer} {tf(theirs)} (target "
+                f"{target}); max error {m[f'ours_{mode}_error']:.1e} of the largest |value|"
+            )
     for key in ("mlp", "resnet9"):
         s = r.get(key, {})
         if "jit_gpu_seconds" in s:

@@ -98,7 +98,9 @@ def compile(source: str, arch: str, options, no_extern_c: bool, cache_dir) -> by
 
 
 def install(monkeypatch) -> None:
-    """Put the stand-in in sys.modules as pycuda, pycuda.driver, pycuda.compiler, pycuda.autoinit."""
+    """Put the stand-in in sys.modules as pycuda, pycuda.driver, pycuda.compiler, pycuda.autoinit
+    (matmul tiles from the heuristic: a test of the autotuner turns it back on)."""
+    monkeypatch.setenv("NEEDLEC_CUDA_AUTOTUNE", "0")
     drv = types.ModuleType("pycuda.driver")
 
     def mem_alloc(n: int) -> DeviceAllocation:

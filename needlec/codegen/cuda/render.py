@@ -12,7 +12,10 @@ the GPU. The top level of a schedule is cut into phases, launched in order on on
 - a reduction with no loop around it (a whole tensor to a scalar) in two stages: many blocks
   each reduce a grid-stride share into a partial result, then one block combines the partials;
 - `init` of a scratch accumulator: a grid-stride fill;
-- the GEMM or convolution core (`core.py`);
+- the GEMM or convolution core (`core.py`, `gemm.py`); a core writes each of its output elements
+  through `store_core_output`, the hook that also runs an elementwise epilogue on that element in
+  registers (the loop nest after the core, when it only maps the core's output elementwise: no
+  reduction over it, the same iteration space) so the epilogue needs no phase of its own;
 - anything else at the top level (a scalar store): one thread.
 
 Every value is computed where it is used, from sources in scope (`let` marks where the schedule
@@ -134,13 +137,14 @@ class KernelRenderer:
         self.launches: list[Launch] = []
         self.functions: list[str] = []
         self.fresh = 0
+        self.epilogue: list | None = None  # the items a core runs on each output (fused)
 
     # ------------------------------------------------------------ output
     def emit(self, line: str) -> None:
         self.fn.lines.append("  " * self.fn.depth + line)
 
     def open(self, head: str) -> None:
-        self.emit(head + " {")
+        self.emit(f"{head} {{" if head else "{")
         self.fn.depth += 1
         self.scopes.append({})
 
@@ -476,7 +480,12 @@ class KernelRenderer:
                 self.end()
             elif isinstance(it, RunCore):
                 self.flush(serial)
+                if self.k.core.op in cores.WRITES_THROUGH_HOOK:
+                    self.epilogue = self.fusable_epilogue(body[j + 1 :])
                 cores.render_core(self, self.k.core, it.into)
+                if self.epilogue is not None:  # it ran inside the core, on each output
+                    j = len(body)
+                self.epilogue = None
             elif isinstance(it, Let):
                 pass  # values are computed where they are used
             else:
@@ -485,6 +494,84 @@ class KernelRenderer:
         self.flush(serial)
         source = "\n\n".join(self.functions)
         return CudaKernel(self.name, source, self.launches, self.buffers, self.scratch_bytes)
+
+    # ------------------------------------------------------------ the core's epilogue
+    def fusable_epilogue(self, rest: list) -> list | None:
+        """The items to run on each output element of the core, when everything after it (`rest`)
+        is one loop nest over exactly the core's output (parallel, no reduction, only values and
+        stores in it, no store into an operand of the core); else None (a phase of its own)."""
+        c = self.k.core
+        loops = [it for it in rest if not isinstance(it, Let)]
+        if c is None or len(loops) != 1 or not isinstance(loops[0], Loop):
+            return None
+        dims = _core_dims(c)
+        if dims is None:
+            return None  # a core axis over several kernel dims
+        axis = {d: a for a, d in enumerate(dims) if d is not None}
+        chain, body = _chain(loops[0])
+        if any(
+            lp.dim not in axis
+            or lp.extent != c.shape[axis[lp.dim]]
+            or not parallel_safe(lp, self.k.space)
+            for lp in chain
+        ):
+            return None
+        looped = {lp.dim for lp in chain}
+        if any(c.shape[a] != 1 and d not in looped for d, a in axis.items()):
+            return None
+        if not all(isinstance(it, (Let, Write)) for it in body):
+            return None
+        operands = {ld.buffer for ld in c.operands}
+        if any(it.store.buffer in operands for it in body if isinstance(it, Write)):
+            return None
+        return body
+
+    def store_core_output(self, into: Buffer, idx: list[str], value: str) -> None:
+        """Write the core's output element at logical indices `idx` (C expressions, one per axis
+        of the core's shape), whose value is the C expression `value` (of the core's dtype).
+
+        Every core (GEMM, convolution) writes its results through this one hook. Without a
+        fused epilogue it stores the element to `into` (the core's buffer). With one
+        (`fusable_epilogue`) it runs the epilogue's values and stores for this element, the
+        core's value bound to a register, and stores the element to `into` only where the
+        kernel outputs the core as is (then after the epilogue's reads, which may share its
+        memory); otherwise the epilogue was the buffer's only reader.
+        The caller guards the element's bounds. A core whose renderer writes through this hook
+        lists its op in `core.WRITES_THROUGH_HOOK`; only those get a fused epilogue."""
+        c = self.k.core
+        if self.epilogue is None:
+            self._store_core(into, idx, value)
+            return
+        core_e = next(e for e in self.k.exprs if e.op is KOp.CORE)
+        self.open("")
+        name = self.var("core_")
+        self.emit(f"const {CTYPE[c.dtype]} {name} = {value};")
+        self.scopes[-1][core_e] = name
+        bound = []
+        for d, i in zip(_core_dims(c), idx, strict=True):
+            if d is not None and d not in self.idx:
+                self.idx[d] = f"({i})"
+                bound.append(d)
+        self.thread_walk(self.epilogue)
+        for d in bound:
+            self.idx.pop(d)
+        if self.s.core_store is not None:  # after the epilogue's reads (an input it may reuse)
+            self._store_core(into, idx, name)
+        self.close()
+
+    def _store_core(self, into: Buffer, idx: list[str], value: str) -> None:
+        c = self.k.core
+        terms, stride = [], 1
+        for i, n in reversed(list(zip(idx, c.shape, strict=True))):
+            if n != 1:
+                terms.append(f"({i}) * {stride}LL" if stride != 1 else f"({i})")
+            stride *= n
+        off = " + ".join(reversed(terms)) or "0LL"
+        if into.dtype == "bool":
+            v = f"(unsigned char)({value})"
+        else:
+            v = convert(value, c.dtype, into.dtype)
+        self.emit(f"{self.base(into)}[{off}] = {v};")
 
     def flush(self, serial: list) -> None:
         """Top-level items outside loops (scalar stores): one thread."""
@@ -568,6 +655,18 @@ class KernelRenderer:
         ld = self.s.load_of(e)
         self.guarded_store("threadIdx.x == 0", ld.buffer, ld.view, a, e.dtype)
         self.end()
+
+
+def _core_dims(c) -> list | None:
+    """The kernel dim of each axis of core `c` (None: no dim), or None where an axis spans
+    several kernel dims."""
+    out = []
+    for d in c.dims:
+        d = d if isinstance(d, tuple) else (() if d is None else (d,))
+        if len(d) > 1:
+            return None
+        out.append(d[0] if d else None)
+    return out
 
 
 def _loops(body: list):
