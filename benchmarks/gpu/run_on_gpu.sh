@@ -29,13 +29,16 @@ print("cuda enabled:", nc.cuda().enabled())
 PY
 
 # the CUDA test tier: the op table's cases (one nvcc call per group) and the training steps on
-# the GPU against the reference (the source, nvcc and host-run tiers run on every machine)
+# the GPU against the reference (the source, nvcc and host-run tiers run on every machine; the
+# arena, graph-replay and vector-loop tests over the host stand-in are among them)
 timeout 360 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_device.py \
     --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
 echo "cuda tests: exit $? (tail of cuda-tests.log:)"
 tail -25 "$OUT/cuda-tests.log"
 
-# the benchmarks: ceilings (copy bandwidth, cuBLAS) measured in the same run
+# the benchmarks: ceilings (copy bandwidth, cuBLAS) measured in the same run; the 64M-float
+# elementwise chain (16-byte vector loads) against the copy, the MLP step's host cost per step
+# replayed as a CUDA graph against its launch list, matmul, the training steps
 timeout 270 python3 -m benchmarks.gpu.bench_cuda --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench: exit $?"
 cat "$OUT/bench.log"
