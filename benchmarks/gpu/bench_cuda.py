@@ -127,7 +127,8 @@ def host_cost(name: str, repeats: int) -> dict:
         out[f"{key}_host_seconds"] = best
         out[f"{key}_gpu_seconds"] = ex.time(repeats)
         out["launches"] = sum(1 for kind, _ in ex.launches if kind == "device")
-        out["graph_launches"] = sum(1 for kind, _ in (ex._replay or []) if kind == "graph")
+        if graphs:
+            out["graph_launches"] = sum(1 for kind, _ in (ex._replay or []) if kind == "graph")
         ex.close()
     return out
 
@@ -240,7 +241,7 @@ def markdown(r: dict) -> str:
     if "graph_host_seconds" in h:
         lines.append(
             f"- {h['step']} host cost per step: CUDA graph {h['graph_host_seconds'] * 1e6:.1f} us "
-            f"({h['graph_launches']} graph launch) vs launch list "
+            f"({h['graph_launches']} graph launches) vs launch list "
             f"{h['list_host_seconds'] * 1e6:.1f} us ({h['launches']} launches); GPU time "
             f"{h['graph_gpu_seconds'] * 1e3:.3f} ms vs {h['list_gpu_seconds'] * 1e3:.3f} ms"
         )
