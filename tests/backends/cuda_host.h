@@ -27,6 +27,20 @@ static dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __align__(n) __attribute__((aligned(n)))
 struct alignas(16) float4 { float x, y, z, w; };
 
+// CUDA's vector types (the ones 16-byte vector loads use) and their make_ functions
+#define NC_VECTOR(T, N, A, ...) \
+  struct alignas(A) N { T __VA_ARGS__; };
+NC_VECTOR(float, float4, 16, x, y, z, w)
+NC_VECTOR(int, int4, 16, x, y, z, w)
+NC_VECTOR(unsigned char, uchar4, 4, x, y, z, w)
+NC_VECTOR(double, double2, 16, x, y)
+NC_VECTOR(long long, longlong2, 16, x, y)
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+inline uchar4 make_uchar4(unsigned char x, unsigned char y, unsigned char z, unsigned char w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+inline longlong2 make_longlong2(long long x, long long y) { return {x, y}; }
+
 enum { NC_RUN, NC_BLOCK, NC_WARP, NC_DONE };
 static const int NC_MAX = 1024;
 static const size_t NC_STACK = 64 * 1024;

@@ -5,7 +5,9 @@ the GPU. The top level of a schedule is cut into phases, launched in order on on
 
 - a top-level loop nest: its loops whose iterations are independent (`parallel_safe`) are
   flattened into one index; a body without reductions runs one thread per index (a grid-stride
-  loop), a body with reductions one block per index (a block-stride loop over "rows"), its
+  loop; an elementwise body four consecutive elements a thread, with 16-byte vector loads and
+  stores where the innermost dim is contiguous and the pointers aligned, `vector_loop`), a body
+  with reductions one block per index (a block-stride loop over "rows"), its
   register reductions split over the block's threads and combined with warp shuffles and a
   shared-memory tree (`nc_block_reduce`), its inner parallel loops split over the threads; the
   other loops of the nest run in order inside (a column sum keeps its rows sequential per thread);
@@ -138,6 +140,7 @@ class KernelRenderer:
         self.functions: list[str] = []
         self.fresh = 0
         self.epilogue: list | None = None  # the items a core runs on each output (fused)
+        self.vec: _Vector | None = None  # set while a 4-lane grid-stride body is rendered
 
     # ------------------------------------------------------------ output
     def emit(self, line: str) -> None:
@@ -261,6 +264,8 @@ class KernelRenderer:
         if off == "":
             return const(dtype, 0)
         v = f"{self.base(ld.buffer)}[{off}]"
+        if self.vec is not None and self.vec.fits(ld.view):
+            v = self.vector_load(ld.buffer, ld.view)
         if ld.buffer.dtype == "bool":
             v = f"({v} != 0)"
         v = convert(v, ld.buffer.dtype, dtype)
@@ -283,7 +288,58 @@ class KernelRenderer:
         v = convert(v, dtype, buf.dtype)
         if buf.dtype == "bool":
             v = f"(unsigned char)({v})"
+        if self.vec is not None and self.vec.fits(view):
+            self.vector_store(buf, view, v)
+            return
         self.emit(f"{self.base(buf)}[{off}] = {v};")
+
+    # ------------------------------------------------------------ 16-byte vector access
+    def lane0_address(self, view: View) -> str:
+        """The element index of lane 0 of the current group of four."""
+        vec = self.vec
+        self.idx[vec.dim] = vec.i0
+        try:
+            return self.address(view)[0]
+        finally:
+            self.idx[vec.dim] = vec.lane_index()
+
+    def vector_load(self, buf: Buffer, view: View) -> str:
+        """This lane's element of `buf`, from the group's vector loads (made at first use)."""
+        vec = self.vec
+        base = self.base(buf)
+        off = self.lane0_address(view)
+        key = (buf, off)
+        if key not in vec.loads:
+            vt, per = _VECTOR[buf.dtype]
+            names = []
+            for c in range(4 // per):
+                name = self.var("v")
+                at = f"{base} + {off}" + (f" + {c * per}LL" if c else "")
+                self.emit(f"const {vt} {name} = *reinterpret_cast<const {vt}*>({at});")
+                names.append(name)
+            vec.loads[key] = names
+            vec.pointers.add(base)
+        names = vec.loads[key]
+        per = _VECTOR[buf.dtype][1]
+        return f"{names[vec.lane // per]}.{'xyzw'[vec.lane % per]}"
+
+    def vector_store(self, buf: Buffer, view: View, v: str) -> None:
+        """Keep this lane's value (as a name) for the group's vector store of `buf`."""
+        vec = self.vec
+        name = self.var("s")
+        self.emit(f"const {MEMTYPE[buf.dtype]} {name} = {v};")
+        base = self.base(buf)
+        vec.stores.setdefault((base, self.lane0_address(view), buf.dtype), []).append(name)
+        vec.pointers.add(base)
+
+    def flush_vector_stores(self) -> None:
+        for (base, off, dtype), names in self.vec.stores.items():
+            vt, per = _VECTOR[dtype]
+            for c in range(4 // per):
+                at = f"{base} + {off}" + (f" + {c * per}LL" if c else "")
+                parts = ", ".join(names[c * per : (c + 1) * per])
+                self.emit(f"*reinterpret_cast<{vt}*>({at}) = make_{vt}({parts});")
+        self.vec.stores.clear()
 
     def scratch_buffer(self, nbytes: int) -> int:
         """Extra scratch (`nbytes`, 64-byte aligned) for this kernel; returns its offset."""
@@ -606,10 +662,15 @@ class KernelRenderer:
             self.close()
             self.end()
             return
-        self.begin(_grid(rows, BLOCK) if par else 1, BLOCK if par else 32)
+        groups = _vector_groups(par, seq, body)
+        self.begin(_grid(groups or rows, BLOCK) if par else 1, BLOCK if par else 32)
+        start = "(long long)blockIdx.x * blockDim.x + threadIdx.x"
+        step = "(long long)gridDim.x * blockDim.x"
+        if groups and self.vector_loop(par, body, start, step):
+            self.end()
+            return
         if par:
-            start = "(long long)blockIdx.x * blockDim.x + threadIdx.x"
-            self.flat_loop(par, start, "(long long)gridDim.x * blockDim.x")
+            self.flat_loop(par, start, step)
         else:
             self.open("if (blockIdx.x == 0 && threadIdx.x == 0)")
         for x in seq:
@@ -619,6 +680,56 @@ class KernelRenderer:
             self.close()
         self.close()
         self.end()
+
+    def vector_loop(self, par: list[Loop], body: list, start: str, step: str) -> bool:
+        """An elementwise body four consecutive elements a thread: 16-byte loads and stores of
+        every buffer read or written contiguously along the innermost dim at a group-aligned
+        index (per-lane scalar accesses for the others), taken where those pointers are 16-byte
+        aligned; a 1-D loop whose length is not a multiple of 4 ends in a scalar tail. The plain
+        grid-stride loop runs otherwise. False (nothing emitted) where no access is a vector."""
+        inner = par[-1]
+        quads = inner.extent // 4
+        lines, depth, idx = self.fn.lines, self.fn.depth, dict(self.idx)
+        self.fn.lines, self.fn.depth = [], depth + 1
+        f = self.var("g")
+        i0 = self.var(f"i{inner.dim}_")
+        self.vec = _Vector(inner.dim, i0)
+        n = quads * math.prod(lp.extent for lp in par[:-1])
+        self.open(f"for (long long {f} = {start}; {f} < {n}LL; {f} += {step})")
+        self.emit(f"const long long {i0} = ({f} % {quads}LL) * 4LL;")
+        rest = f"({f} / {quads}LL)"
+        for j, lp in enumerate(reversed(par[:-1])):
+            i = self.var(f"i{lp.dim}_")
+            last = j == len(par) - 2
+            self.emit(f"const long long {i} = {rest if last else f'{rest} % {lp.extent}LL'};")
+            rest = f"({rest} / {lp.extent}LL)"
+            self.idx[lp.dim] = i
+        for lane in range(4):
+            self.vec.lane = lane
+            self.idx[inner.dim] = self.vec.lane_index()
+            self.scopes.append({})
+            self.thread_walk(body)
+            self.scopes.pop()
+        self.flush_vector_stores()
+        self.close()
+        vector, pointers, self.vec = self.fn.lines, sorted(self.vec.pointers), None
+        self.fn.lines, self.fn.depth, self.idx = lines, depth, idx
+        if not pointers:
+            return False
+        bits = " | ".join(f"(unsigned long long)({p})" for p in pointers)
+        self.open(f"if ((({bits}) & 15ULL) == 0ULL)")
+        self.fn.lines += vector
+        if inner.extent % 4:  # 1-D: the last extent % 4 elements
+            self.flat_loop(par, f"{quads * 4}LL + {start}", step)
+            self.thread_walk(body)
+            self.close()
+        self.close()
+        self.open("else")
+        self.flat_loop(par, start, step)
+        self.thread_walk(body)
+        self.close()
+        self.close()
+        return True
 
     def two_stage(self, e: Expr, lp: Loop) -> None:
         """A reduction with no loop around it: partial results of many blocks, then one block."""
@@ -667,6 +778,57 @@ def _core_dims(c) -> list | None:
             return None
         out.append(d[0] if d else None)
     return out
+
+
+# the 16-byte (or, for bytes, 4-byte) vector type of a dtype and the elements it holds
+_VECTOR = {
+    "bool": ("uchar4", 4),
+    "int32": ("int4", 4),
+    "float32": ("float4", 4),
+    "int64": ("longlong2", 2),
+    "float64": ("double2", 2),
+}
+
+
+@dataclass
+class _Vector:
+    """The group of four elements a thread handles in `vector_loop`: the innermost dim, the
+    index of lane 0, the current lane, the vector loads made and the stores kept per lane."""
+
+    dim: int
+    i0: str
+    lane: int = 0
+    loads: dict = field(default_factory=dict)
+    stores: dict = field(default_factory=dict)
+    pointers: set = field(default_factory=set)
+
+    def lane_index(self) -> str:
+        return self.i0 if self.lane == 0 else f"({self.i0} + {self.lane}LL)"
+
+    def fits(self, view: View) -> bool:
+        """Whether the four lanes of `view` are one aligned vector: contiguous along the inner
+        dim, unmasked, every other stride and the offset multiples of 4 elements."""
+        if view.mask is not None or view.offset % 4:
+            return False
+        for d, (n, st) in enumerate(zip(view.shape, view.strides, strict=True)):
+            if d == self.dim:
+                if n == 1 or st != 1:
+                    return False
+            elif n != 1 and st % 4:
+                return False
+        return True
+
+
+def _vector_groups(par: list[Loop], seq: list[Loop], body: list) -> int:
+    """Groups of four a thread takes in `vector_loop`, or 0 where the loop is not such a body:
+    an elementwise body (values and writes only) over parallel loops whose innermost extent is a
+    multiple of 4 (or, one loop, at least 4)."""
+    if not par or seq or not all(isinstance(it, (Let, Write)) for it in body):
+        return 0
+    inner = par[-1].extent
+    if inner < 4 or (inner % 4 and len(par) > 1):
+        return 0
+    return inner // 4 * math.prod(lp.extent for lp in par[:-1])
 
 
 def _loops(body: list):
