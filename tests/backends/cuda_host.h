@@ -25,7 +25,6 @@ static dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __launch_bounds__(n)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
-struct alignas(16) float4 { float x, y, z, w; };
 
 // CUDA's vector types (the ones 16-byte vector loads use) and their make_ functions
 #define NC_VECTOR(T, N, A, ...) \
