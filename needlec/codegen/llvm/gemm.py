@@ -115,7 +115,9 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     grain = max(-(-size // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * other * k, 1)))
     split = pool_may_call_blas(r) and size > grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
 
-    if mgemm.choose(dtype, m, n, k) != "blas":  # ours where it is faster (mgemm's table)
+    if (
+        mgemm.choose(dtype, m, n, k, bb.view.strides[-1] == 1 or n == 1) != "blas"
+    ):  # ours where it is faster (mgemm's table)
         mgemm.emit_core(r, a, bb, into, dtype, (m, n, k), out_shape, batch)
         return
 

@@ -3,26 +3,52 @@
 The functions are emitted once per module and shared by every GEMM core in it:
 
 - `needlec_mk_<t>`: the micro-kernel. An MR x NR block of C is held in MR * NV vector
-  accumulators (NV vectors of W lanes a row: 6 x 64 float32 in zmm registers where the CPU reports
-  avx512f, 6 x 16 in ymm otherwise). Each step over k loads NV vectors of B and broadcasts MR
-  scalars of A into fused multiply-adds. Columns past the edge are masked loads and stores, rows
-  past it read the last valid row again and are not stored, so one kernel serves every tile.
-- `needlec_packb_<t>`: copies a KC x NC block of B (any strides: a transposed B is a stride)
-  into micro-panels of NR columns, zero-padded, so the kernel reads B contiguously from cache.
-- `needlec_gemm_<t>` / `needlec_gemms_<t>`: the loops around the kernel. The large form packs
-  B in blocks of KC x NC (the block stays in the 1 MB L2 while every MR rows of A pass over it);
-  the small form (`s`) reads B where it lies (unit column stride), with no packing and no call
-  overhead beyond the loops: the LSTM's [16,64]@[64,256], attention's per-head products.
+  accumulators (6 x 64 float32 or 6 x 32 float64 in 24 zmm registers where the CPU reports
+  avx512f; 6 x 16 / 6 x 8 in 12 ymm otherwise). Each step over k loads NV vectors of B and
+  broadcasts MR scalars of A into fused multiply-adds. Columns past the edge are masked loads
+  and stores, rows past it read the last valid row again and are not stored: one kernel serves
+  every tile, and reads A and B through strides, so it runs on packed panels or in place.
+- `needlec_packb_<t>` / `needlec_packa_<t>`: copy a KC x NC block of B into panels of NR
+  columns (zero-padded) and an MC x KC block of A into panels of MR rows, from any strides (a
+  transposed operand is a stride): the kernel then reads both contiguously, B's panel from L1.
+- `needlec_gemm_<t>` (packed: the loops of Goto's algorithm, jc / pc / ic / jr / ir) and
+  `needlec_gemms_<t>` (in place, for small products: no packing, no cost beyond the loops).
 
-A reads A in place with any strides (a transposed A is a stride too). Every element of C is
-summed over k in the same order whichever path, tile or thread computes it: in blocks of KC,
-each block's sum in k order then added to C, so one thread and two give the same bits.
+Every element of C is summed over k in the same order whatever the path, tile or thread: in
+blocks of KC, each block summed in k order and then added to C; so 1 and 2 threads give the
+same bits. `emit_core` splits a large product over the pool's threads as the BLAS path does
+(blocks of rows, or of columns when there are fewer rows, fixed when the step compiles), each
+block with its own packing scratch.
+
+Which GEMM (`choose`), measured on AMD Zen 5 (znver5, AVX-512, 48 KB L1d, 1 MB L2), one
+thread, GFLOP/s, min of repeats on a loaded machine (load average ~7 on 2 cores), float32;
+BLAS is scipy's OpenBLAS, which runs its Haswell (AVX2) kernels here:
+
+| m x n x k (t: transposed)  | BLAS (jit) | ours (jit) | ours packed / in place (alone) |
+| -------------------------- | ---------- | ---------- | ------------------------------ |
+| 16x256x64 (LSTM step)      |   20.5     |   61.0     |  45.5 / 50.2                   |
+| 64x64x64                   |   18.5     |   65.9     |  45.6 / 51.2                   |
+| 128x128x128                |   93.1     |  183.7     | 140.8 / 167.8                  |
+| 256x512x784 (MLP)          |  112.0     |  231.8     | 206.8 / 214.9 (256x512x512)    |
+| 784x512x256 (A t, dW)      |  111.8     |  226.0     |                                |
+| 256x784x512 (B t, dX)      |  112.2     |  130.9     |                                |
+| 512x512x512                |  115.0     |  219.8     | 203.8                          |
+| 16x1024x512                |            |            | 131.9 / 140.8                  |
+| 2048x64x64                 |            |            | 148.8 / 223.3                  |
+
+(float64 runs at about half: 256^3 108 packed / 121 in place, where float32 gives 205 / 237.)
+So with AVX-512, ours everywhere; B is read in place while it fits in L2 (k * n * itemsize
+<= 1 MB: in place won every such row) or A has at most 24 rows (16x1024x512: in place 141
+against 132), else packed (256x512x512 float64, 2 MB of B: 98 in place, 102 packed). Without
+AVX-512 (not measured here; OpenBLAS's kernels are native there) ours only below 2^21 flops,
+where BLAS's call (~4 us) dominates. `NEEDLEC_GEMM=blas|own` forces one.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -32,10 +58,35 @@ from ...ir.view import strides_of
 from .loops import counted_loop
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-KC = 256  # k-block: a 6 x KC sliver of A stays in L1 while B's packed block streams over it
-NC = 512  # n-block: KC x NC float32 is 512 KB packed, in half the 1 MB L2
-MR = 6  # rows of the micro-kernel
-SMALL_B_BYTES = 1 << 18  # B up to this size is read where it lies (it stays in L2)
+
+
+class Blocking(NamedTuple):
+    """The micro-kernel's tile (mr rows, nv vectors of lanes each a row) and the cache blocks:
+    kc of k (a kc x nr panel of packed B stays in L1), mc rows of packed A (in L2), nc
+    columns of packed B (in L2 and L3)."""
+
+    mr: int
+    nv: int
+    lanes: int
+    kc: int
+    mc: int
+    nc: int
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.lanes
+
+
+# (mr, nv, kc, mc, nc) by (avx512f, dtype): measured, see the module docstring
+TUNING = {
+    (True, "float32"): (6, 4, 160, 120, 1024),
+    (True, "float64"): (6, 4, 192, 120, 512),
+    (False, "float32"): (6, 2, 256, 144, 1024),
+    (False, "float64"): (6, 2, 256, 144, 512),
+}
+SMALL_B_BYTES = 1 << 20  # B up to this size is read where it lies (it stays in L2)
+SMALL_ROWS = 24  # so is B for so few rows of A (packing it would cost more than it saves)
+SMALL_FLOPS = 1 << 21  # without AVX-512: ours below this many flops (BLAS's call cost), BLAS above
 
 
 @functools.cache
@@ -44,24 +95,19 @@ def _avx512() -> bool:
     return bool(llvm.get_host_cpu_features().get("avx512f"))
 
 
-def shape_of(dtype: str) -> tuple[int, int, int]:
-    """(MR, W, NV) of the micro-kernel for `dtype`: rows, lanes a vector, vectors a row."""
-    width = 64 if _avx512() else 32  # bytes a vector
-    lanes = width // (4 if dtype == "float32" else 8)
-    return MR, lanes, 4 if _avx512() else 2
-
-
-def nr_of(dtype: str) -> int:
-    """Columns of the micro-kernel's tile for `dtype`."""
-    _, w, nv = shape_of(dtype)
-    return w * nv
+def blocking(dtype: str) -> Blocking:
+    """The tile and cache blocks for `dtype` on this CPU."""
+    wide = _avx512()
+    lanes = (64 if wide else 32) // (4 if dtype == "float32" else 8)
+    mr, nv, kc, mc, nc = TUNING[wide, dtype]
+    return Blocking(mr, nv, lanes, kc, mc, nc)
 
 
 def pack_bytes(dtype: str, k: int, n: int) -> int:
-    """Scratch bytes one call of the large form needs for its packed block of B."""
-    nr = nr_of(dtype)
-    cols = -(-min(n, NC) // nr) * nr
-    return min(k, KC) * cols * (4 if dtype == "float32" else 8)
+    """Scratch bytes one call of the packed form needs: a block of B, then one of A (the
+    driver places A's after a whole block of B, so this does not depend on m, k or n)."""
+    t = blocking(dtype)
+    return t.kc * (_round(t.nc, t.nr) + _round(t.mc, t.mr)) * (4 if dtype == "float32" else 8)
 
 
 def _elem(dtype: str) -> ir.Type:
@@ -138,7 +184,8 @@ def micro_kernel(module: ir.Module, dtype: str) -> ir.Function:
         return module.globals[name]
     ty = _elem(dtype)
     pty = ir.PointerType(ty)
-    mr_n, lanes, nv = shape_of(dtype)
+    t = blocking(dtype)
+    mr_n, lanes, nv = t.mr, t.lanes, t.nv
     vec = _Vec(module, ty, lanes)
     args = [I64, pty, I64, I64, pty, I64, pty, I64, I64, I64, I1]
     names = ["kc", "a", "a_rs", "a_ks", "bp", "b_ks", "c", "ldc", "mr", "nr", "acc"]
@@ -204,8 +251,8 @@ def pack_b(module: ir.Module, dtype: str) -> ir.Function:
         return module.globals[name]
     ty = _elem(dtype)
     pty = ir.PointerType(ty)
-    _, lanes, nv = shape_of(dtype)
-    nr_n = lanes * nv
+    t = blocking(dtype)
+    lanes, nv, nr_n = t.lanes, t.nv, t.nr
     vec = _Vec(module, ty, lanes)
     fn, b = _function(
         module, name, [I64, I64, pty, I64, I64, pty], ["kc", "nc", "bp", "b_ks", "b_ns", "dst"]
@@ -246,59 +293,111 @@ def pack_b(module: ir.Module, dtype: str) -> ir.Function:
     return fn
 
 
+def pack_a(module: ir.Module, dtype: str) -> ir.Function:
+    """`packa(mc, kc, A, a_rs, a_ks, dst)`: A's mc x kc block into micro-panels of MR rows,
+    each kc x MR contiguous (k major), the rows past mc repeating the last one."""
+    name = f"needlec_packa_{dtype}"
+    if name in module.globals:
+        return module.globals[name]
+    ty = _elem(dtype)
+    pty = ir.PointerType(ty)
+    mr_n = blocking(dtype).mr
+    fn, b = _function(
+        module, name, [I64, I64, pty, I64, I64, pty], ["mc", "kc", "ap", "a_rs", "a_ks", "dst"]
+    )
+    mc, kc, ap, a_rs, a_ks, dst = fn.args
+    ap.add_attribute("noalias")
+    dst.add_attribute("noalias")
+    panels = b.sdiv(b.add(mc, I64(mr_n - 1)), I64(mr_n))
+    last = b.sub(mc, I64(1))
+    with counted_loop(b, panels, "ir") as ir_:
+        i0 = b.mul(ir_, I64(mr_n))
+        panel = _gep(b, dst, b.mul(i0, kc))
+        for i in range(mr_n):  # one row at a time: reads along k, writes every MR-th element
+            row = b.add(i0, I64(i))
+            row = b.select(b.icmp_signed("<", row, mc), row, last)
+            src = _gep(b, ap, b.mul(row, a_rs))
+            with counted_loop(b, kc, f"p{i}") as p:
+                x = b.load(_gep(b, src, b.mul(p, a_ks)))
+                b.store(x, _gep(b, panel, b.add(b.mul(p, I64(mr_n)), I64(i))))
+    b.ret_void()
+    return fn
+
+
 def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
     """`gemm(m, n, k, A, a_rs, a_ks, B, b_ks, b_ns, C, ldc, scratch)`: C[m,n] = A @ B, C with row
-    stride ldc and unit column stride. Packed: B in KC x NC blocks into `scratch`
-    (`pack_bytes`); else B read in place (b_ns must be 1) and scratch unused."""
+    stride ldc and unit column stride. Packed: B in KC x NC blocks and A in MC x KC blocks into
+    `scratch` (`pack_bytes`); else both read in place (b_ns must be 1), scratch unused."""
     name = f"needlec_gemm{'' if packed else 's'}_{dtype}"
     if name in module.globals:
         return module.globals[name]
     ty = _elem(dtype)
     pty = ir.PointerType(ty)
-    mr_n, lanes, nv = shape_of(dtype)
-    nr_n = lanes * nv
+    t = blocking(dtype)
+    mr_n, nr_n = t.mr, t.nr
     mk = micro_kernel(module, dtype)
-    pb = pack_b(module, dtype) if packed else None
     args = [I64, I64, I64, pty, I64, I64, pty, I64, I64, pty, I64, pty]
     names = ["m", "n", "k", "a", "a_rs", "a_ks", "bp", "b_ks", "b_ns", "c", "ldc", "scratch"]
     fn, b = _function(module, name, args, names)
     m, n, k, a, a_rs, a_ks, bp, b_ks, b_ns, c, ldc, scratch = fn.args
-    nc_step = NC if packed else n
 
     def smin(x, y):
         return b.select(b.icmp_signed("<", x, y), x, y)
 
-    jcs = b.sdiv(b.add(n, I64(nc_step - 1)) if packed else n, I64(nc_step)) if packed else I64(1)
-    pcs = b.sdiv(b.add(k, I64(KC - 1)), I64(KC))
-    with counted_loop(b, jcs, "jc") as jci:
-        jc = b.mul(jci, I64(NC)) if packed else I64(0)
-        ncur = smin(b.sub(n, jc), I64(NC)) if packed else n
-        with counted_loop(b, pcs, "pc") as pci:
-            pc = b.mul(pci, I64(KC))
-            kc = smin(b.sub(k, pc), I64(KC))
+    def blocks(extent, step):
+        return b.sdiv(b.add(extent, I64(step - 1)), I64(step))
+
+    if not packed:  # C's tiles in row order, each summed over k in KC blocks
+        with counted_loop(b, blocks(m, mr_n), "ir") as iri:
+            i0 = b.mul(iri, I64(mr_n))
+            mr = smin(b.sub(m, i0), I64(mr_n))
+            with counted_loop(b, blocks(n, nr_n), "jr") as jri:
+                j0 = b.mul(jri, I64(nr_n))
+                nr = smin(b.sub(n, j0), I64(nr_n))
+                cblk = _gep(b, c, b.add(b.mul(i0, ldc), j0))
+                with counted_loop(b, blocks(k, t.kc), "pc") as pci:
+                    pc = b.mul(pci, I64(t.kc))
+                    kc = smin(b.sub(k, pc), I64(t.kc))
+                    ablk = _gep(b, a, b.add(b.mul(i0, a_rs), b.mul(pc, a_ks)))
+                    bblk = _gep(b, bp, b.add(b.mul(pc, b_ks), j0))
+                    acc = b.icmp_signed(">", pci, I64(0))
+                    b.call(mk, [kc, ablk, a_rs, a_ks, bblk, b_ks, cblk, ldc, mr, nr, acc])
+        b.ret_void()
+        return fn
+    pb, pa = pack_b(module, dtype), pack_a(module, dtype)
+    apack = _gep(b, scratch, I64(t.kc * _round(t.nc, nr_n)))
+    with counted_loop(b, blocks(n, t.nc), "jc") as jci:
+        jc = b.mul(jci, I64(t.nc))
+        ncur = smin(b.sub(n, jc), I64(t.nc))
+        with counted_loop(b, blocks(k, t.kc), "pc") as pci:
+            pc = b.mul(pci, I64(t.kc))
+            kc = smin(b.sub(k, pc), I64(t.kc))
             acc = b.icmp_signed(">", pci, I64(0))
-            if packed:
-                src = _gep(b, bp, b.add(b.mul(pc, b_ks), b.mul(jc, b_ns)))
-                b.call(pb, [kc, ncur, src, b_ks, b_ns, scratch])
-            arow = _gep(b, a, b.mul(pc, a_ks))
-            irs = b.sdiv(b.add(m, I64(mr_n - 1)), I64(mr_n))
-            jrs = b.sdiv(b.add(ncur, I64(nr_n - 1)), I64(nr_n))
-            with counted_loop(b, irs, "ir") as iri:
-                i0 = b.mul(iri, I64(mr_n))
-                mr = smin(b.sub(m, i0), I64(mr_n))
-                ablk = _gep(b, arow, b.mul(i0, a_rs))
-                crow = _gep(b, c, b.add(b.mul(i0, ldc), jc))
-                with counted_loop(b, jrs, "jr") as jri:
+            src = _gep(b, bp, b.add(b.mul(pc, b_ks), b.mul(jc, b_ns)))
+            b.call(pb, [kc, ncur, src, b_ks, b_ns, scratch])
+            with counted_loop(b, blocks(m, t.mc), "ic") as ici:
+                ic = b.mul(ici, I64(t.mc))
+                mc = smin(b.sub(m, ic), I64(t.mc))
+                asrc = _gep(b, a, b.add(b.mul(ic, a_rs), b.mul(pc, a_ks)))
+                b.call(pa, [mc, kc, asrc, a_rs, a_ks, apack])
+                with counted_loop(b, blocks(ncur, nr_n), "jr") as jri:
                     j0 = b.mul(jri, I64(nr_n))
                     nr = smin(b.sub(ncur, j0), I64(nr_n))
-                    if packed:
-                        bblk, bks = _gep(b, scratch, b.mul(j0, kc)), I64(nr_n)
-                    else:
-                        bblk, bks = _gep(b, bp, b.add(b.mul(pc, b_ks), j0)), b_ks
-                    cblk = _gep(b, crow, j0)
-                    b.call(mk, [kc, ablk, a_rs, a_ks, bblk, bks, cblk, ldc, mr, nr, acc])
+                    bblk = _gep(b, scratch, b.mul(j0, kc))
+                    with counted_loop(b, blocks(mc, mr_n), "ir") as iri:
+                        i0 = b.mul(iri, I64(mr_n))
+                        mr = smin(b.sub(mc, i0), I64(mr_n))
+                        ablk = _gep(b, apack, b.mul(i0, kc))
+                        row = b.add(ic, i0)
+                        cblk = _gep(b, c, b.add(b.mul(row, ldc), b.add(jc, j0)))
+                        args = [kc, ablk, I64(1), I64(mr_n), bblk, I64(nr_n), cblk, ldc, mr, nr]
+                        b.call(mk, [*args, acc])
     b.ret_void()
     return fn
+
+
+def _round(x: int, step: int) -> int:
+    return -(-x // step) * step
 
 
 def mode() -> str:
@@ -311,13 +410,15 @@ def mode() -> str:
     return env
 
 
-def choose(dtype: str, m: int, n: int, k: int) -> str:
-    """ "blas", "small" (ours, B read in place) or "packed" (ours, B packed) for one product of
-    these sizes (per matrix of a batch): the table in this module's docstring."""
+def choose(dtype: str, m: int, n: int, k: int, b_unit: bool = True) -> str:
+    """ "blas", "small" (ours, B read in place) or "packed" (ours, A and B packed) for one
+    product of these sizes (per matrix of a batch); `b_unit`: B's rows have unit stride. The
+    rules are the table in this module's docstring."""
     want = mode()
-    if want == "blas":
+    if want == "blas" or (want == "auto" and not _avx512() and 2 * m * n * k > SMALL_FLOPS):
         return "blas"
-    if k * n * (4 if dtype == "float32" else 8) <= SMALL_B_BYTES:
+    b_bytes = k * n * (4 if dtype == "float32" else 8)
+    if b_unit and (b_bytes <= SMALL_B_BYTES or m <= SMALL_ROWS):
         return "small"
     return "packed"
 
@@ -335,10 +436,10 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
     b_ks, b_ns = bb.view.strides[-2:]
     a_rs, a_ks = (a_rs if m > 1 else 0), (a_ks if k > 1 else 0)
     b_ks, b_ns = (b_ks if k > 1 else 0), (b_ns if n > 1 else 1)
-    packed = choose(dtype, m, n, k) == "packed" or b_ns != 1
+    packed = choose(dtype, m, n, k, b_ns == 1) == "packed"
     blocks = runtime.num_threads()
     by_rows = m >= n
-    size, tile = (m, MR) if by_rows else (n, nr_of(dtype))
+    size, tile = (m, blocking(dtype).mr) if by_rows else (n, blocking(dtype).nr)
     tiles = -(-size // tile)
     per = -(-tiles // blocks) * tile  # a block's rows (columns): whole tiles
     split = r.parallel and blocks > 1 and 2 * m * n * k >= 2 * gemm.GEMM_GRAIN_FLOPS and size > per
@@ -402,16 +503,14 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
 
 
 __all__ = [
-    "KC",
-    "MR",
-    "NC",
+    "TUNING",
+    "Blocking",
+    "blocking",
     "choose",
     "driver",
     "emit_core",
     "micro_kernel",
     "mode",
-    "nr_of",
     "pack_b",
     "pack_bytes",
-    "shape_of",
 ]
