@@ -30,28 +30,36 @@ compiled_only = pytest.mark.skipif(
 
 
 @functools.cache
-def _driver(dtype: str, packed: bool):
-    """mgemm's driver compiled alone, as a ctypes function (kept alive with its library)."""
-    mod = ir.Module()
-    mod.triple, mod.data_layout = target.triple(), target.data_layout()
-    inner = mgemm.driver(mod, dtype, packed)
-    outer = ir.Function(mod, inner.function_type, "gemm_entry")
-    b = ir.IRBuilder(outer.append_basic_block())
-    b.call(inner, list(outer.args))
-    b.ret_void()
+def _driver(dtype: str, packed: bool, wide: bool = True):
+    """mgemm's driver compiled alone, as a ctypes function (kept alive with its library);
+    `wide`: AVX-512 tiles where the CPU has them, else the AVX2 tiles (which run on either)."""
+    saved = mgemm._avx512
+    if not wide:
+        mgemm._avx512 = lambda: False
+    try:
+        mod = ir.Module()
+        mod.triple, mod.data_layout = target.triple(), target.data_layout()
+        inner = mgemm.driver(mod, dtype, packed)
+        outer = ir.Function(mod, inner.function_type, "gemm_entry")
+        b = ir.IRBuilder(outer.append_basic_block())
+        b.call(inner, list(outer.args))
+        b.ret_void()
+        scratch = mgemm.pack_bytes(dtype, 1 << 20, 1 << 20)  # enough for any size
+    finally:
+        mgemm._avx512 = saved
     lib = target.compile_module(str(mod))
     p, i = ctypes.c_void_p, ctypes.c_int64
     proto = ctypes.CFUNCTYPE(None, i, i, i, p, i, i, p, i, i, p, i, p)
-    return lib, proto(lib.function_address("gemm_entry"))
+    return lib, proto(lib.function_address("gemm_entry")), scratch
 
 
-def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool) -> np.ndarray:
+def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True) -> np.ndarray:
     """a @ b by mgemm's driver, reading a and b through their strides."""
     (m, k), n = a.shape, b.shape[1]
     c = np.full((m, n), np.nan, a.dtype)
     step = a.itemsize
-    scratch = np.zeros(mgemm.pack_bytes(str(a.dtype), k, n) // step + 1, a.dtype)
-    _, fn = _driver(str(a.dtype), packed)
+    _, fn, nbytes = _driver(str(a.dtype), packed, wide and mgemm._avx512())
+    scratch = np.zeros(nbytes // step, a.dtype)
     sa, sb = (s // step for s in a.strides), (s // step for s in b.strides)
     fn(m, n, k, a.ctypes.data, *sa, b.ctypes.data, *sb, c.ctypes.data, n, scratch.ctypes.data)
     return c
@@ -89,6 +97,18 @@ def test_transposed_operands(dtype, ta, tb):
         check(own_gemm(a, b, True), a, b, f"{m}x{n}x{k} ta={ta} tb={tb}")
         if not tb:  # the small path reads B in place: rows of unit stride only
             check(own_gemm(a, b, False), a, b, f"{m}x{n}x{k} ta={ta} in place")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_avx2_tiles(dtype):
+    """The tiles for CPUs without AVX-512 (ymm vectors), run here as well."""
+    rng = np.random.default_rng(6)
+    for m, n, k in itertools.product((1, 7, 16, 17, 100, 257), repeat=3):
+        for ta, tb in ((False, False), (True, True)):
+            a, b = operands(rng, m, n, k, dtype, ta, tb)
+            check(own_gemm(a, b, True, wide=False), a, b, f"{m}x{n}x{k} ta={ta} tb={tb}")
+            if not tb:
+                check(own_gemm(a, b, False, wide=False), a, b, f"{m}x{n}x{k} in place")
 
 
 def test_large_square():

@@ -104,10 +104,11 @@ def blocking(dtype: str) -> Blocking:
 
 
 def pack_bytes(dtype: str, k: int, n: int) -> int:
-    """Scratch bytes one call of the packed form needs: a block of B, then one of A (the
-    driver places A's after a whole block of B, so this does not depend on m, k or n)."""
+    """Scratch bytes one call of the packed form needs for products of k x n B: a whole block
+    of A (the driver puts it first), then as much of a block of B as B fills."""
     t = blocking(dtype)
-    return t.kc * (_round(t.nc, t.nr) + _round(t.mc, t.mr)) * (4 if dtype == "float32" else 8)
+    b_block = min(k, t.kc) * _round(min(n, t.nc), t.nr)
+    return (t.kc * _round(t.mc, t.mr) + b_block) * (4 if dtype == "float32" else 8)
 
 
 def _elem(dtype: str) -> ir.Type:
@@ -365,7 +366,7 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
         b.ret_void()
         return fn
     pb, pa = pack_b(module, dtype), pack_a(module, dtype)
-    apack = _gep(b, scratch, I64(t.kc * _round(t.nc, nr_n)))
+    apack, bpack = scratch, _gep(b, scratch, I64(t.kc * _round(t.mc, mr_n)))  # A's block first
     with counted_loop(b, blocks(n, t.nc), "jc") as jci:
         jc = b.mul(jci, I64(t.nc))
         ncur = smin(b.sub(n, jc), I64(t.nc))
@@ -374,7 +375,7 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
             kc = smin(b.sub(k, pc), I64(t.kc))
             acc = b.icmp_signed(">", pci, I64(0))
             src = _gep(b, bp, b.add(b.mul(pc, b_ks), b.mul(jc, b_ns)))
-            b.call(pb, [kc, ncur, src, b_ks, b_ns, scratch])
+            b.call(pb, [kc, ncur, src, b_ks, b_ns, bpack])
             with counted_loop(b, blocks(m, t.mc), "ic") as ici:
                 ic = b.mul(ici, I64(t.mc))
                 mc = smin(b.sub(m, ic), I64(t.mc))
@@ -383,7 +384,7 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
                 with counted_loop(b, blocks(ncur, nr_n), "jr") as jri:
                     j0 = b.mul(jri, I64(nr_n))
                     nr = smin(b.sub(ncur, j0), I64(nr_n))
-                    bblk = _gep(b, scratch, b.mul(j0, kc))
+                    bblk = _gep(b, bpack, b.mul(j0, kc))
                     with counted_loop(b, blocks(mc, mr_n), "ir") as iri:
                         i0 = b.mul(iri, I64(mr_n))
                         mr = smin(b.sub(mc, i0), I64(mr_n))
