@@ -39,9 +39,10 @@ BLAS is scipy's OpenBLAS, which runs its Haswell (AVX2) kernels here:
 (float64 runs at about half: 256^3 108 packed / 121 in place, where float32 gives 205 / 237;
 through jit, 256x512x784 float64 95 against BLAS's 17, 16x256x64 16 against 7.) On 2 threads,
 interleaved min of 30 calls, 512^3: ours 358, BLAS through jit 223, numpy 202, jax.jit 226.
-So with AVX-512, ours everywhere; B is read in place while it fits in L2 (k * n * itemsize
-<= 1 MB: in place won every such row) or A has at most 24 rows (16x1024x512: in place 141
-against 132), else packed (256x512x512 float64, 2 MB of B: 98 in place, 102 packed). Without
+So with AVX-512, ours everywhere; B is read in place while half of L2 holds it (k * n *
+itemsize <= 512 KB; at 1 MB a quieter run, load 2, gave packed 217-229 against in place
+200-230, at 1.5 MB 221 against 179, at 4 MB 211 against 168) or A has at most 24 rows
+(16x1024x512: in place 141 against 132), else packed. Without
 AVX-512 (not measured here; OpenBLAS's kernels are native there) ours only below 2^21 flops,
 where BLAS's call (~4 us) dominates. `NEEDLEC_GEMM=blas|own` forces one.
 """
@@ -86,7 +87,7 @@ TUNING = {
     (False, "float32"): (6, 2, 256, 144, 1024),
     (False, "float64"): (6, 2, 256, 144, 512),
 }
-SMALL_B_BYTES = 1 << 20  # B up to this size is read where it lies (it stays in L2)
+SMALL_B_BYTES = 1 << 19  # B up to this size is read where it lies (it stays in L2)
 SMALL_ROWS = 24  # so is B for so few rows of A (packing it would cost more than it saves)
 SMALL_FLOPS = 1 << 21  # without AVX-512: ours below this many flops (BLAS's call cost), BLAS above
 
