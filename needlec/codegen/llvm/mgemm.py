@@ -37,14 +37,18 @@ BLAS is scipy's OpenBLAS, which runs its Haswell (AVX2) kernels here:
 | 2048x64x64                 |            |            | 148.8 / 223.3                  |
 
 (float64 runs at about half: 256^3 108 packed / 121 in place, where float32 gives 205 / 237;
-through jit, 256x512x784 float64 95 against BLAS's 17, 16x256x64 16 against 7.) On 2 threads,
-interleaved min of 30 calls, 512^3: ours 358, BLAS through jit 223, numpy 202, jax.jit 226.
+through jit, 256x512x784 float64 95 against BLAS's 17, 16x256x64 16 against 7.) A quieter run
+(load 1.3), one thread, min of repeats: 512^3 228, 1024^3 218 float32 (numpy 123, 121); 108, 78
+float64 (numpy 58, 58). Two threads, min of 30 interleaved calls: 512^3 376 (BLAS through jit
+201, jax.jit 225), 1024^3 213 (BLAS 118, jax.jit 172). A transposed B alone (load 2): 172
+against 183 untransposed at 256x784x512.
+
 So with AVX-512, ours everywhere; B is read in place while half of L2 holds it (k * n *
 itemsize <= 512 KB; at 1 MB a quieter run, load 2, gave packed 217-229 against in place
 200-230, at 1.5 MB 221 against 179, at 4 MB 211 against 168) or A has at most 24 rows
-(16x1024x512: in place 141 against 132), else packed. Without
-AVX-512 (not measured here; OpenBLAS's kernels are native there) ours only below 2^21 flops,
-where BLAS's call (~4 us) dominates. `NEEDLEC_GEMM=blas|own` forces one.
+(16x1024x512: in place 141 against 132), else packed. Without AVX-512 (not measured here;
+OpenBLAS's kernels are native there) ours only below 2^21 flops, where BLAS's call (~4 us)
+dominates. `NEEDLEC_GEMM=blas|own` forces one.
 """
 
 from __future__ import annotations
