@@ -1,10 +1,10 @@
 """Kernels: needlec's compiled code next to numpy, torch and jax on single workloads.
 
 Run: `python benchmarks/bench_kernels.py [--quick] [--write-results]`. Each workload (GELU, an
-add/mul chain next to a plain copy, logsumexp, matmul, a ResNet9 convolution with both
-gradients, a 2x2 add for the per-call overhead) runs in every column that exists on the machine:
-needlec jit (the LLVM backend), needlec eager, numpy, torch eager, torch.compile and jax.jit
-(torch and jax are optional). All columns read the same input arrays; every jitted function is
+add/mul chain next to a plain copy, logsumexp, matmul, the LSTM step's small matmul, a ResNet9
+convolution with both gradients, a 2x2 add for the per-call overhead) runs in every column that
+exists on the machine: needlec jit (the LLVM backend), needlec eager, numpy, torch eager,
+torch.compile and jax.jit (torch and jax are optional). All columns read the same input arrays; every jitted function is
 called once before timing (the first call compiles) and every column's result is checked once
 against numpy's. The figure per cell is the median of repeated calls, with the interquartile
 range. `--write-results` replaces the "Kernels" section of benchmarks/RESULTS.md.
@@ -233,6 +233,21 @@ def w_matmul(rng, n: int, skip: set) -> Workload:
     return w
 
 
+def w_matmul_small(rng, m: int, k: int, n: int, skip: set) -> Workload:
+    """A small product, where a call's own cost counts: the LSTM step's recurrent GEMM."""
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    w = Workload(
+        f"matmul {m}x{k} @ {k}x{n} f32", "GFLOP/s", 2 * m * n * k, ref, rtol=1e-4, atol=1e-4
+    )
+    w.impls["needlec jit"] = nc_jit(matmul, a, b)
+    w.impls["needlec eager"] = nc_eager(matmul, a, b)
+    w.impls["numpy"] = Impl(lambda: a @ b, lambda o: o)
+    add_peers(w, matmul, matmul, (a, b), skip)
+    return w
+
+
 def np_conv_fwd_bwd(x, wt, dy, stride: int, pad: int):
     """NHWC conv (K, K, Cin, Cout weight) by im2col + GEMM: (y, dx, dw) for upstream grad dy."""
     k, _, cin, cout = wt.shape
@@ -392,6 +407,7 @@ def main() -> None:
         lambda: w_lse(rng, skip),
         lambda: w_matmul(rng, 512, skip),
         lambda: w_matmul(rng, 1024, skip),
+        lambda: w_matmul_small(rng, 16, 64, 256, skip),
         lambda: w_conv(rng, 128, 32, 3, 16, 7, 4, skip),  # ResNet9's stem
         lambda: w_conv(rng, 128, 4, 32, 32, 3, 1, skip),  # its first residual block's convs
         lambda: w_add(rng, skip),

@@ -254,7 +254,8 @@ def test_eager_op_on_cuda_matches_numpy(gpu, name):
     copies = len(gpu.copies)
     got = fn(*args)
     assert got.device == nc.cuda() and type(got.cached_data._handle).__name__ == "DeviceBuffer"
-    assert eager.stats["programs"] > 0 and gpu.copies[copies:] == []  # on the device only
+    host = [c for c in gpu.copies[copies:] if c[0] != "dtod"]
+    assert eager.stats["programs"] > 0 and host == []  # nothing through the host
     np.testing.assert_allclose(got.numpy(), want(_X, _Y, _W, _B), rtol=1e-5, atol=1e-5)
 
 
@@ -315,10 +316,10 @@ def test_an_eager_training_step_on_cuda_equals_the_cpu(gpu):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-def test_a_jitted_step_binds_device_parameters_without_copies(gpu):
+def test_a_jitted_step_keeps_parameters_on_the_device(gpu):
     """In the steady state a jitted step over cuda tensors copies no parameter between host and
-    device (only its scalars: learning rate, momentum); parameters the memory plan lets it
-    update in place keep their device buffer; the numbers match the CPU's jitted step."""
+    device (only its scalars: learning rate, momentum); parameters the memory plan donates keep
+    their device buffer, holding the new value; the numbers match the CPU's jitted step."""
     import contextlib
 
     seen = {}
@@ -343,8 +344,9 @@ def test_a_jitted_step_binds_device_parameters_without_copies(gpu):
     for g, w in zip(got_params, want_params, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     assert seen["on_device"]
-    # only the hyperparameters (float64 scalars) go in; nothing comes back
-    assert seen["copies"] and all(k == "htod" and n <= 8 for k, n in seen["copies"]), seen["copies"]
+    # through the host: only the hyperparameters (float64 scalars) go in; nothing comes back
+    host = [(k, n) for k, n in seen["copies"] if k != "dtod"]
+    assert host and all(k == "htod" and n <= 8 for k, n in host), host
     assert any(seen["kept"])  # updated in place, in its own device buffer
 
 

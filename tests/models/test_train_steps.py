@@ -200,7 +200,8 @@ def test_dropout_draws_fresh_masks_every_call_and_seed_reproduces():
     zero = (a == 0).mean()
     assert 0.2 < zero < 0.8  # about p of the units dropped
     model.eval()
-    np.testing.assert_array_equal(f(x).numpy(), model(nc.Tensor(x)).numpy())  # identity in eval
+    # identity in eval (the compiled GEMM may sum in another order than eager's BLAS)
+    np.testing.assert_allclose(f(x).numpy(), model(nc.Tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_train_and_eval_are_separate_cache_entries():

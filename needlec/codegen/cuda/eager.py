@@ -2,7 +2,7 @@
 
 `run_op(op, arg, inputs)` builds the one-op graph `op(inputs)`, sends it through the same pass
 pipeline and CUDA renderer a jitted step goes through (`passes.compile_program`, then
-`runtime.CudaExecutable`), and runs it with the inputs' device pointers bound: no host copies.
+`runtime.CudaExecutable`), and runs it on the inputs' device memory: no host copies.
 An executable is made once per signature (op, scalar attribute, input shapes and dtypes) and kept
 in memory (the most recent `MAX_PROGRAMS`); its module comes from `runtime.compile_source`'s disk
 cache when another process compiled it already.

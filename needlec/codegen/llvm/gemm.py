@@ -19,7 +19,7 @@ from ...ir.kernel import Core, Load
 from ...ir.ops import CONVS
 from ...ir.schedule import Buffer
 from ...ir.view import View, strides_of
-from . import intcore, runtime
+from . import intcore, mgemm, runtime
 from .blas import blas_thread_functions
 from .loops import counted_loop
 
@@ -114,6 +114,12 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     size, other = (m, n) if by_rows else (n, m)
     grain = max(-(-size // blocks), -(-GEMM_GRAIN_FLOPS // max(2 * other * k, 1)))
     split = pool_may_call_blas(r) and size > grain and 2 * m * n * k >= 2 * GEMM_GRAIN_FLOPS
+
+    if (
+        mgemm.choose(dtype, m, n, k, bb.view.strides[-1] == 1 or n == 1) != "blas"
+    ):  # ours where it is faster (mgemm's table)
+        mgemm.emit_core(r, a, bb, into, dtype, (m, n, k), out_shape, batch)
+        return
 
     calls = {}
 

@@ -86,8 +86,11 @@ def pipeline_is_ours() -> bool:
 def key(graph_digest: str, n_results: int | None, donate: dict[int, int]) -> str:
     """The program entry's key of a traced graph (its `graph_digest`) compiled with
     `n_results` results and outputs `donate`d over inputs, on this machine."""
+    from .mgemm import mode
+
     h = hashlib.sha256()
-    for part in (graph_digest, repr(n_results), repr(sorted(donate.items())), _environment()):
+    gemm = f"gemm={mode()}"  # NEEDLEC_GEMM, read at each compile
+    for part in (graph_digest, repr(n_results), repr(sorted(donate.items())), _environment(), gemm):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
