@@ -349,7 +349,7 @@ def call_graph(
 
 def _array_of(t) -> np.ndarray:
     """A tensor's values as numpy, without a copy (its NDArray's own view); arrays as they are.
-    An array on the GPU stays there (compacted), for the CUDA backend to bind."""
+    An array on the GPU stays there (compacted), for the CUDA backend to read on the device."""
     if type(t) is np.ndarray:
         return t
     data = t.realize_cached_data()

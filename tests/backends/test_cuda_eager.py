@@ -1,7 +1,8 @@
 """Arrays in device memory and eager CUDA, over the stand-in GPU (`fake_pycuda`: the host's
 fibers run the generated kernels): storage, views, transfers, each eager op a generated kernel
 compiled once per signature, an eager training step against the CPU's, and a jitted step that
-binds the parameters' device memory instead of copying them."""
+keeps the parameters on the device (nothing through the host but its scalars); where a real GPU
+is present the same tests run on it too."""
 
 from __future__ import annotations
 
