@@ -71,6 +71,8 @@ class Primitive(TensorOp):
 
 def _compute(op: Op, arrays, arg) -> NDArray:
     shape, dtype = infer(op, [x.shape for x in arrays], [x.dtype for x in arrays], arg)
+    if arrays and arrays[0]._device.on_gpu:  # a generated CUDA kernel over device memory
+        return nd._gpu_run(op, arrays, arg, shape)
     a = [np.asarray(x) for x in arrays]
     try:
         out = evaluate(op, a, arg, shape, dtype)
@@ -137,6 +139,13 @@ def _check_int_range(arr: np.ndarray, dtype: str) -> None:
 
 def _to_ndarray(data, device, dtype) -> NDArray:
     device = nd.as_device(device)
+    if (
+        type(data) is NDArray
+        and device.on_gpu
+        and data.device == device
+        and dtype in (None, data.dtype)
+    ):
+        return nd._gpu_clone(data)  # copied on the device, never through the host
     arr = _checked_array(data)
     if dtype is None:
         if arr.dtype == np.float64 and isinstance(data, np.ndarray | NDArray):
@@ -329,6 +338,8 @@ class Tensor(Value, OpMixin):
         if trace is not None:
             return Tensor._make_tracer(Node.const(value, shape, dtype), trace)
         device = self.device if self._node is None else None
+        if device is not None and device.on_gpu:  # filled on the device
+            return Tensor.make_const(device.full(shape, value, dtype))
         return Tensor.make_const(NDArray(np.full(shape, value, dtype=dtype), device=device))
 
     def _lift(self, other):

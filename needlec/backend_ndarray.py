@@ -1,8 +1,12 @@
-"""needle's strided NDArray on a device; numpy does the arithmetic on host buffers for now.
+"""needle's strided NDArray on a device.
 
-An NDArray's `_handle` is a flat `Array` buffer (`ndarray_backend.Array`: `.size`, `.ptr()`),
-shared by every view of it, and each device exposes needle's backend kernels (`Array`, `compact`,
-`ewise_add`, `matmul_tiled`, ...) as attributes, as needle's devices do."""
+An NDArray's `_handle` is a flat buffer (`.size`, `.ptr()`) shared by every view of it, and each
+device exposes needle's backend kernels (`Array`, `compact`, `ewise_add`, `matmul_tiled`, ...) as
+attributes, as needle's devices do. On `cpu()` and `cpu_numpy()` the buffer is an
+`ndarray_backend.Array` in host memory and numpy does the arithmetic. On `cuda()` (where a GPU is)
+it is a `codegen.cuda.storage.DeviceBuffer` in device memory: data moves only through
+`from_numpy` / `numpy()` / `to`, views share the device buffer, and every op runs as a generated
+CUDA kernel (`codegen.cuda.eager`), compiled once per signature."""
 
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class BackendDevice:
 
     def __init__(self, name: str, enabled: Callable[[], bool], mod: Any = ndarray_backend):
         self.name = name
+        self.on_gpu = name == "cuda"  # its arrays live in device memory
         self._enabled = enabled
         self.mod = mod
 
@@ -98,6 +103,16 @@ class BackendDevice:
         if name.startswith("__") and name not in BackendDevice._MOD_DUNDERS:
             raise AttributeError(name)  # copy, pickle and numpy probe dunders: never the module's
         mod = self.__dict__.get("mod")
+        if self.__dict__.get("on_gpu") and name not in self._MOD_DUNDERS and self.enabled():
+            from .codegen.cuda.eager import BACKEND
+
+            if name in BACKEND:  # Array, to_numpy, from_numpy, fill, compact: on the device
+                return BACKEND[name]
+            raise AttributeError(
+                f"{self!r}.{name}: needle's elementwise and reduction kernels work on host "
+                "buffers; a cuda() array's ops run as generated CUDA kernels: use NDArray or "
+                "Tensor ops"
+            )
         public = getattr(mod, "__all__", None)
         if public is not None and name not in public and name not in BackendDevice._MOD_DUNDERS:
             raise AttributeError(f"{self!r} has no attribute {name!r}")
@@ -310,6 +325,8 @@ class NDArray:
         if len(strides) != len(shape):
             raise ValueError(f"NDArray.make: shape {shape} and strides {strides} differ in length")
         device = _check_device(device or default_device())
+        if device.on_gpu:
+            return _gpu_make(shape, strides, device, handle, offset, dtype)
         if handle is None:
             handle = Array(prod(shape), _dtype(dtype))
         else:
@@ -350,6 +367,8 @@ class NDArray:
             arr = np.array(arr, order="C", copy=True)
         device = default_device() if device is None else _check_device(device)
         shape = arr.shape
+        if device.on_gpu:  # copied into device memory
+            return NDArray._new(shape, _compact_strides(shape), device, _gpu_buffer(arr), 0)
         return NDArray._new(shape, _compact_strides(shape), device, _wrap_buffer(arr), 0, arr)
 
     # ---- properties -------------------------------------------------------------------------
@@ -375,8 +394,26 @@ class NDArray:
 
     @property
     def handle(self) -> np.ndarray:
-        """The flat numpy buffer behind `_handle` (shared by every view of it)."""
+        """The flat numpy buffer behind `_handle` (shared by every view of it; on `cuda()`
+        a host copy of the device buffer)."""
         return self._handle.array
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """The CUDA array interface (version 3) of an array on `cuda()`: its device address
+        (offset included), shape, dtype, and strides in bytes (None when compact). An
+        AttributeError on other devices, as the protocol asks of host arrays."""
+        if not self._device.on_gpu:
+            raise AttributeError("__cuda_array_interface__: not a cuda() array")
+        item = self._handle.dtype.itemsize
+        compact = self.strides == _compact_strides(self.shape)
+        return {
+            "shape": self.shape,
+            "typestr": self._handle.dtype.str,
+            "data": (self._handle.ptr() + self._offset * item, False),
+            "strides": None if compact else tuple(s * item for s in self.strides),
+            "version": 3,
+        }
 
     @property
     def _shape(self) -> Shape:
@@ -389,8 +426,11 @@ class NDArray:
         return self.strides
 
     @property
-    def flat(self) -> np.flatiter:
-        """A flat iterator over the shared buffer: `a.flat[j] += eps` changes `a` in place."""
+    def flat(self) -> Any:
+        """A flat iterator over the shared buffer: `a.flat[j] += eps` changes `a` in place
+        (on `cuda()`, element by element through the device)."""
+        if self._device.on_gpu:
+            return _DeviceFlat(self)
         return self._view().flat
 
     # ---- numpy interop ------------------------------------------------------------------------
@@ -400,7 +440,10 @@ class NDArray:
             h = self._handle.array
             item = h.itemsize
             strides = tuple(s * item for s in self.strides)
-            self._np = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
+            view = np.ndarray(self.shape, h.dtype, h, self._offset * item, strides)
+            if self._device.on_gpu:  # a host copy of the device buffer: never kept
+                return view
+            self._np = view
         return self._np
 
     def numpy(self) -> np.ndarray:
@@ -437,7 +480,11 @@ class NDArray:
 
     def compact(self) -> NDArray:
         """Self when compact, else a compact copy."""
-        return self if self.is_compact() else NDArray.from_numpy(self.numpy(), self.device)
+        if self.is_compact():
+            return self
+        if self._device.on_gpu:
+            return _gpu_clone(self)
+        return NDArray.from_numpy(self.numpy(), self.device)
 
     def as_strided(self, shape: Sequence[int], strides: Sequence[int]) -> NDArray:
         """A view of the same buffer with new shape and strides (in elements)."""
@@ -523,6 +570,8 @@ class NDArray:
 
     def __setitem__(self, idxs: Any, other: Any) -> None:
         """Write `other` (an NDArray or scalar, broadcast) into the selected view, in place."""
+        if self._device.on_gpu:
+            return _gpu_setitem(self[idxs], other)
         view = self[idxs]._view()
         src = other._view() if isinstance(other, NDArray) else other
         try:
@@ -536,6 +585,8 @@ class NDArray:
 
     def fill(self, value: Any) -> None:
         """Set every element to `value`, in place."""
+        if self._device.on_gpu:
+            return _gpu_setitem(self, value)
         self._view()[...] = value
 
     def to(self, device: BackendDevice) -> NDArray:
@@ -544,11 +595,18 @@ class NDArray:
 
     def astype(self, dtype: Any) -> NDArray:
         """A copy converted to `dtype`."""
+        if self._device.on_gpu:
+            dtype = _dtype(dtype)
+            return _gpu_clone(self) if dtype == self.dtype else _gpu_op("CAST", [self], dtype)
         return NDArray(self, dtype=dtype)
 
     # ---- elementwise --------------------------------------------------------------------------
     def _binary(self, other: Any, ufunc: np.ufunc, reflected: bool, cmp: bool) -> NDArray:
         """Apply `ufunc` to self and an NDArray of the same shape or a scalar."""
+        if self._device.on_gpu:
+            out = _gpu_binary(self, other, ufunc, reflected, cmp)
+            if out is not None:
+                return out
         if isinstance(other, NDArray):
             if other.shape != self.shape:
                 raise ValueError(f"{ufunc.__name__}: shapes differ, {self.shape} vs {other.shape}")
@@ -569,6 +627,8 @@ class NDArray:
         return NDArray.from_numpy(ufunc(a, b, order="C"), self.device)
 
     def _unary(self, ufunc: np.ufunc) -> NDArray:
+        if self._device.on_gpu and ufunc in _GPU_UNARY and self.dtype in _GPU_FLOATS:
+            return _gpu_op(_GPU_UNARY[ufunc], [self])
         return NDArray.from_numpy(ufunc(self._view(), order="C"), self.device)
 
     # one row per operator: (ufunc, reflected, comparison)
@@ -606,6 +666,8 @@ class NDArray:
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
         """Sum over `axis` (int, tuple or None for all); int dtypes keep their width."""
         axis = tuple(axis) if isinstance(axis, list) else axis
+        if self._device.on_gpu and self.dtype != "bool":
+            return _gpu_reduce("SUM", self, axis, keepdims)
         dtype = None if self.dtype == "bool" else self.dtype
         out = np.sum(self._view(), axis=axis, keepdims=keepdims, dtype=dtype)
         return NDArray.from_numpy(out, self.device)
@@ -613,12 +675,22 @@ class NDArray:
     def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> NDArray:
         """Max over `axis` (int, tuple or None for all)."""
         axis = tuple(axis) if isinstance(axis, list) else axis
+        if self._device.on_gpu and self.size:
+            return _gpu_reduce("MAX", self, axis, keepdims)
         return NDArray.from_numpy(np.max(self._view(), axis=axis, keepdims=keepdims), self.device)
 
     def __matmul__(self, other: NDArray) -> NDArray:
         """Matrix product; leading (batch) dims broadcast as in numpy.matmul."""
         if not isinstance(other, NDArray):
             return NotImplemented
+        if (
+            self._device.on_gpu
+            and other.device == self.device
+            and self.ndim == other.ndim == 2
+            and self.dtype == other.dtype
+            and self.shape[1] == other.shape[0]
+        ):
+            return _gpu_op("MATMUL", [self, other])
         try:
             out = np.matmul(self._view(), other._view())
         except ValueError as e:
@@ -628,13 +700,196 @@ class NDArray:
     def flip(self, axes: int | Sequence[int] | None = None) -> NDArray:
         """A compact copy reversed along `axes` (all axes when None)."""
         axes = tuple(axes) if isinstance(axes, list) else axes
+        if self._device.on_gpu:
+            every = tuple(range(self.ndim)) if axes is None else axes
+            every = (every,) if np.ndim(every) == 0 else tuple(every)
+            return _gpu_op("FLIP", [self], every) if every else _gpu_clone(self)
         return NDArray.from_numpy(np.flip(self._view(), axes).copy(), self.device)
 
     def pad(self, axes: Sequence[tuple[int, int]]) -> NDArray:
         """A copy zero-padded by (lo, hi) along each dim."""
         if len(axes) != self.ndim:
             raise ValueError(f"pad: {len(axes)} (lo, hi) pairs for shape {self.shape}")
+        if self._device.on_gpu and all(lo >= 0 and hi >= 0 for lo, hi in axes):
+            widths = tuple((int(lo), int(hi)) for lo, hi in axes)
+            return _gpu_op("PAD", [self], widths) if any(map(any, widths)) else _gpu_clone(self)
         return NDArray.from_numpy(np.pad(self._view(), tuple(axes)), self.device)
+
+
+# ---- arrays in device memory (cuda()) --------------------------------------------------------
+def _gpu_buffer(host: np.ndarray):
+    """A device buffer holding a copy of the compact host array `host`."""
+    from .codegen.cuda.storage import DeviceBuffer
+
+    return DeviceBuffer.from_host(host)
+
+
+def _gpu_make(shape: Shape, strides: Shape, device: BackendDevice, handle: Any, offset: int,
+              dtype: Any) -> NDArray:  # fmt: skip
+    """`NDArray.make` on `cuda()`: a fresh device buffer, or a view of `handle`'s."""
+    from .codegen.cuda.storage import DeviceBuffer
+
+    if handle is None:
+        handle = DeviceBuffer(prod(shape), _dtype(dtype))
+    elif not isinstance(handle, DeviceBuffer):
+        raise TypeError(
+            f"NDArray.make: a cuda() array's handle is a DeviceBuffer (an NDArray's _handle), "
+            f"got {type(handle).__name__}"
+        )
+    last = offset
+    for n, s in zip(shape, strides, strict=True):
+        last += (n - 1) * s
+    if prod(shape) and (offset < 0 or min(strides, default=0) < 0 or last >= handle.size):
+        raise ValueError(
+            f"NDArray.make: shape {shape}, strides {strides} and offset {offset} leave the "
+            f"buffer of {handle.size} elements"
+        )
+    return NDArray._new(shape, strides, device, handle, offset)
+
+
+def _gpu_target(a: NDArray) -> tuple:
+    """(address of the first element, strides, dtype) of a view, as `copy_strided` takes it."""
+    return (a._handle.ptr() + a._offset * a._handle.dtype.itemsize, a.strides, a.dtype)
+
+
+def _gpu_copy(dst: NDArray, src: NDArray) -> None:
+    """Copy `src` into `dst` (the same shape) on the device."""
+    from .codegen.cuda import eager
+
+    eager.copy_strided(dst.shape, _gpu_target(dst), _gpu_target(src))
+
+
+class _DeviceFlat:
+    """`a.flat` of a cuda() array: reads and writes single elements (row-major index)."""
+
+    def __init__(self, a: NDArray) -> None:
+        self.a = a
+
+    def _at(self, j: Any) -> NDArray:
+        if not isinstance(j, (numbers.Integral, np.integer)):
+            raise TypeError(f"flat of a cuda() array takes an int index, got {type(j).__name__}")
+        j = int(j) + self.a.size if j < 0 else int(j)
+        if not 0 <= j < self.a.size:
+            raise IndexError(f"flat index {j} out of range for size {self.a.size}")
+        return self.a[np.unravel_index(j, self.a.shape)]
+
+    def __getitem__(self, j: Any) -> Any:
+        return self._at(j).numpy().reshape(-1)[0]
+
+    def __setitem__(self, j: Any, value: Any) -> None:
+        _gpu_setitem(self._at(j), value)
+
+    def __len__(self) -> int:
+        return self.a.size
+
+
+def _gpu_clone(a: NDArray) -> NDArray:
+    """A compact copy of `a`, made on the device."""
+    out = NDArray.make(a.shape, device=a.device, dtype=a.dtype)
+    _gpu_copy(out, a)
+    return out
+
+
+def _gpu_setitem(view: NDArray, other: Any) -> None:
+    """`view[...] = other` on the device: an NDArray (broadcast, or of the same size, as in
+    needle), a numpy array (copied in first) or a scalar."""
+    from .codegen.cuda import eager
+
+    if not isinstance(other, NDArray) and np.ndim(other) == 0:  # a scalar: broadcast from one
+        src = eager.from_scalar(np.asarray(other).item(), view.dtype)  # element
+        zeros = (0,) * view.ndim
+        return eager.copy_strided(view.shape, _gpu_target(view), (src.ptr(), zeros, view.dtype))
+    if not isinstance(other, NDArray):
+        other = NDArray.from_numpy(np.asarray(other), view.device)
+    elif other.device != view.device:
+        other = other.to(view.device)
+    if other._handle is view._handle:  # the views may overlap: read from a copy
+        other = _gpu_clone(other)
+    if other.shape != view.shape:
+        try:
+            other = other.broadcast_to(view.shape)
+        except ValueError:
+            if other.size != view.size:
+                msg = f"cannot assign shape {other.shape} to view of shape {view.shape}"
+                raise ValueError(msg) from None
+            other = other.compact().reshape(view.shape)  # needle: equal sizes suffice
+    _gpu_copy(view, other)
+
+
+_GPU_FLOATS = ("float32", "float64")
+_GPU_UNARY = {np.negative: "NEG", np.exp: "EXP", np.log: "LOG", np.tanh: "TANH"}
+# ufunc -> (op with an NDArray, op with a scalar); subtraction adds the negation
+_GPU_BINARY = {
+    np.add: ("ADD", "ADD_SCALAR"),
+    np.subtract: ("ADD", "ADD_SCALAR"),
+    np.multiply: ("MUL", "MUL_SCALAR"),
+    np.true_divide: ("DIV", "DIV_SCALAR"),
+    np.power: ("POW", "POW_SCALAR"),
+    np.maximum: ("MAXIMUM", None),
+    np.equal: ("CMPEQ", None),
+    np.less: ("CMPLT", None),
+    np.greater: ("CMPLT", None),  # b < a
+}
+
+
+def _gpu_op(name: str, arrays: Sequence[NDArray], arg: Any = None) -> NDArray:
+    """The IR op `name` on cuda() arrays, as a generated kernel."""
+    from .ir import Op, infer
+
+    op = Op[name]
+    shape, _ = infer(op, [a.shape for a in arrays], [a.dtype for a in arrays], arg)
+    return _gpu_run(op, arrays, arg, shape)
+
+
+def _gpu_binary(a: NDArray, b: Any, ufunc: np.ufunc, reflected: bool, cmp: bool):
+    """An elementwise NDArray operator on the device, or None where its dtype rules are not
+    the IR's (integer or mixed dtypes, a reflected scalar division...): numpy does it then."""
+    ops = _GPU_BINARY.get(ufunc)
+    if ops is None or a.dtype not in _GPU_FLOATS:
+        return None
+    if isinstance(b, NDArray):
+        if b.device != a.device or b.dtype != a.dtype or b.shape != a.shape:
+            return None
+        x, y = (b, a) if reflected != (ufunc is np.greater) else (a, b)
+        if ufunc is np.subtract:
+            y = _gpu_op("NEG", [y])
+        out = _gpu_op(ops[0], [x, y])
+        return _gpu_op("CAST", [out], a.dtype) if cmp else out
+    if ops[1] is None or not isinstance(b, (numbers.Real, np.floating, np.integer)):
+        return None
+    c = float(b)
+    if ufunc is np.subtract:
+        return (
+            _gpu_op("ADD_SCALAR", [_gpu_op("NEG", [a])], c)
+            if reflected
+            else _gpu_op("ADD_SCALAR", [a], -c)
+        )
+    if reflected and ufunc in (np.true_divide, np.power):
+        return None
+    return _gpu_op(ops[1], [a], c)
+
+
+def _gpu_reduce(name: str, a: NDArray, axis: Any, keepdims: bool) -> NDArray:
+    """`a.sum` / `a.max` on the device: the IR reduction over `axis`, reshaped for keepdims."""
+    axes = tuple(range(a.ndim)) if axis is None else (axis,) if np.ndim(axis) == 0 else axis
+    axes = tuple(sorted(int(x) + a.ndim if int(x) < 0 else int(x) for x in axes))
+    out = _gpu_op(name, [a], axes) if axes else _gpu_clone(a)
+    if keepdims:
+        out = out.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
+    return out
+
+
+def _gpu_run(op: Any, arrays: Sequence[NDArray], arg: Any, shape: Shape) -> NDArray:
+    """`op(arrays)` as a generated CUDA kernel; the result a fresh compact cuda() array."""
+    from .codegen.cuda import eager
+
+    args = [a if a.strides == _compact_strides(a.shape) else a.compact() for a in arrays]
+    if op.name in ("RESHAPE", "STOP_GRADIENT"):  # a view of the same memory, as numpy's is
+        a, shape = args[0], tuple(shape)
+        return NDArray._new(shape, _compact_strides(shape), a.device, a._handle, a._offset)
+    out = eager.run_op(op, arg, args)
+    shape = tuple(shape)
+    return NDArray._new(shape, _compact_strides(shape), arrays[0].device, out, 0)
 
 
 # ---- module-level helpers (as in needle) ----------------------------------------------------

@@ -28,7 +28,7 @@ from .frontend import guards, hit
 from .frontend.hit import MISS, drawn, hit_key, take_seed
 from .frontend.hit import traces as _traces
 from .frontend.pytree import unflatten
-from .frontend.trace import current
+from .frontend.trace import ArrayRead, current
 from .frontend.traced import (
     Traced,
     call_graph,
@@ -168,7 +168,15 @@ class Lowered:
     def __call__(self, leaves: Sequence[Tensor]) -> Any:
         traced = self.traced
         tensors = list(leaves) + traced.current_captures()
-        device = _common_device(traced.trace.name, tensors)
+        placed = tensors  # what says the device: a numpy array read has none, it goes along
+        if traced.reads_arrays:
+            objs = traced._capture_objects()
+            placed = list(leaves) + [
+                t
+                for t, o in zip(tensors[len(leaves) :], objs, strict=True)
+                if type(o) is not ArrayRead
+            ]
+        device = _common_device(traced.trace.name, placed)
         for obj, name in traced.scalars:  # hyperparameters: read now, so a schedule applies
             value = getattr(obj, name)
             if not isinstance(value, int | float | np.number) or isinstance(value, bool):

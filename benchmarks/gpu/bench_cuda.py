@@ -8,7 +8,8 @@ one MLP step's launches, replayed as a CUDA graph against the launch list; float
 4096^3 by the generated kernels (SIMT fp32, TF32 and bf16 tensor cores; tiles autotuned) against
 torch's cuBLAS (TF32 off, TF32 on, bf16); the MLP (batch 256) and ResNet9
 (batch 128) training steps, jitted (the generated kernels replayed, GPU time by CUDA events)
-against torch eager on the same GPU. Writes `bench.json` and `RESULTS-gpu.md` (a section for
+against torch eager on the same GPU; and the MLP step on cuda() tensors, eager (a kernel per
+op) against jitted, wall time. Writes `bench.json` and `RESULTS-gpu.md` (a section for
 benchmarks/RESULTS.md) under DIR. Needs pycuda, a GPU and torch built for CUDA.
 """
 
@@ -204,8 +205,41 @@ def training_step(name: str, repeats: int) -> dict:
         "launches": sum(1 for kind, _ in ex.launches if kind == "device"),
         "jit_gpu_seconds": jit_s,
         "torch_eager_seconds": torch_s,
-        "cuda_eager_seconds": None,  # eager CUDA (a kernel per op) is not built yet
     }
+
+
+def eager_vs_jit(name: str, repeats: int) -> dict:
+    """Wall time of one training step on cuda() tensors: eager (a generated kernel per op,
+    each signature compiled in a warm-up step first) against the same step jitted (device
+    arrays bound, parameters updated in place)."""
+    import needlec as nc
+    from benchmarks import steps
+    from benchmarks.bench_train_step import make_step
+    from needlec import nn, optim
+
+    def run(jit: bool) -> float:
+        s = steps.spec(name)
+        np.random.seed(s.seed)
+        model = s.build()
+        for t in model.state_dict().values():  # parameters and running statistics
+            t.data = nc.Tensor(t.numpy(), device=nc.cuda(), dtype=t.dtype, requires_grad=False)
+        opt = optim.SGD(model.parameters(), lr=steps.LR, momentum=steps.MOMENTUM)
+        x, y = s.batch(np.random.default_rng(s.seed + 1))
+        x, y = nc.Tensor(x, device=nc.cuda()), nc.Tensor(y, device=nc.cuda())
+        step = make_step(model, opt, nn.SoftmaxLoss())
+        step = nc.jit(step) if jit else step
+        for _ in range(2):  # compiles every kernel (eager: every op signature)
+            step(x, y).numpy()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(x, y).numpy()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    jit_s = run(True)
+    eager_s = run(False)
+    return {"step": name, "jit_wall_seconds": jit_s, "cuda_eager_seconds": eager_s}
 
 
 def main(argv=None) -> None:
@@ -239,6 +273,7 @@ def main(argv=None) -> None:
         ("matmul", lambda: matmul(args.matmul, max(3, args.repeats // 4))),
         ("mlp", lambda: training_step("mlp-784-256-10-b256", args.repeats)),
         ("resnet9", lambda: training_step("resnet9-b128", max(3, args.repeats // 4))),
+        ("eager_mlp", lambda: eager_vs_jit("mlp-784-256-10-b256", max(3, args.repeats // 4))),
     ):
         try:
             results[key] = fn()
@@ -293,9 +328,16 @@ def markdown(r: dict) -> str:
                 f"({s['kernels']} kernels, {s['launches']} launches), torch eager "
                 f"{s['torch_eager_seconds'] * 1e3:.2f} ms: "
                 f"{s['torch_eager_seconds'] / s['jit_gpu_seconds']:.2f}x torch's speed "
-                "(target within 1.5x); CUDA eager not built"
+                "(target within 1.5x)"
             )
-    for key in ("elementwise", "host_cost", "matmul", "mlp", "resnet9"):
+    s = r.get("eager_mlp", {})
+    if "cuda_eager_seconds" in s:
+        lines.append(
+            f"- {s['step']} on cuda() tensors, wall time per step: eager (a kernel per op) "
+            f"{s['cuda_eager_seconds'] * 1e3:.2f} ms, jit {s['jit_wall_seconds'] * 1e3:.2f} ms: "
+            f"{s['cuda_eager_seconds'] / s['jit_wall_seconds']:.1f}x (target 5x)"
+        )
+    for key in ("elementwise", "host_cost", "matmul", "mlp", "resnet9", "eager_mlp"):
         if "error" in r.get(key, {}):
             lines.append(f"- {key}: failed: {r[key]['error']}")
     return "\n".join(lines) + "\n"

@@ -45,6 +45,12 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/nn tests/mo
 echo "device-parametrized tests on cuda: exit $? (tail of device-tests.log:)"
 tail -15 "$OUT/device-tests.log"
 
+# device-resident arrays and eager CUDA on the GPU (each eager op signature is one nvcc call)
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_eager.py \
+    -k "gpu" --junitxml="$OUT/cuda-eager.xml" > "$OUT/cuda-eager.log" 2>&1
+echo "cuda eager tests: exit $? (tail of cuda-eager.log:)"
+tail -15 "$OUT/cuda-eager.log"
+
 # the benchmarks: ceilings (copy bandwidth, cuBLAS) measured in the same run; the 64M-float
 # elementwise chain (16-byte vector loads) against the copy, the MLP step's host cost per step
 # replayed as a CUDA graph against its launch list, matmul, the training steps

@@ -17,6 +17,7 @@ import numpy as np
 from .. import backend_ndarray as nd
 from ..autograd import Tensor, TensorOp
 from ..codegen import reference
+from ..codegen.cuda.storage import DeviceBuffer
 from ..ir import Graph, Node, Op
 from ..ir.ops import FLOATS, fmt_type
 from ..passes import differentiate, optimize
@@ -327,10 +328,14 @@ def call_graph(
         if k is not None and type(tensors[k]) is not np.ndarray:
             out.append(tensors[k])  # updated in place: its tensor holds the new value
             continue
-        a = np.asarray(a, order="C")
-        if not fresh_outputs and any(np.may_share_memory(a, x) for x in arrays):  # an input passed
-            a = a.copy()  # through: a copy, so writing one tensor in place never changes another
-        data = nd.NDArray.from_numpy(a, device)
+        if type(a) is DeviceBuffer:  # a result left in device memory (cuda)
+            shape = graph.outputs[i].shape
+            data = nd.NDArray._new(shape, nd.NDArray.compact_strides(shape), device, a, 0)
+        else:
+            a = np.asarray(a, order="C")
+            if not fresh_outputs and any(np.may_share_memory(a, x) for x in arrays):  # an input
+                a = a.copy()  # passed through: a copy, so writing one tensor never changes another
+            data = nd.NDArray.from_numpy(a, device)
         differentiable = n_results is None or i < n_results
         if requires_grad and differentiable and graph.outputs[i].dtype in FLOATS:
             t = Tensor.__new__(Tensor)
@@ -343,11 +348,14 @@ def call_graph(
 
 
 def _array_of(t) -> np.ndarray:
-    """A tensor's values as numpy, without a copy (its NDArray's own view); arrays as they are."""
+    """A tensor's values as numpy, without a copy (its NDArray's own view); arrays as they are.
+    An array on the GPU stays there (compacted), for the CUDA backend to read on the device."""
     if type(t) is np.ndarray:
         return t
     data = t.realize_cached_data()
-    return data._view() if type(data) is nd.NDArray else np.asarray(data)
+    if type(data) is nd.NDArray:
+        return data.compact() if data._device.on_gpu else data._view()
+    return np.asarray(data)
 
 
 def inline(graph: Graph, tensors: Sequence[Tensor]) -> list:

@@ -152,6 +152,8 @@ class Module:
 
 
 stats = {"compiles": 0, "allocations": 0, "launches": 0, "graph_launches": 0, "graph_kernels": 0}
+stats.update(htod=0, dtoh=0, dtod=0)
+copies: list[tuple[str, int]] = []  # (direction, bytes) of every memcpy, in order
 
 
 def compile(source: str, arch: str, options, no_extern_c: bool, cache_dir) -> bytes:  # noqa: A001
@@ -189,12 +191,22 @@ def install(monkeypatch, graphs: bool = True) -> None:
     def htod(dst, src, stream=None):
         _no_capture("cuMemcpyHtoD")  # copies are never captured: their host memory changes
         src = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
+        stats["htod"] += 1
+        copies.append(("htod", src.size))
         ctypes.memmove(_address(dst), src.ctypes.data, src.size)
 
     def dtoh(dst, src, stream=None):
         _no_capture("cuMemcpyDtoH")
         flat = dst.reshape(-1).view(np.uint8)
+        stats["dtoh"] += 1
+        copies.append(("dtoh", flat.size))
         ctypes.memmove(flat.ctypes.data, _address(src), flat.size)
+
+    def dtod(dst, src, nbytes, stream=None):
+        _no_capture("cuMemcpyDtoD")
+        stats["dtod"] += 1
+        copies.append(("dtod", nbytes))
+        ctypes.memmove(_address(dst), _address(src), nbytes)
 
     device = types.SimpleNamespace(compute_capability=lambda: (9, 0), name=lambda: "host")
     ctx = types.SimpleNamespace(get_device=lambda: device)
@@ -204,6 +216,7 @@ def install(monkeypatch, graphs: bool = True) -> None:
     drv.mem_alloc = mem_alloc
     drv.memcpy_htod = drv.memcpy_htod_async = htod
     drv.memcpy_dtoh = drv.memcpy_dtoh_async = dtoh
+    drv.memcpy_dtod = drv.memcpy_dtod_async = dtod
     drv.module_from_buffer = Module
     drv.Stream, drv.Event = (CapturingStream if graphs else Stream), Event
     if graphs:

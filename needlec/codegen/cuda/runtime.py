@@ -17,13 +17,18 @@ pycuda is optional (`pip install -e ".[cuda]"`); nothing here imports it until a
   launch list is captured once into CUDA graphs (stream capture) and replayed with one launch
   per graph, so the host cost of a step does not grow with its kernels; pycuda without stream
   capture gets the launch list. A kernel the renderer leaves on the host (a Python callback)
-  runs on the kernel interpreter between graphs.
+  runs on the kernel interpreter between graphs. Given device arrays (anything with a
+  `__cuda_array_interface__`: a `cuda()` NDArray), `run` copies them into the arena on the
+  device, writes each donated output back into its parameter's own buffer and every other
+  output into a fresh `storage.DeviceBuffer`: nothing goes through the host but host-side
+  scalars.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import subprocess
 from collections.abc import Callable
@@ -57,6 +62,25 @@ def context():
     import pycuda.driver as drv
 
     return drv.Context.get_current()
+
+
+def drv():
+    """pycuda's driver module, with the context current."""
+    import pycuda.driver as driver
+
+    context()
+    return driver
+
+
+def device_pointer(a) -> int | None:
+    """The device address of `a`'s first element when `a` lives on the GPU (it has a
+    `__cuda_array_interface__`, compact), else None (a host array)."""
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is None:
+        return None
+    if iface.get("strides") is not None:
+        raise ValueError("a device array passed to a CUDA program must be compact")
+    return int(iface["data"][0])
 
 
 def architecture() -> str:
@@ -269,7 +293,11 @@ class CudaExecutable:
         self.graphs = graphs_enabled() if graphs is None else graphs
         self._replay: list | None = None  # the launch list as graphs and host kernels
 
-    def run(self, arrays: list[np.ndarray], checked: bool = True) -> list[np.ndarray]:
+    def run(self, arrays: list, checked: bool = True) -> list:
+        """Outputs of one call: numpy arrays in and out, or, when an input lives on the GPU
+        (see `run_on_device`), device arrays out."""
+        if any(device_pointer(a) is not None for a in arrays):
+            return self.run_on_device(arrays)
         drv, s = self.drv, self.stream
         for b, a in zip(self.kernels.inputs, arrays, strict=True):
             if b.nbytes:
@@ -282,6 +310,43 @@ class CudaExecutable:
                 drv.memcpy_dtoh_async(host, self.memory[b], s)
             out.append(host)
         s.synchronize()
+        return out
+
+    def run_on_device(self, arrays: list) -> list:
+        """One call over device-resident inputs: each input with a `__cuda_array_interface__`
+        is copied into its arena slot device to device, a host array (a hyperparameter, a seed)
+        from the host. Each output is the input object the memory plan donates it to (a
+        parameter: its new value written into the parameter's own buffer) or a fresh
+        `DeviceBuffer`."""
+        from .storage import DeviceBuffer
+
+        drv, s = self.drv, self.stream
+        kg = self.kernels
+        given = {}  # input buffer -> index of the device array passed for it
+        for j, (b, a) in enumerate(zip(kg.inputs, arrays, strict=True)):
+            p = device_pointer(a)
+            if p is not None:
+                given[b] = j
+            if not b.nbytes:
+                continue
+            if p is None:
+                drv.memcpy_htod_async(self.memory[b], np.ascontiguousarray(a, b.dtype), s)
+            else:
+                drv.memcpy_dtod_async(self.memory[b], p, b.nbytes, s)
+        self.launch()
+        out = []
+        for b in kg.outputs:
+            j = given.get(self.plan.aliases.get(b))
+            if j is not None:  # the parameter it replaces takes the new value
+                dst = device_pointer(arrays[j])
+                out.append(arrays[j])
+            else:
+                buf = DeviceBuffer(math.prod(b.shape), b.dtype)
+                dst = buf.ptr()
+                out.append(buf)
+            if b.nbytes:
+                drv.memcpy_dtod_async(dst, self.memory[b], b.nbytes, s)
+        s.synchronize()  # the outputs are ready, and the inputs' memory free to reuse
         return out
 
     def launch(self) -> None:
