@@ -152,3 +152,40 @@ def test_training_step_over_the_stand_in_matches_the_kernel_interpreter(host_gpu
             w = np.asarray(w)
             tol = 1e-4 * max(1.0, float(np.max(np.abs(w), initial=0.0)))
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=tol, err_msg=f"{name} output {j}")
+
+
+def test_calls_from_several_threads_take_turns(host_gpu, monkeypatch):  # noqa: F811
+    """Every call runs over the executable's one arena and graphs: calls from two threads must
+    not overlap (each copies its inputs in, launches and copies out before the next starts)."""
+    import threading
+    import time
+
+    from needlec.codegen.cuda.runtime import CudaExecutable
+
+    graph, arrays = _chain_graph()
+    ex = CudaExecutable(compile_program(graph))
+    inside, overlaps = [0], []
+    launch = CudaExecutable.launch
+
+    def slow_launch(self):
+        inside[0] += 1
+        overlaps.append(inside[0] > 1)
+        time.sleep(0.005)  # a window in which another unguarded call would start
+        launch(self)
+        inside[0] -= 1
+
+    monkeypatch.setattr(CudaExecutable, "launch", slow_launch)
+    inputs = [[a * (1 + t) for a in arrays] for t in range(4)]
+    got: dict = {}
+
+    def call(t):
+        got[t] = ex.run([a.copy() for a in inputs[t]])
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(overlaps) == 4 and not any(overlaps)
+    for t in range(4):
+        _check(graph, inputs[t], got[t])

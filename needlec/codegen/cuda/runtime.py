@@ -31,6 +31,7 @@ import hashlib
 import math
 import os
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -292,12 +293,19 @@ class CudaExecutable:
                 self.launches.append(("device", (fn, launch.grid, launch.block, args)))
         self.graphs = graphs_enabled() if graphs is None else graphs
         self._replay: list | None = None  # the launch list as graphs and host kernels
+        # one call at a time: every call runs over the same arena and graphs
+        self._lock = threading.Lock()
 
     def run(self, arrays: list, checked: bool = True) -> list:
         """Outputs of one call: numpy arrays in and out, or, when an input lives on the GPU
-        (see `run_on_device`), device arrays out."""
-        if any(device_pointer(a) is not None for a in arrays):
-            return self.run_on_device(arrays)
+        (see `run_on_device`), device arrays out. Calls from several threads take turns (they
+        share the executable's device memory)."""
+        with self._lock:
+            if any(device_pointer(a) is not None for a in arrays):
+                return self.run_on_device(arrays)
+            return self._run_on_host_arrays(arrays)
+
+    def _run_on_host_arrays(self, arrays: list) -> list:
         drv, s = self.drv, self.stream
         for b, a in zip(self.kernels.inputs, arrays, strict=True):
             if b.nbytes:
@@ -313,7 +321,7 @@ class CudaExecutable:
         return out
 
     def run_on_device(self, arrays: list) -> list:
-        """One call over device-resident inputs: each input with a `__cuda_array_interface__`
+        """One call (the caller holds the executable's lock) over device-resident inputs: each input with a `__cuda_array_interface__`
         is copied into its arena slot device to device, a host array (a hyperparameter, a seed)
         from the host. Each output is the input object the memory plan donates it to (a
         parameter: its new value written into the parameter's own buffer) or a fresh
