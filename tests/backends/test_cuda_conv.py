@@ -44,6 +44,7 @@ CASES = {
     "kernel_larger_than_input": ((1, 3, 3, 3), (7, 7, 3, 3), 1, 3, 0),
     "split_k_weight_grad": ((3, 8, 8, 3), (3, 3, 3, 5), 1, 1, 0),  # K = 192 over 3 blocks
     "one_pixel_deep": ((3, 1, 1, 33), (3, 3, 33, 17), 1, 1, 0),  # ResNet9's last stage
+    "split_phases_s2": ((3, 2, 2, 33), (3, 3, 33, 40), 2, 1, 0),  # 4 phases, K split in 3
     "dilated_3x3_s1": ((1, 9, 9, 3), (3, 3, 3, 3), 1, 2, 1),  # taps 2 apart
     "dilated_3x3_s2": ((3, 10, 9, 3), (3, 3, 3, 17), 2, 1, 2),
 }
@@ -181,7 +182,7 @@ def test_float_convolutions_are_implicit_gemms_and_integer_ones_direct():
         assert "__shared__ float sa[" in ck.source and "fmaf(" in ck.source, op
         assert ck.launches[0].fixed_block and ck.launches[0].block == 256, op
     # the strided input gradient: one GEMM per phase (h mod 2, w mod 2), each over its own taps
-    assert "const int phase = z;" in floats["CONV_INPUT_GRAD"].source
+    assert "const int phase = z / " in floats["CONV_INPUT_GRAD"].source
     graph, _, _ = _case("3x3_s2_p3_cin1", "int32")
     for op, ck in _core_kernels(graph).items():
         assert "__shared__" not in ck.source and len(ck.launches) == 1, op

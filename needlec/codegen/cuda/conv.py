@@ -225,12 +225,11 @@ def _plan(g: _Gemm, itemsize: int) -> _Plan:
         bm //= 2  # smaller tiles before fewer blocks than the GPU has
     tiles_m = -(-m // bm)
     splits = 1
-    if g.phases == 1:  # too few tiles: split K, each split at least 4 steps
+    blocks = tiles_m * tiles_n * g.phases
+    if blocks < FILL_BLOCKS // 2:  # fewer blocks than SMs: split K, each split 4 steps or more
+        out_bytes = m * n * itemsize  # a phase's partials cover its share of the output
         splits = min(
-            -(-FILL_BLOCKS // (tiles_m * tiles_n)),
-            -(-k // (4 * BK)),
-            MAX_SPLITS,
-            max(1, PARTIAL_BYTES // (m * n * itemsize)),
+            -(-FILL_BLOCKS // blocks), -(-k // (4 * BK)), MAX_SPLITS, PARTIAL_BYTES // out_bytes
         )
         splits = max(1, splits)
     per_split = -(-k // splits)
@@ -351,28 +350,43 @@ class _Loader:
             self.part.append(parts)
             self.ok.append(f"{gi} < {size}" if size % self.bf else None)
 
-    def step(self, k0: str, kend: str, k_tail: bool) -> None:
-        """Load this step's tile: each element 0 outside the GEMM or the view's valid box."""
-        r, op, it = self.r, self.op, self.it
+    def declare(self) -> None:
+        """The thread's K slots of a step and the registers a step's elements are read into."""
+        r = self.r
         if self.k_fast:
             kslots = [f"tid % {BK}"]
         else:
             kslots = [f"tid / {self.bf} + {j * (THREADS // self.bf)}" for j in range(self.count)]
-        names_k = {n for n, _ in self.g.dims["k"]}
-        v = op.load.view
+        self.kks = []
         for kslot in kslots:
             kk = r.var("kk")
             r.emit(f"const int {kk} = {kslot};")
-            gk = r.var(f"{self.name}k")
-            r.emit(f"const {it} {gk} = {k0} + {kk};")
-            names = _decode(r, gk, self.g.dims["k"], f"{self.name}_", it)
+            self.kks.append(kk)
+        self.regs = {}
+        for kk in self.kks:
+            for j in range(len(self.slots)):
+                self.regs[kk, j] = r.var(f"{self.name}r")
+        r.emit(f"{CTYPE[self.dt]} {', '.join(self.regs.values())};")
+
+    def load(self, k0: str, kend: str, k_tail: bool, decoded: dict) -> None:
+        """Read the step at `k0` into the registers: each element 0 outside the GEMM or the
+        view's valid box. `decoded`: K indices already decoded in this scope (shared by A, B)."""
+        r, op, it = self.r, self.op, self.it
+        names_k = {n for n, _ in self.g.dims["k"]}
+        v = op.load.view
+        for kk in self.kks:
+            if kk not in decoded:
+                gk = r.var("k")
+                r.emit(f"const {it} {gk} = {k0} + {kk};")
+                decoded[kk] = gk, _decode(r, gk, self.g.dims["k"], "k_", it)
+            gk, names = decoded[kk]
             kpart = [_split(lin, names_k)[0] for lin in op.coords]
             off = " + ".join(
                 f"{_text(lin, names, it)} * {st}"
                 for lin, st in zip(kpart, v.strides, strict=True)
                 if st and lin
             )
-            for j, slot in enumerate(self.slots):
+            for j in range(len(self.slots)):
                 valid = [x for x in (self.ok[j], f"{gk} < {kend}" if k_tail else None) if x]
                 for d in self.checks:
                     lo, hi = v.bounds()[d]
@@ -385,7 +399,12 @@ class _Loader:
                 read = r.guarded_read(
                     op.load.buffer, f"{self.base[j]} + {off or '0'}", valid, self.dt
                 )
-                r.emit(f"s{self.name}[{kk}][{slot}] = {read};")
+                r.emit(f"{self.regs[kk, j]} = {read};")
+
+    def commit(self) -> None:
+        """The registers into this operand's shared-memory tile."""
+        for (kk, j), reg in self.regs.items():
+            self.r.emit(f"s{self.name}[{kk}][{self.slots[j]}] = {reg};")
 
 
 def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
@@ -400,9 +419,10 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     )
     it = "int" if big < 2**30 else "long long"  # room for a padded read's address
     tiles = plan.tiles * g.phases * plan.splits
+    total = math.prod(into.shape)
     partial = None
-    if plan.splits > 1:
-        partial = f"(({t}*)(scratch + {r.scratch_buffer(plan.splits * m * n * itemsize)}))"
+    if plan.splits > 1:  # split s's partial sums: an output-shaped array of its own
+        partial = f"(({t}*)(scratch + {r.scratch_buffer(plan.splits * total * itemsize)}))"
     r.begin(max(1, min(65535, tiles)), THREADS, fixed_block=True)
     r.emit(f"__shared__ {t} sa[{BK}][{bm + PAD}];")
     r.emit(f"__shared__ {t} sb[{BK}][{bn + PAD}];")
@@ -410,15 +430,16 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     r.open(f"for (long long tile = blockIdx.x; tile < {tiles}LL; tile += gridDim.x)")
     r.emit(f"const {it} tn = tile % {plan.tiles_n};")
     r.emit(f"const {it} tm = (tile / {plan.tiles_n}) % {plan.tiles_m};")
-    r.emit(f"const {it} z = tile / {plan.tiles};")  # the phase, or the split of K
+    r.emit(f"const {it} z = tile / {plan.tiles};")  # the phase and the split of K
     if g.phases > 1:
-        r.emit(f"const {it} phase = z;")
+        r.emit(f"const {it} phase = z / {plan.splits};")
     for name, expr, _, _ in g.tile_vars:
         r.emit(f"const {it} {name} = {expr};")
     kend = g.k_bound or str(k)
     if plan.splits > 1:
-        r.emit(f"const {it} kbeg = z * {plan.chunk};")
-        r.emit(f"const {it} kend = kbeg + {plan.chunk} < {k} ? kbeg + {plan.chunk} : {k};")
+        r.emit(f"const {it} split = z % {plan.splits}, kbeg = split * {plan.chunk};")
+        r.emit(f"const {it} kcap = {kend};")
+        r.emit(f"const {it} kend = kbeg + {plan.chunk} < kcap ? kbeg + {plan.chunk} : kcap;")
     else:
         r.emit(f"const {it} kbeg = 0, kend = {kend};")
     k_tail = k % BK != 0 or g.k_bound is not None
@@ -431,10 +452,21 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     r.emit(f"for (int i = 0; i < {tm}; ++i)")
     r.emit("#pragma unroll")
     r.emit(f"  for (int j = 0; j < {tn}; ++j) acc[i][j] = {zero};")
+    for ld in loaders:
+        ld.declare()
+    decoded: dict = {}
+    for ld in loaders:
+        ld.load("kbeg", "kend", k_tail, decoded)
+    # each step's global reads are issued before the step before it computes (in registers)
     r.open(f"for ({it} k0 = kbeg; k0 < kend; k0 += {BK})")
     for ld in loaders:
-        ld.step("k0", "kend", k_tail)
+        ld.commit()
     r.emit("__syncthreads();")
+    r.open(f"if (k0 + {BK} < kend)")
+    decoded = {}
+    for ld in loaders:
+        ld.load(f"k0 + {BK}", "kend", k_tail, decoded)
+    r.close()
     fma = "fmaf" if dt == "float32" else "fma"
     r.emit("#pragma unroll")
     r.open(f"for (int kk = 0; kk < {BK}; ++kk)")
@@ -456,20 +488,20 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     r.emit("#pragma unroll")
     r.open(f"for (int j = 0; j < {tn}; ++j)")
     r.emit(f"const {it} gn = tn * {bn} + tx + {SIDE} * j;")
-    if partial is not None:
-        r.emit(f"if (gm < {m} && gn < {n}) {partial}[(z * {m}LL + gm) * {n}LL + gn] = acc[i][j];")
-    else:
-        _store(r, g, into, "gm", "gn", "acc[i][j]", dt, it)
+    _store(r, g, into, "gm", "gn", "acc[i][j]", dt, it, partial)
     r.close()
     r.close()
     r.close()
     r.end()
     if partial is not None:
-        _reduce_splits(r, g, into, partial, plan.splits, dt, it)
+        _reduce_splits(r, into, partial, plan.splits, dt)
 
 
-def _store(r, g: _Gemm, into: Buffer, gm: str, gn: str, value: str, dt: str, it: str) -> None:
-    """Store C[gm, gn] where it is an output element."""
+def _store(
+    r, g: _Gemm, into: Buffer, gm: str, gn: str, value: str, dt: str, it: str, partial=None
+) -> None:
+    """Store C[gm, gn] where it is an output element: to the output, or to this split's
+    partial sums (`partial`, output-shaped arrays one after another)."""
     m, n = g.size("m"), g.size("n")
     r.open(f"if ({gm} < {m} && {gn} < {n})")
     names = {**_decode(r, gm, g.dims["m"], "o_", it), **_decode(r, gn, g.dims["n"], "o_", it)}
@@ -477,16 +509,22 @@ def _store(r, g: _Gemm, into: Buffer, gm: str, gn: str, value: str, dt: str, it:
     cond = [f"{_text(lin, names, it)} < {hi}" for lin, lo, hi in g.store_if]
     if cond:
         r.open(f"if ({' && '.join(cond)})")
-    store_out(r, into, idx, value, dt)
+    if partial is None:
+        store_out(r, into, idx, value, dt)
+    else:
+        flat = " + ".join(
+            f"({i}) * {st}LL" for i, st in zip(idx, strides_of(into.shape), strict=True) if st
+        )
+        total = math.prod(into.shape)
+        r.emit(f"{partial}[split * {total}LL + {flat or '0LL'}] = {value};")
     if cond:
         r.close()
     r.close()
 
 
-def _reduce_splits(r, g: _Gemm, into: Buffer, partial: str, splits: int, dt: str, it: str) -> None:
-    """The split-K partial tiles added in split order, then stored."""
-    m, n = g.size("m"), g.size("n")
-    total = m * n
+def _reduce_splits(r, into: Buffer, partial: str, splits: int, dt: str) -> None:
+    """The splits' partial sums added in split order (the same bits for any grid), stored."""
+    total = math.prod(into.shape)
     t = CTYPE[dt]
     r.begin(max(1, min(132 * 32, -(-total // 256))), 256)
     r.open(
@@ -495,8 +533,11 @@ def _reduce_splits(r, g: _Gemm, into: Buffer, partial: str, splits: int, dt: str
     )
     r.emit(f"{t} sum = {partial}[e];")
     r.emit(f"for (int z = 1; z < {splits}; ++z) sum += {partial}[z * {total}LL + e];")
-    r.emit(f"const {it} gm = e / {n}, gn = e % {n};")
-    _store(r, g, into, "gm", "gn", "sum", dt, it)
+    idx, rest = [], "e"
+    for d in range(len(into.shape) - 1, -1, -1):
+        idx.insert(0, f"{rest} % {into.shape[d]}LL" if d else rest)
+        rest = f"({rest} / {into.shape[d]}LL)"
+    store_out(r, into, idx, "sum", dt)
     r.close()
     r.end()
 
