@@ -39,4 +39,8 @@ tail -25 "$OUT/cuda-tests.log"
 timeout 270 python3 -m benchmarks.gpu.bench_cuda --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench: exit $?"
 cat "$OUT/bench.log"
-echo "== done $(date -u +%FT%TZ); paste $OUT/RESULTS-gpu.md into benchmarks/RESULTS.md"
+# ResNet9's convolutions (forward, both gradients, batch 128) against cuDNN
+timeout 240 python3 -m benchmarks.gpu.bench_conv --out "$OUT" > "$OUT/bench-conv.log" 2>&1
+echo "bench_conv: exit $?"
+tail -25 "$OUT/bench-conv.log"
+echo "== done $(date -u +%FT%TZ); paste $OUT/RESULTS-gpu.md and RESULTS-conv.md into benchmarks/RESULTS.md"

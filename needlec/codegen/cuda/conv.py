@@ -105,9 +105,8 @@ class _Gemm:
     phases: int = 1
     tile_vars: list = field(default_factory=list)
     k_bound: str | None = None  # a phase's K (a C expression), where less than K
-    store_if: list = field(
-        default_factory=list
-    )  # (linear form, lo, hi): stored where lo <= it < hi
+    # (linear form, lo, hi): an output element is stored where lo <= the form < hi
+    store_if: list = field(default_factory=list)
 
     def size(self, d: str) -> int:
         return math.prod(e for _, e in self.dims[d])
