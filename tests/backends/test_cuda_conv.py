@@ -256,3 +256,18 @@ def test_traced_conv_step_compiles_with_nvcc():
     program = _conv_step()
     source = render_program(program.kernels, prefix="s_", with_header=True).source
     nvcc_ptx(source, "the convolutional training step")
+
+
+@needs_cxx
+def test_64_bit_index_math_matches_the_reference(monkeypatch):
+    """Index math in 64 bits (chosen for operands of 2^30 elements or more, forced here on
+    small ones) computes the same convolutions."""
+    from needlec.codegen.cuda import conv
+
+    monkeypatch.setattr(conv, "INDEX_LIMIT", 0)
+    found = [(n, *_case(n, "float32")) for n in ("3x3_s2_p3_cin1", "split_phases_s2")]
+    cases = [emu.prepare(g, f"w{j}_") for j, (_, g, _, _) in enumerate(found)]
+    assert all("const long long kbeg" in c.cuda.source for c in cases)
+    outs = emu.run_cases(cases, [arrays for _, _, arrays, _ in found])
+    for (name, graph, arrays, budgets), got in zip(found, outs, strict=True):
+        compare(name, graph, arrays, budgets, got)

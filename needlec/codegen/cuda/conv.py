@@ -51,7 +51,8 @@ BK = 16  # K elements of one shared-memory step
 PAD = 4  # extra shared-memory columns (keeps rows 16-byte aligned)
 FILL_BLOCKS = 2 * 132  # blocks that fill an H200: tile and split choices aim for at least this
 MAX_SPLITS = 32
-PARTIAL_BYTES = 1 << 26  # at most this much scratch for split-K partial tiles
+PARTIAL_BYTES = 1 << 26  # at most this much scratch for split-K partial sums
+INDEX_LIMIT = 1 << 30  # 32-bit index math below this many elements (room for padded addresses)
 
 Lin = dict  # index name -> coefficient; "" -> the constant term
 
@@ -215,7 +216,9 @@ class _Plan:
         return self.tiles_m * self.tiles_n
 
 
-def _plan(g: _Gemm, itemsize: int) -> _Plan:
+def _plan(g: _Gemm, out_bytes: int) -> _Plan:
+    """Tiles from the shape; K split where the tiles are fewer than the SMs (each split's
+    partial sums an output-shaped array of `out_bytes`)."""
     m, n, k = g.size("m"), g.size("n"), g.size("k")
     bn = 16 if n <= 16 else 32 if n <= 32 else 64
     tiles_n = -(-n // bn)
@@ -226,7 +229,6 @@ def _plan(g: _Gemm, itemsize: int) -> _Plan:
     splits = 1
     blocks = tiles_m * tiles_n * g.phases
     if blocks < FILL_BLOCKS // 2:  # fewer blocks than SMs: split K, each split 4 steps or more
-        out_bytes = m * n * itemsize  # a phase's partials cover its share of the output
         splits = min(
             -(-FILL_BLOCKS // blocks), -(-k // (4 * BK)), MAX_SPLITS, PARTIAL_BYTES // out_bytes
         )
@@ -410,13 +412,13 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     t = CTYPE[dt]
     itemsize = 4 if dt == "float32" else 8
     m, n, k = g.size("m"), g.size("n"), g.size("k")
-    plan = _plan(g, itemsize)
+    plan = _plan(g, math.prod(into.shape) * itemsize)
     bm, bn = plan.bm, plan.bn
     tm, tn = bm // SIDE, bn // SIDE
     big = max(
         m, n, k + BK, math.prod(into.shape), *(math.prod(o.load.buffer.shape) for o in (g.a, g.b))
     )
-    it = "int" if big < 2**30 else "long long"  # room for a padded read's address
+    it = "int" if big < INDEX_LIMIT else "long long"
     tiles = plan.tiles * g.phases * plan.splits
     total = math.prod(into.shape)
     partial = None
