@@ -271,3 +271,22 @@ def test_64_bit_index_math_matches_the_reference(monkeypatch):
     outs = emu.run_cases(cases, [arrays for _, _, arrays, _ in found])
     for (name, graph, arrays, budgets), got in zip(found, outs, strict=True):
         compare(name, graph, arrays, budgets, got)
+
+
+@needs_cxx
+def test_strided_input_gradient_forms_no_product_the_reference_does_not():
+    """A phase's taps past the kernel's edge read 0 from both operands: an inf in the output
+    gradient reaches only the input positions whose windows hold it, as in the reference."""
+    x_shape, w_shape, stride, pad = (1, 7, 7, 2), (3, 3, 2, 3), 2, 1
+    rng = np.random.default_rng(T.RNG_SEED)
+    w = rng.standard_normal(w_shape).astype("float32")
+    g = rng.standard_normal((1, 4, 4, 3)).astype("float32")
+    g[0, 1, 2, 1] = np.inf
+    gs, ws = T.arg("float32", g.shape, 0), T.arg("float32", w_shape, 1)
+    graph = Graph([gs, ws], [gs.conv_input_grad(ws, stride, pad, x_shape[1:3])])
+    (got,) = emu.run_cases([emu.prepare(graph, "f_")], [[g, w]])
+    (want,) = run_graph(graph, [g, w])
+    assert np.isfinite(want).sum() > 0 and not np.isfinite(want).all()
+    np.testing.assert_array_equal(np.isfinite(got[0]), np.isfinite(want))
+    budgets = _budgets(graph, [np.where(np.isinf(g), 0, g), w], [9 * 3])
+    compare("inf-gradient", graph, [g, w], budgets, got)

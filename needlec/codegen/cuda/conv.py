@@ -17,7 +17,8 @@ part of its K index (decoded once per step). The same kernel computes both gradi
 - the input's gradient, where an input row h meets only the taps kh = h + p (mod s): each of the
   s * s phases (h mod s, w mod s) is a dense GEMM `dx[(n, a, b), Cin] = gcol @ wmat^T` with
   h = ph + s * a, over its own taps kh = th + s * i, reading g at oh = a - i + (ph + p - th) / s.
-  No multiply-add is spent on the zeros a strided convolution's gradient interleaves.
+  No multiply-add is spent on the zeros a strided convolution's gradient interleaves (a tap past
+  the kernel's edge reads 0 from both operands).
 
 A block of 16 x 16 threads computes a BM x BN tile (each thread TM x TN outputs, rows and columns
 16 apart so shared-memory reads do not conflict), accumulating in the core's float dtype
@@ -108,6 +109,9 @@ class _Gemm:
     k_bound: str | None = None  # a phase's K (a C expression), where less than K
     # (linear form, lo, hi): an output element is stored where lo <= the form < hi
     store_if: list = field(default_factory=list)
+    # (linear form of K factors, hi): a K index is in the sum where the form < hi (both
+    # operands read 0 elsewhere, so no product of a value with a 0 is formed there)
+    k_if: list = field(default_factory=list)
 
     def size(self, d: str) -> int:
         return math.prod(e for _, e in self.dims[d])
@@ -190,6 +194,7 @@ def _input_grad(c: Core) -> _Gemm:
         tile_vars=tile_vars,
         k_bound=f"(({kh} - th + {s - 1}) / {s}) * {tbw * co}",  # only this phase's taps bh
         store_if=[(out[1], 0, h), (out[2], 0, wd)],
+        k_if=[(wc[0], kh), (wc[1], kw)],  # taps past the kernel's edge
     )
 
 
@@ -312,6 +317,7 @@ class _Loader:
         self.count = bf * BK // THREADS  # elements each thread loads a step
         v = op.load.view
         ranges = _ranges(g)
+        self.k_if = [(lin, hi) for lin, hi in g.k_if if _range(lin, ranges)[1] >= hi]
         self.checks = []  # the view dims whose coordinate may leave the view's valid box
         for d, ((lo, hi), lin) in enumerate(zip(v.bounds(), op.coords, strict=True)):
             a, b = _range(lin, ranges)
@@ -381,6 +387,7 @@ class _Loader:
                 r.emit(f"const {it} {gk} = {k0} + {kk};")
                 decoded[kk] = gk, _decode(r, gk, self.g.dims["k"], "k_", it)
             gk, names = decoded[kk]
+            k_ok = [f"{_text(lin, names, it)} < {hi}" for lin, hi in self.k_if]
             kpart = [_split(lin, names_k)[0] for lin in op.coords]
             off = " + ".join(
                 f"{_text(lin, names, it)} * {st}"
@@ -389,6 +396,7 @@ class _Loader:
             )
             for j in range(len(self.slots)):
                 valid = [x for x in (self.ok[j], f"{gk} < {kend}" if k_tail else None) if x]
+                valid += k_ok
                 for d in self.checks:
                     lo, hi = v.bounds()[d]
                     c = (
