@@ -297,11 +297,10 @@ def _decode(r, index: str, factors: list, prefix: str, it: str) -> dict:
     return names
 
 
-def _stride(op: _Operand, factor: str) -> int:
-    return abs(
-        sum(
-            lin.get(factor, 0) * st for lin, st in zip(op.coords, op.load.view.strides, strict=True)
-        )
+def _step(op: _Operand, factor: str) -> int:
+    """How far in `op`'s memory one step of index factor `factor` moves."""
+    return sum(
+        lin.get(factor, 0) * st for lin, st in zip(op.coords, op.load.view.strides, strict=True)
     )
 
 
@@ -313,16 +312,32 @@ class _Loader:
         outer_inner = g.dims[op.outer][-1][0]
         k_inner = g.dims["k"][-1][0]
         # consecutive threads on consecutive memory: along K unless the other dim is contiguous
-        self.k_fast = _stride(op, k_inner) <= 1 or _stride(op, outer_inner) != 1
+        self.k_fast = abs(_step(op, k_inner)) <= 1 or abs(_step(op, outer_inner)) != 1
         self.count = bf * BK // THREADS  # elements each thread loads a step
         v = op.load.view
         ranges = _ranges(g)
         self.k_if = [(lin, hi) for lin, hi in g.k_if if _range(lin, ranges)[1] >= hi]
-        self.checks = []  # the view dims whose coordinate may leave the view's valid box
+        self.checks = {}  # view dim -> (lo or None, hi or None): the bounds it may leave
         for d, ((lo, hi), lin) in enumerate(zip(v.bounds(), op.coords, strict=True)):
             a, b = _range(lin, ranges)
             if a < lo or b >= hi:
-                self.checks.append(d)
+                self.checks[d] = (lo if a < lo else None, hi if b >= hi else None)
+        # a tap past the kernel's edge that this operand's own check already reads as 0
+        self.k_if = [
+            (lin, hi)
+            for lin, hi in self.k_if
+            if not any(op.coords[d] == lin and self.checks[d][1] == hi for d in self.checks)
+        ]
+        # where no check reads K's factors and each factor's step is the next one's times its
+        # extent, a K index's offset is the index times one stride: no decoding
+        names_k = {n for n, _ in g.dims["k"]}
+        kf = [(f, e) for f, e in g.dims["k"] if e > 1]
+        steps = [_step(op, f) for f, _ in kf]
+        linear = all(
+            steps[j] == steps[-1] * math.prod(e for _, e in kf[j + 1 :]) for j in range(len(kf))
+        )
+        k_checked = self.k_if or any(names_k & set(op.coords[d]) for d in self.checks)
+        self.k_stride = (steps[-1] if kf else 0) if linear and not k_checked else None
 
     def fixed(self, tile: str) -> None:
         """The per-tile part of the thread's elements: base offsets and checked coordinates."""
@@ -357,8 +372,9 @@ class _Loader:
             self.part.append(parts)
             self.ok.append(f"{gi} < {size}" if size % self.bf else None)
 
-    def declare(self) -> None:
-        """The thread's K slots of a step and the registers a step's elements are read into."""
+    def declare(self, kk_names: dict) -> None:
+        """The thread's K slots of a step (`kk_names`: slot -> C name, shared by A and B) and
+        the registers a step's elements are read into."""
         r = self.r
         if self.k_fast:
             kslots = [f"tid % {BK}"]
@@ -366,9 +382,10 @@ class _Loader:
             kslots = [f"tid / {self.bf} + {j * (THREADS // self.bf)}" for j in range(self.count)]
         self.kks = []
         for kslot in kslots:
-            kk = r.var("kk")
-            r.emit(f"const int {kk} = {kslot};")
-            self.kks.append(kk)
+            if kslot not in kk_names:
+                kk_names[kslot] = r.var("kk")
+                r.emit(f"const int {kk_names[kslot]} = {kslot};")
+            self.kks.append(kk_names[kslot])
         self.regs = {}
         for kk in self.kks:
             for j in range(len(self.slots)):
@@ -381,30 +398,35 @@ class _Loader:
         r, op, it = self.r, self.op, self.it
         names_k = {n for n, _ in self.g.dims["k"]}
         v = op.load.view
+        kpart = [_split(lin, names_k)[0] for lin in op.coords]
         for kk in self.kks:
             if kk not in decoded:
                 gk = r.var("k")
                 r.emit(f"const {it} {gk} = {k0} + {kk};")
-                decoded[kk] = gk, _decode(r, gk, self.g.dims["k"], "k_", it)
+                decoded[kk] = [gk, None]
             gk, names = decoded[kk]
-            k_ok = [f"{_text(lin, names, it)} < {hi}" for lin, hi in self.k_if]
-            kpart = [_split(lin, names_k)[0] for lin in op.coords]
-            off = " + ".join(
-                f"{_text(lin, names, it)} * {st}"
-                for lin, st in zip(kpart, v.strides, strict=True)
-                if st and lin
-            )
+            if self.k_stride is not None:  # K is one strided run of this operand's memory
+                off, k_ok = f"{gk} * {self.k_stride}", []
+            else:
+                if names is None:
+                    names = decoded[kk][1] = _decode(r, gk, self.g.dims["k"], "k_", it)
+                k_ok = [f"{_text(lin, names, it)} < {hi}" for lin, hi in self.k_if]
+                off = " + ".join(
+                    f"{_text(lin, names, it)} * {st}"
+                    for lin, st in zip(kpart, v.strides, strict=True)
+                    if st and lin
+                )
             for j in range(len(self.slots)):
                 valid = [x for x in (self.ok[j], f"{gk} < {kend}" if k_tail else None) if x]
                 valid += k_ok
-                for d in self.checks:
-                    lo, hi = v.bounds()[d]
+                for d, (lo, hi) in self.checks.items():
                     c = (
                         f"({self.part[j][d]} + {_text(kpart[d], names, it)})"
                         if kpart[d]
                         else self.part[j][d]
                     )
-                    valid.append(f"{c} >= {lo} && {c} < {hi}")
+                    valid += [f"{c} >= {lo}"] if lo is not None else []
+                    valid += [f"{c} < {hi}"] if hi is not None else []
                 read = r.guarded_read(
                     op.load.buffer, f"{self.base[j]} + {off or '0'}", valid, self.dt
                 )
@@ -461,8 +483,9 @@ def _implicit_gemm(r, g: _Gemm, dt: str, into: Buffer) -> None:
     r.emit(f"for (int i = 0; i < {tm}; ++i)")
     r.emit("#pragma unroll")
     r.emit(f"  for (int j = 0; j < {tn}; ++j) acc[i][j] = {zero};")
+    kk_names: dict = {}
     for ld in loaders:
-        ld.declare()
+        ld.declare(kk_names)
     decoded: dict = {}
     for ld in loaders:
         ld.load("kbeg", "kend", k_tail, decoded)
