@@ -9,11 +9,11 @@ shared memory, the padding, the stride and the operand's view (NCHW read as NHWC
 flipped or padded weight) all in the load's index math. Every operand element is read at view
 coordinates that are sums of the GEMM's index factors (`oh * s + kh - p`), so an element's address
 is a part fixed for the whole K loop (its row of M or column of N, decoded once per tile) plus a
-part of its K index (decoded once per step). The same kernel computes both gradients:
+part of its K index (decoded once per step; not at all where K is one strided run of the
+operand's memory, as in a compact weight). The same kernel computes both gradients:
 
-- the weight's gradient `dw[(kh, kw, ci), Cout] = col^T @ g[(n, oh, ow), Cout]`: K is every output
-  position, so K is split over blocks (split-K) whose partial tiles a second launch adds in a
-  fixed order (the same bits for any grid);
+- the weight's gradient `dw[(kh, kw, ci), Cout] = col^T @ g[(n, oh, ow), Cout]`, K every output
+  position;
 - the input's gradient, where an input row h meets only the taps kh = h + p (mod s): each of the
   s * s phases (h mod s, w mod s) is a dense GEMM `dx[(n, a, b), Cin] = gcol @ wmat^T` with
   h = ph + s * a, over its own taps kh = th + s * i, reading g at oh = a - i + (ph + p - th) / s.
@@ -22,9 +22,13 @@ part of its K index (decoded once per step). The same kernel computes both gradi
 
 A block of 16 x 16 threads computes a BM x BN tile (each thread TM x TN outputs, rows and columns
 16 apart so shared-memory reads do not conflict), accumulating in the core's float dtype
-(fused multiply-adds). Operand tiles are loaded with consecutive threads on consecutive memory:
+(fused multiply-adds); each step's global reads are issued into registers before the step
+before it computes. Operand tiles are loaded with consecutive threads on consecutive memory:
 along K where the K index's innermost factor is contiguous (NHWC channels), else along the tile's
-rows or columns (an NCHW input's width, a weight's output channels). Tile sizes follow the shape.
+rows or columns (an NCHW input's width, a weight's output channels). Tile sizes follow the shape;
+where the tiles are fewer than the GPU's SMs (a long weight-gradient sum, a deep layer's small
+image), K is split over blocks, each writing output-shaped partial sums that a second launch
+adds in split order (the same bits for any grid).
 
 Integer and bool convolutions (exact, wrapping as numpy's), and those with an empty output or an
 empty sum, run as direct kernels: one thread per output element, its sum in registers.
