@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 
+import needlec as nc
 from needlec.codegen.cuda.program import header, render_program
 from needlec.codegen.reference import run_graph
 from needlec.ir import Graph, Op
@@ -290,3 +291,59 @@ def test_strided_input_gradient_forms_no_product_the_reference_does_not():
     np.testing.assert_array_equal(np.isfinite(got[0]), np.isfinite(want))
     budgets = _budgets(graph, [np.where(np.isinf(g), 0, g), w], [9 * 3])
     compare("inf-gradient", graph, [g, w], budgets, got)
+
+
+# ---------------------------------------------------------------- on a GPU
+
+on_gpu = pytest.mark.skipif(not nc.cuda().enabled(), reason="no CUDA device or pycuda")
+
+
+def _resnet9_layers():
+    """ResNet9's convolutions at batch 4, forward and both gradients: grids of many blocks."""
+    from benchmarks.gpu.bench_conv import LAYERS, graphs
+
+    for name, cin, cout, k, stride, side in LAYERS:
+        rng = np.random.default_rng(T.RNG_SEED)
+        gs = graphs(4, cin, cout, k, stride, side, name.startswith("stem"))
+        for op, (graph, _) in gs.items():
+            arrays = [rng.standard_normal(x.shape).astype("float32") for x in graph.inputs]
+            n = {"forward": k * k * cin, "input_grad": k * k * cout}.get(op)
+            n = n or math.prod(graph.inputs[1].shape[:3])  # the weight gradient: N * Ho * Wo
+            yield (
+                f"resnet9-{name.replace(' ', '_')}-{op}",
+                graph,
+                arrays,
+                _budgets(graph, arrays, [n]),
+            )
+
+
+@functools.cache
+def _gpu_cases() -> dict:
+    """Case id -> (executable, graph, inputs, budgets), every program in one module."""
+    import pycuda.driver as drv
+
+    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
+
+    found = [*_all_cases(), *_resnet9_layers()]
+    programs = [compile_program(g) for _, g, _, _ in found]
+    parts = [header()]
+    parts += [
+        render_program(p.kernels, prefix=f"g{j}_", with_header=False).source
+        for j, p in enumerate(programs)
+    ]
+    module = drv.module_from_buffer(compile_source("\n".join(parts)))
+    return {
+        name: (CudaExecutable(p, prefix=f"g{j}_", module=module), g, arrays, budgets)
+        for j, ((name, g, arrays, budgets), p) in enumerate(zip(found, programs, strict=True))
+    }
+
+
+@on_gpu
+@pytest.mark.parametrize("name", IDS + [name for name, *_ in _resnet9_layers()])
+def test_conv_cores_on_the_gpu_match_the_reference(name):
+    ex, graph, arrays, budgets = _gpu_cases()[name]
+    got = ex.run([np.asarray(a).copy() for a in arrays])
+    compare(name, graph, arrays, budgets, got)
+    again = ex.run([np.asarray(a).copy() for a in arrays])  # split sums in a fixed order
+    for a, b in zip(got, again, strict=True):
+        np.testing.assert_array_equal(a, b)
