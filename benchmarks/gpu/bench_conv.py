@@ -70,12 +70,34 @@ def _torch_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def layer(batch: int, spec: tuple, repeats: int) -> list[dict]:
+def executables(batch: int) -> dict:
+    """(layer name, op) -> (executable, input roles): every program compiled as one module
+    (one nvcc call)."""
+    import pycuda.driver as drv
+
+    from needlec.codegen.cuda.program import header, render_program
+    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
+    from needlec.passes import compile_program
+
+    found = []
+    for name, cin, cout, k, stride, side in LAYERS:
+        gs = graphs(batch, cin, cout, k, stride, side, name.startswith("stem"))
+        found += [((name, op), compile_program(g), roles) for op, (g, roles) in gs.items()]
+    parts = [header()]
+    parts += [
+        render_program(p.kernels, prefix=f"b{j}_", with_header=False).source
+        for j, (_, p, _) in enumerate(found)
+    ]
+    module = drv.module_from_buffer(compile_source("\n".join(parts)))
+    return {
+        key: (CudaExecutable(p, prefix=f"b{j}_", module=module), roles)
+        for j, (key, p, roles) in enumerate(found)
+    }
+
+
+def layer(batch: int, spec: tuple, repeats: int, exes: dict) -> list[dict]:
     """The three convolutions of one layer: ours and torch's times, flops, and the difference."""
     import torch
-
-    from needlec.codegen.cuda.runtime import CudaExecutable
-    from needlec.passes import compile_program
 
     name, cin, cout, k, stride, side = spec
     nchw = name.startswith("stem")
@@ -103,8 +125,8 @@ def layer(batch: int, spec: tuple, repeats: int) -> list[dict]:
         return t.permute(0, 2, 3, 1) if op != "weight_grad" else t.permute(2, 3, 1, 0)
 
     rows = []
-    for op, (graph, roles) in graphs(batch, cin, cout, k, stride, side, nchw).items():
-        ex = CudaExecutable(compile_program(graph))
+    for op in OPS:
+        ex, roles = exes[name, op]
         (ours,) = ex.run([held[r] for r in roles])
         seconds = ex.time(repeats)
         row = {"layer": name, "op": op, "batch": batch, "flops": flops, "seconds": seconds}
@@ -188,9 +210,10 @@ def main(argv=None) -> None:
         "batch": args.batch,
         "rows": [],
     }
+    exes = executables(args.batch)
     for spec in LAYERS:
         try:
-            results["rows"] += layer(args.batch, spec, args.repeats)
+            results["rows"] += layer(args.batch, spec, args.repeats, exes)
         except Exception as err:  # one failed layer must not lose the others
             results["rows"].append({"layer": spec[0], "error": f"{type(err).__name__}: {err}"})
         (args.out / "conv.json").write_text(json.dumps(results, indent=2))

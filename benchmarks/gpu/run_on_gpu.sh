@@ -36,7 +36,7 @@ echo "cuda tests: exit $? (tail of cuda-tests.log:)"
 tail -25 "$OUT/cuda-tests.log"
 
 # the convolution cores (the host-run table, and ResNet9's layers at batch 4) on the GPU
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_conv.py -k on_the_gpu \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_conv.py -k on_the_gpu \
     --junitxml="$OUT/cuda-conv-tests.xml" > "$OUT/cuda-conv-tests.log" 2>&1
 echo "cuda conv tests: exit $? (tail of cuda-conv-tests.log:)"
 tail -15 "$OUT/cuda-conv-tests.log"
@@ -46,7 +46,7 @@ timeout 270 python3 -m benchmarks.gpu.bench_cuda --out "$OUT" > "$OUT/bench.log"
 echo "bench: exit $?"
 cat "$OUT/bench.log"
 # ResNet9's convolutions (forward, both gradients, batch 128) against cuDNN
-timeout 240 python3 -m benchmarks.gpu.bench_conv --out "$OUT" > "$OUT/bench-conv.log" 2>&1
+timeout 180 python3 -m benchmarks.gpu.bench_conv --out "$OUT" > "$OUT/bench-conv.log" 2>&1
 echo "bench_conv: exit $?"
 tail -25 "$OUT/bench-conv.log"
 echo "== done $(date -u +%FT%TZ); paste $OUT/RESULTS-gpu.md and RESULTS-conv.md into benchmarks/RESULTS.md"
