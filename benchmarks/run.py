@@ -8,7 +8,9 @@ models) it runs, in this one process, the same training step in each column that
 - torch eager, torch.compile and jax.jit (optional: skipped with a note when not installed).
 
 `--distributed` runs `benchmarks.bench_distributed` instead: data-parallel steps on 1 and 2
-processes (mpiexec), samples per second and the all-reduce's share of a step.
+processes (mpiexec), samples per second and the all-reduce's share of a step. `--device cuda`
+runs `benchmarks.gpu.bench_cuda` instead: the CUDA backend on a GPU against the GPU's copy
+bandwidth, cuBLAS and torch (needs pycuda, a GPU and torch built for CUDA).
 
 All columns start from needlec's initial weights; the first step's losses must agree (their
 largest difference from needlec eager's goes in the JSON). A cell's figure is the median time
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--distributed",
         action="store_true",
         help="instead: data-parallel steps on 1 and 2 processes (benchmarks.bench_distributed)",
+    )
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: instead, the GPU benchmarks (benchmarks.gpu.bench_cuda), written to --out",
     )
     ap.add_argument("--first-call-only", metavar="NAME", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -551,6 +559,19 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench_distributed
 
         return bench_distributed.main(["--repeats", str(args.repeats)])
+    if args.device == "cuda":  # needs pycuda and a GPU: pip install -e ".[cuda]"
+        import needlec as nc
+
+        if not nc.cuda().enabled():
+            print(
+                "--device cuda: cuda() is not enabled here (no GPU or no pycuda)", file=sys.stderr
+            )
+            return 2
+        from .gpu import bench_cuda
+
+        out = args.out or Path(__file__).resolve().parent / "results" / "gpu"
+        bench_cuda.main(["--out", str(out), "--repeats", str(min(args.repeats, 20))])
+        return 0
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     from tqdm import tqdm

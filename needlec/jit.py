@@ -25,7 +25,7 @@ from .codegen import reference
 from .codegen.backends import BACKENDS, Backend, compiled_backend, make_backend
 from .distributed import check_same_program
 from .frontend import guards, hit
-from .frontend.hit import MISS, hit_key
+from .frontend.hit import MISS, drawn, hit_key, take_seed
 from .frontend.hit import traces as _traces
 from .frontend.pytree import unflatten
 from .frontend.trace import current
@@ -178,7 +178,7 @@ class Lowered:
                 )
             tensors.append(np.array(value, dtype="float64"))  # an array: no tensor needed
         if traced.random:  # a new seed each call: fresh random numbers, reproducible
-            tensors.append(np.array(np.random.randint(0, 2**62), dtype="int64"))
+            tensors.append(np.array(take_seed(), dtype="int64"))
         if traced.arg_writes or traced.written:
             check_unaliased(traced, tensors, len(leaves))
         name = self.execute
@@ -496,6 +496,15 @@ class Jitted:
             out = self._hit(args)
             if out is not MISS:
                 return out
+            if drawn.seed is not None:  # the hit path drew this call's seed, then refused
+                try:
+                    return self._general(args, kwargs)
+                finally:
+                    drawn.seed = None
+        return self._general(args, kwargs)
+
+    def _general(self, args, kwargs):
+        """A call through tracing or the trace cache (every call the hit path does not take)."""
         if current() is not None:  # jit inside a trace: inline
             return self.fn(*args, **kwargs)
         lowered, leaves, cached = self._entry(args, kwargs)

@@ -35,6 +35,12 @@ timeout 360 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_de
 echo "cuda tests: exit $? (tail of cuda-tests.log:)"
 tail -25 "$OUT/cuda-tests.log"
 
+# the op table, module and training-step tests on the cuda() device (skipped without a GPU)
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/nn tests/models -k cuda \
+    --junitxml="$OUT/device-tests.xml" > "$OUT/device-tests.log" 2>&1
+echo "device-parametrized tests on cuda: exit $? (tail of device-tests.log:)"
+tail -15 "$OUT/device-tests.log"
+
 # the convolution cores (the host-run table, and ResNet9's layers at batch 4) on the GPU
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/backends/test_cuda_conv.py -k on_the_gpu \
     --junitxml="$OUT/cuda-conv-tests.xml" > "$OUT/cuda-conv-tests.log" 2>&1
@@ -42,7 +48,7 @@ echo "cuda conv tests: exit $? (tail of cuda-conv-tests.log:)"
 tail -15 "$OUT/cuda-conv-tests.log"
 
 # the benchmarks: ceilings (copy bandwidth, cuBLAS) measured in the same run
-timeout 270 python3 -m benchmarks.gpu.bench_cuda --out "$OUT" > "$OUT/bench.log" 2>&1
+timeout 270 python3 -m benchmarks --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench: exit $?"
 cat "$OUT/bench.log"
 # ResNet9's convolutions (forward, both gradients, batch 128) against cuDNN

@@ -16,6 +16,7 @@ path decides, with the same results and errors as before.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,29 @@ from .trace import _local as _traces
 from .traced import GraphCall, _as_tensor
 
 MISS = object()  # the general path must take this call
+
+
+class _Drawn(threading.local):
+    """A step's seed the hit path drew before the native call refused: the general path that
+    takes the call uses it (`take_seed`) instead of drawing a second one, so every call draws
+    once from numpy's generator whichever path runs it."""
+
+    seed: int | None = None
+
+
+drawn = _Drawn()
+
+
+def take_seed() -> int:
+    """The seed of a call with random draws: the one the hit path drew for this call, or a
+    new draw from numpy's global generator."""
+    seed = drawn.seed
+    if seed is None:
+        return int(np.random.randint(0, 2**62))
+    drawn.seed = None
+    return seed
+
+
 _NDArray = NDArray = nd.NDArray
 _new_ndarray = nd.NDArray._new
 _wrap = nd._wrap_buffer
@@ -198,6 +222,8 @@ class HitPlan:
             objs.append(int(np.random.randint(0, 2**62)))
         arrays = self.executable.run_bound(objs)
         if arrays is None:
+            if self.random:  # the general path takes this seed: one draw per call
+                drawn.seed = objs[-1]
             return MISS
         n_user = self.n_user
         if self.single_plain:  # one new value returned (a jitted expression)

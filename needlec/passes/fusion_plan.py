@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ir import ELEMENTWISE, MOVEMENT, REDUCE, Graph, Node, Op
 from ..ir.ops import CONVS, OPAQUE, OPAQUE_WHAT, uniform
 from ..ir.view import Dims, View
@@ -87,6 +89,31 @@ class Group:
         """Split kernel dim k into two (outer, inner), keeping the dims' order."""
         self.space[k : k + 1] = list(sizes)
         self.relabel(lambda x: (x, x + 1) if x == k else ((x + 1,) if x > k else (x,)))
+
+
+def _broadcast_from(s: Node) -> int | None:
+    """The elements of the value `s` broadcasts (through elementwise ops of one operand and
+    moves), or None where `s` is not a broadcast."""
+    while s.op in ELEMENTWISE and len(s.src) == 1 or s.op in (Op.RESHAPE, Op.PERMUTE):
+        s = s.src[0]
+    return math.prod(s.src[0].shape) if s.op is Op.BROADCAST else None
+
+
+def _recentred(p: Node) -> bool:
+    """Whether `p` is an elementwise op of one full-size operand and per-row values broadcast
+    to it (x - mean, x / std): each consumer computing it again from that operand reads as many
+    bytes as reading `p` would, and `p` is never written. So BatchNorm's centred activation is
+    not a buffer its variance and its normalization both read."""
+    if p.op not in ELEMENTWISE or len(p.src) < 2:
+        return False
+    size = math.prod(p.shape)
+    rows = [_broadcast_from(s) for s in p.src]
+    full = [s for s, r in zip(p.src, rows, strict=True) if r is None]
+    if len(full) != 1 or math.prod(full[0].shape) != size:
+        return False
+    if np.dtype(full[0].dtype).itemsize > np.dtype(p.dtype).itemsize:
+        return False
+    return all(r is None or r * 8 <= size for r in rows)
 
 
 class Plan:
@@ -354,7 +381,11 @@ class Plan:
         # a one-element elementwise value (a cast learning rate) is cheaper to compute again than
         # to write and read back, and duplicating it cannot raise peak memory
         small = math.prod(p.shape) == 1 and p.op in ELEMENTWISE
-        dup = (p in self.recompute or small) and p.op in DUPLICABLE and p not in self.outputs
+        # so is a per-row value spread over the rows (-mean, broadcast), and a value computed
+        # from one full-size operand and such values (x - mean: `_recentred`)
+        spread = p.op in ELEMENTWISE and _broadcast_from(p) is not None
+        cheap = small or spread or _recentred(p)
+        dup = (p in self.recompute or cheap) and p.op in DUPLICABLE and p not in self.outputs
         if dup and all(self._can_join(self.groups[gid], p, cs) for gid, cs in targets.items()):
             for gid, cs in targets.items():
                 self.try_join(self.groups[gid], p, cs)

@@ -7,7 +7,10 @@ each into the smallest gap among the buffers it is live with, TFLite's "greedy b
 offset a multiple of `alignment`.
 
 Three regions, as XLA's memory analysis counts them:
-- the arena: every "temp" buffer, reused across calls;
+- the arena: every "temp" buffer, reused across calls, and every "scratch" buffer: the working
+  memory a kernel's code needs besides its inputs and outputs (packed GEMM operands, im2col
+  columns, a schedule's cross-loop accumulators), written and read by that kernel's step alone,
+  so kernels' scratch shares the arena with each other and with dead temps (`plan_scratch`);
 - the output block: every "output" buffer not donated, packed in write order with no reuse, so
   that a runtime can hand it to the caller (nothing is ever written over an output);
 - donated outputs: written into the memory of the "input" they replace (a parameter's new value
@@ -65,7 +68,7 @@ class MemoryAnalysis:
 class MemoryPlan:
     """Where each buffer of a schedule lives. Build with `plan_memory`; check with `verify_plan`."""
 
-    offsets: dict[Buffer, int]  # temp -> offset in the arena
+    offsets: dict[Buffer, int]  # temp or scratch -> offset in the arena
     output_offsets: dict[Buffer, int]  # output not donated -> offset in the output block
     aliases: dict[Buffer, Buffer]  # donated output -> the input whose memory it takes
     live: dict[Buffer, tuple[int, int]]  # temp or output -> (first step, last step), closed
@@ -80,6 +83,8 @@ class MemoryPlan:
     donations: list[Donation] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     buffers: dict[Node, Buffer] | None = None  # node -> buffer, when planned from a graph
+    # scratch -> (part, offset in it, copies): what a kernel's scratch block holds
+    scratch_parts: dict[Buffer, tuple] = field(default_factory=dict)
 
     @property
     def donated_bytes(self) -> int:
@@ -108,13 +113,14 @@ class MemoryPlan:
         """A table: one buffer a line (kind, bytes, live steps, where), then the donations."""
         saved = 1 - self.arena_bytes / self.sum_temp_bytes if self.sum_temp_bytes else 0.0
         peak_at = f" at step {self.peak_step}" if self.peak_step >= 0 else ""
+        w = max([10, *(len(b.name) + 2 for b in self.live)])
         lines = [
             f"memory plan: {len(self.steps)} steps, alignment {self.alignment}",
             f"  arena {self.arena_bytes:,} B, peak live {self.peak_live_bytes:,} B{peak_at}, "
             f"temps without reuse {self.sum_temp_bytes:,} B (reuse saves {saved:.1%})",
             f"  inputs {self.input_bytes:,} B, outputs {self.output_bytes:,} B "
             f"(block {self.output_block_bytes:,} B, donated {self.donated_bytes:,} B)",
-            f"  {'buffer':<10}{'kind':<8}{'bytes':>12}  {'live':<12}where",
+            f"  {'buffer':<{w}}{'kind':<8}{'bytes':>12}  {'live':<12}where",
         ]
         for buf, (s, e) in self.live.items():
             if buf in self.offsets:
@@ -124,8 +130,11 @@ class MemoryPlan:
             else:
                 where = f"over {self.aliases[buf].name}"
             lines.append(
-                f"  {buf.name:<10}{buf.kind:<8}{buf.nbytes:>12,}  {f'{s}..{e}':<12}{where}"
+                f"  {buf.name:<{w}}{buf.kind:<8}{buf.nbytes:>12,}  {f'{s}..{e}':<12}{where}"
             )
+            for part, off, copies in self.scratch_parts.get(buf, ()):
+                each = f" ({copies} x {-(-part.nbytes // 64) * 64:,})" if copies > 1 else ""
+                lines.append(f"    {part.name} at +{off:,}{each}")
         for d in self.donations:
             verdict = "accepted" if d.accepted else "refused"
             lines.append(f"  donate {d.output.name} -> {d.input.name}: {verdict}, {d.reason}")
@@ -152,7 +161,7 @@ def _liveness(steps: Sequence[Step]) -> tuple[dict[Buffer, int], dict[Buffer, in
                 )
             last_read[b] = i
         for b in step.writes:
-            if b.kind not in ("temp", "output"):
+            if b.kind not in ("temp", "scratch", "output"):
                 raise PlanError(
                     f"step {i} ({step.name}) writes {b.name}, a buffer of kind {b.kind!r}"
                 )
@@ -269,7 +278,7 @@ def plan_memory(
         b: (s, end if b.kind == "output" else max(s, last_read.get(b, s)))
         for b, s in written.items()
     }
-    temps = [(b, s, e) for b, (s, e) in live.items() if b.kind == "temp"]
+    temps = [(b, s, e) for b, (s, e) in live.items() if b.kind in ("temp", "scratch")]
     offsets = _place(temps, alignment)
     arena = align_up(max((offsets[b] + b.nbytes for b, _, _ in temps), default=0), alignment)
 
@@ -301,6 +310,34 @@ def plan_memory(
         donations=records,
         steps=steps,
     )
+
+
+def plan_scratch(plan: MemoryPlan, scratch: dict[int, tuple[Buffer, list]]) -> MemoryPlan:
+    """`plan` again with each step's scratch in the arena: `scratch` maps a step's index to
+    (its scratch block, a "scratch" buffer, and the block's parts: (buffer, offset, copies)).
+    A block is live at its step alone, so blocks of different steps share memory, and with
+    temps that step does not touch. Donations stay as they were decided; verified.
+
+    >>> a, out = Buffer("a", 100), Buffer("out", 4, "output")
+    >>> steps = [Step("a", (), (a,)), Step("o", (a,), (out,))]
+    >>> block = Buffer("o.scratch", 64, "scratch")
+    >>> plan = plan_scratch(plan_memory(steps), {1: (block, [])})
+    >>> plan.arena_bytes, plan.live[block]
+    (192, (1, 1))
+    """
+    steps = [
+        dataclasses.replace(
+            st,
+            writes=tuple(b for b in st.writes if b.kind != "scratch")
+            + ((scratch[i][0],) if i in scratch else ()),
+        )
+        for i, st in enumerate(plan.steps)
+    ]
+    new = plan_memory(steps, dict(plan.aliases), plan.alignment)
+    new.donations = list(plan.donations)  # as decided before (a refusal's reason included)
+    new.buffers = plan.buffers
+    new.scratch_parts = {block: tuple(parts) for block, parts in scratch.values()}
+    return verify_plan(steps, new)
 
 
 def verify_plan(steps: Sequence[Step], plan: MemoryPlan) -> MemoryPlan:
@@ -339,8 +376,9 @@ def verify_plan(steps: Sequence[Step], plan: MemoryPlan) -> MemoryPlan:
                 )
     for b in first:
         homes = [b in plan.offsets, b in plan.output_offsets, b in plan.aliases]
-        want = "the arena" if b.kind == "temp" else "the output block or a donated input"
-        if sum(homes) != 1 or (b.kind == "temp") != homes[0]:
+        arena = b.kind in ("temp", "scratch")
+        want = "the arena" if arena else "the output block or a donated input"
+        if sum(homes) != 1 or arena != homes[0]:
             raise PlanError(f"verify_plan: {b.kind} {b.name} must have exactly one home, in {want}")
 
     owners: dict[Buffer, Buffer] = {}
@@ -490,6 +528,7 @@ __all__ = [
     "graph_donations",
     "plan_graph",
     "plan_memory",
+    "plan_scratch",
     "run_planned",
     "verify_plan",
 ]

@@ -76,3 +76,26 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert row["ratios"]["jit / jax.jit"] is None  # peers not run
     assert "| MLP 784-256-10, batch 32 |" in (out / "train_steps.md").read_text()
     assert not (out / "ratios.png").exists()
+
+
+def test_device_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
+    import needlec as nc
+
+    if nc.cuda().enabled():
+        import pytest
+
+        pytest.skip("a GPU is present: the cuda benchmarks would run")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--device", "cuda", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "cuda() is not enabled here" in proc.stderr

@@ -276,6 +276,34 @@ def test_random_draws_are_fresh_and_seeded_as_the_general_path_draws_them():
     np.testing.assert_array_equal(nc.jit(noisy)(x).numpy(), first)  # a first, general call
 
 
+def test_a_refused_hit_does_not_draw_a_second_seed(hits):
+    """A call the native binding refuses after the hit path drew its seed (a parameter
+    updated in place made read-only) draws once from numpy's generator, as any call does."""
+    w = nc.Tensor(np.ones(4, "float32"))
+
+    @nc.jit
+    def f(x):
+        w.data = w.data + nc.init.rand(4)
+        return x * 2.0
+
+    x = nc.Tensor(np.ones(4, "float32"))
+    np.random.seed(0)
+    for _ in range(3):
+        f(x)
+    data = w.cached_data.numpy()
+    w.data = nc.Tensor(data)  # the same values, in a read-only buffer the step cannot update
+    w.cached_data._np.flags.writeable = False
+    hits.clear()
+    f(x)
+    after = np.random.get_state()[2]
+    np.random.seed(0)
+    for _ in range(4):
+        np.random.randint(0, 2**62)
+    assert after == np.random.get_state()[2]
+    if compiled:
+        assert hits == [False]  # the hit path took it up and passed it on
+
+
 def test_inside_another_trace_the_call_is_inlined():
     inner = nc.jit(lambda a: a * 2.0)
     x = _a(2, 2)

@@ -134,7 +134,7 @@ def test_parameters_sharing_memory_are_copied_not_corrupted(capsys, monkeypatch)
 
 @compiled_only
 def test_steady_state_steps_allocate_no_buffers():
-    """Across 100 steps: one arena and workspace, at most two output blocks taking turns, and
+    """Across 100 steps: one arena, at most two output blocks taking turns, and
     every parameter and optimizer state array keeps its memory."""
     batches = digits_batches()
     model = build_mlp()
@@ -155,5 +155,5 @@ def test_steady_state_steps_allocate_no_buffers():
     for i in range(100):
         step(*batches[i % 3])
     assert len(blocks) <= 2
-    assert ex._thread_state() is state  # the same arena, workspace and pointer table
+    assert ex._thread_state() is state  # the same arena and pointer table
     assert [np.asarray(p.cached_data).ctypes.data for p in model.parameters()] == where

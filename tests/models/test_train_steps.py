@@ -63,7 +63,7 @@ def _modules(m):
             todo.extend(x.values())
 
 
-def train_both(build, batches, opt_name, steps=20):
+def train_both(build, batches, opt_name, steps=20, device=None):
     opt_cls, kw = OPTIMIZERS[opt_name]
     eager_model, jit_model = build(), build()
     eager_opt = opt_cls(eager_model.parameters(), **kw)
@@ -73,8 +73,12 @@ def train_both(build, batches, opt_name, steps=20):
     jit_step = nc.jit(make_step(jit_model, jit_opt, loss_fn))
     for i in range(steps):
         x, y = batches[i % len(batches)]
-        le = eager_step(nc.Tensor(x, requires_grad=False), nc.Tensor(y, requires_grad=False))
-        lj = jit_step(x, y)
+        if device in (None, nc.cpu()):  # numpy batches, as a user passes them
+            xj, yj = x, y
+        else:
+            xj, yj = (nc.Tensor(a, device=device, requires_grad=False) for a in (x, y))
+        le = eager_step(*(nc.Tensor(a, device=device, requires_grad=False) for a in (x, y)))
+        lj = jit_step(xj, yj)
         np.testing.assert_allclose(lj.numpy(), le.numpy(), rtol=1e-5, atol=1e-6)
     return (eager_model, eager_opt), (jit_model, jit_opt), jit_step
 
@@ -135,14 +139,16 @@ def ptb_batches(n=2, seq=6, batch=4, vocab=20, seed=0):
     return out
 
 
-def build_lstm_lm():
+def build_lstm_lm(device=None):
     np.random.seed(5)
-    return LanguageModel(8, 20, hidden_size=12, num_layers=2, seq_model="lstm")
+    return LanguageModel(8, 20, hidden_size=12, num_layers=2, seq_model="lstm", device=device)
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
-def test_lstm_language_model_jit_equals_eager(opt_name):
-    eager, jitted, step = train_both(build_lstm_lm, ptb_batches(), opt_name)
+def test_lstm_language_model_jit_equals_eager(opt_name, device):
+    build = lambda: build_lstm_lm(device)  # noqa: E731
+    eager, jitted, step = train_both(build, ptb_batches(), opt_name, device=device)
+    assert all(p.device == device for p in jitted[0].parameters())
     assert_same_state(eager, jitted)
     assert step.trace_count == 1
 

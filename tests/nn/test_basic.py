@@ -39,9 +39,9 @@ def test_linear_draws_weight_then_bias(bias):
 
 @pytest.mark.parametrize("shape", [(6, 5), (2, 3, 5), (2, 2, 3, 5)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_matches_torch(shape, bias, torch, rng):
+def test_linear_matches_torch(shape, bias, torch, rng, device):
     np.random.seed(4)
-    lin = nn.Linear(5, 4, bias=bias)
+    lin = nn.Linear(5, 4, bias=bias, device=device)
     ref = torch.nn.Linear(5, 4, bias=bias)
     with torch.no_grad():
         ref.weight.copy_(torch.tensor(lin.weight.numpy().T))
@@ -49,11 +49,11 @@ def test_linear_matches_torch(shape, bias, torch, rng):
             ref.bias.copy_(torch.tensor(lin.bias.numpy()[0]))
     x_np = randn(rng, *shape)
     seed = randn(rng, *shape[:-1], 4)
-    x, xt = nc.Tensor(x_np), torch.tensor(x_np, requires_grad=True)
+    x, xt = nc.Tensor(x_np, device=device), torch.tensor(x_np, requires_grad=True)
     y, yt = lin(x), ref(xt)
-    assert y.shape == tuple(yt.shape)
+    assert y.shape == tuple(yt.shape) and y.device == device
     close(y, yt)
-    (y * nc.Tensor(seed)).sum().backward()
+    (y * nc.Tensor(seed, device=device)).sum().backward()
     (yt * torch.tensor(seed)).sum().backward()
     close(x.grad, xt.grad)
     close(lin.weight.grad, ref.weight.grad.T)
@@ -230,42 +230,43 @@ def test_batchnorm1d_running_statistics_and_eval(rng):
     close(bn.running_mean, mean)  # evaluation leaves the statistics alone
 
 
-def test_batchnorm1d_matches_torch_in_training(torch, rng):
-    bn = nn.BatchNorm1d(5)
+def test_batchnorm1d_matches_torch_in_training(torch, rng, device):
+    bn = nn.BatchNorm1d(5, device=device)
     ref = torch.nn.BatchNorm1d(5)
     w, b = randn(rng, 5), randn(rng, 5)
-    bn.weight.data, bn.bias.data = nc.Tensor(w), nc.Tensor(b)
+    bn.weight.data, bn.bias.data = nc.Tensor(w, device=device), nc.Tensor(b, device=device)
     with torch.no_grad():
         ref.weight.copy_(torch.tensor(w))
         ref.bias.copy_(torch.tensor(b))
     x_np, seed = randn(rng, 8, 5), randn(rng, 8, 5)
-    x, xt = nc.Tensor(x_np), torch.tensor(x_np, requires_grad=True)
+    x, xt = nc.Tensor(x_np, device=device), torch.tensor(x_np, requires_grad=True)
     y, yt = bn(x), ref(xt)
+    assert y.device == device
     close(y, yt, atol=1e-5)
     close(bn.running_mean, ref.running_mean)  # same update rule for the mean
-    (y * nc.Tensor(seed)).sum().backward()
+    (y * nc.Tensor(seed, device=device)).sum().backward()
     (yt * torch.tensor(seed)).sum().backward()
     close(x.grad, xt.grad, atol=1e-4)
     close(bn.weight.grad, ref.weight.grad, atol=1e-5)
     close(bn.bias.grad, ref.bias.grad, atol=1e-5)
 
 
-def test_batchnorm2d_matches_torch(torch, rng):
-    bn = nn.BatchNorm2d(3)
+def test_batchnorm2d_matches_torch(torch, rng, device):
+    bn = nn.BatchNorm2d(3, device=device)
     ref = torch.nn.BatchNorm2d(3)
     w, b = randn(rng, 3), randn(rng, 3)
-    bn.weight.data, bn.bias.data = nc.Tensor(w), nc.Tensor(b)
+    bn.weight.data, bn.bias.data = nc.Tensor(w, device=device), nc.Tensor(b, device=device)
     with torch.no_grad():
         ref.weight.copy_(torch.tensor(w))
         ref.bias.copy_(torch.tensor(b))
     x_np, seed = randn(rng, 2, 3, 4, 5) + 0.5, randn(rng, 2, 3, 4, 5)
-    x, xt = nc.Tensor(x_np), torch.tensor(x_np, requires_grad=True)
+    x, xt = nc.Tensor(x_np, device=device), torch.tensor(x_np, requires_grad=True)
     y, yt = bn(x), ref(xt)
-    assert y.shape == (2, 3, 4, 5)
+    assert y.shape == (2, 3, 4, 5) and y.device == device
     close(y, yt, atol=1e-5)
     close(bn.running_mean, ref.running_mean)
     close(bn.running_var, 0.9 + 0.1 * x_np.var(axis=(0, 2, 3)))  # biased, unlike torch's
-    (y * nc.Tensor(seed)).sum().backward()
+    (y * nc.Tensor(seed, device=device)).sum().backward()
     (yt * torch.tensor(seed)).sum().backward()
     close(x.grad, xt.grad, atol=1e-4)
     close(bn.weight.grad, ref.weight.grad, atol=1e-4)
@@ -275,27 +276,28 @@ def test_batchnorm2d_matches_torch(torch, rng):
     mean = bn.running_mean.numpy().reshape(1, 3, 1, 1)
     var = bn.running_var.numpy().reshape(1, 3, 1, 1)
     expected = w.reshape(1, 3, 1, 1) * (x2 - mean) / np.sqrt(var + 1e-5) + b.reshape(1, 3, 1, 1)
-    close(bn(nc.Tensor(x2)), expected, atol=1e-5)
+    close(bn(nc.Tensor(x2, device=device)), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- LayerNorm1d
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (2, 3, 6)])
-def test_layernorm_matches_torch(shape, torch, rng):
-    ln = nn.LayerNorm1d(6, eps=1e-4)
+def test_layernorm_matches_torch(shape, torch, rng, device):
+    ln = nn.LayerNorm1d(6, eps=1e-4, device=device)
     assert [p.shape for p in ln.parameters()] == [(6,), (6,)]
     np.testing.assert_array_equal(ln.weight.numpy(), np.ones(6))
     np.testing.assert_array_equal(ln.bias.numpy(), np.zeros(6))
     w, b = randn(rng, 6), randn(rng, 6)
-    ln.weight.data, ln.bias.data = nc.Tensor(w), nc.Tensor(b)
+    ln.weight.data, ln.bias.data = nc.Tensor(w, device=device), nc.Tensor(b, device=device)
     x_np, seed = randn(rng, *shape, scale=3.0), randn(rng, *shape)
-    x = nc.Tensor(x_np)
+    x = nc.Tensor(x_np, device=device)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x_np, w, b))
     y = ln(x)
     yt = torch.nn.functional.layer_norm(xt, (6,), wt, bt, eps=1e-4)
+    assert y.device == device
     close(y, yt, atol=1e-5)
-    (y * nc.Tensor(seed)).sum().backward()
+    (y * nc.Tensor(seed, device=device)).sum().backward()
     (yt * torch.tensor(seed)).sum().backward()
     close(x.grad, xt.grad, atol=1e-4)
     close(ln.weight.grad, wt.grad, atol=1e-5)

@@ -39,19 +39,19 @@ def test_conv_parameter_count_and_tuple_arguments():
     [(3, 1, (6, 6)), (3, 2, (7, 8)), (1, 1, (5, 4)), (5, 2, (9, 9)), (4, 1, (5, 6))],
 )
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_matches_torch(k, stride, hw, bias, torch, rng):
+def test_conv_matches_torch(k, stride, hw, bias, torch, rng, device):
     np.random.seed(8)
-    conv = nn.Conv(3, 4, k, stride=stride, bias=bias)
+    conv = nn.Conv(3, 4, k, stride=stride, bias=bias, device=device)
     x_np = randn(rng, 2, 3, *hw)
     w = torch.tensor(conv.weight.numpy().transpose(3, 2, 0, 1).copy(), requires_grad=True)
     b = torch.tensor(conv.bias.numpy(), requires_grad=True) if bias else None
-    x, xt = nc.Tensor(x_np), torch.tensor(x_np, requires_grad=True)
+    x, xt = nc.Tensor(x_np, device=device), torch.tensor(x_np, requires_grad=True)
     y = conv(x)
     yt = torch.nn.functional.conv2d(xt, w, b, stride=stride, padding=k // 2)
-    assert y.shape == tuple(yt.shape)
+    assert y.shape == tuple(yt.shape) and y.device == device
     close(y, yt, atol=1e-5)
     seed = randn(rng, *y.shape)
-    (y * nc.Tensor(seed)).sum().backward()
+    (y * nc.Tensor(seed, device=device)).sum().backward()
     (yt * torch.tensor(seed)).sum().backward()
     close(x.grad, xt.grad, atol=1e-4)
     close(conv.weight.grad, w.grad.permute(2, 3, 1, 0), atol=1e-4)

@@ -175,21 +175,22 @@ def test_rnn_matches_torch(nonlinearity, with_h, torch, rng):
 
 
 @pytest.mark.parametrize("with_h", [True, False])
-def test_lstm_matches_torch(with_h, torch, rng):
-    lstm = nn.LSTM(3, 4, num_layers=2)
+def test_lstm_matches_torch(with_h, torch, rng, device):
+    lstm = nn.LSTM(3, 4, num_layers=2, device=device)
     ref = torch.nn.LSTM(3, 4, num_layers=2)
     _torch_cell_state(torch, ref, lstm.lstm_cells, lambda k: f"_l{k}")
     X_np, h0_np, c0_np = randn(rng, 5, 2, 3), randn(rng, 2, 2, 4), randn(rng, 2, 2, 4)
     s = [randn(rng, 5, 2, 4), randn(rng, 2, 2, 4), randn(rng, 2, 2, 4)]
-    X, h0, c0 = (nc.Tensor(a) for a in (X_np, h0_np, c0_np))
+    X, h0, c0 = (nc.Tensor(a, device=device) for a in (X_np, h0_np, c0_np))
     Xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (X_np, h0_np, c0_np))
     out, (h_n, c_n) = lstm(X, (h0, c0)) if with_h else lstm(X)
     out_t, (h_n_t, c_n_t) = ref(Xt, (h0t, c0t)) if with_h else ref(Xt)
     for a, b in ((out, out_t), (h_n, h_n_t), (c_n, c_n_t)):
-        assert a.shape == tuple(b.shape)
+        assert a.shape == tuple(b.shape) and a.device == device
         close(a, b)
-    loss = (out * nc.Tensor(s[0])).sum() + (h_n * nc.Tensor(s[1])).sum()
-    (loss + (c_n * nc.Tensor(s[2])).sum()).backward()
+    seeds = [nc.Tensor(a, device=device) for a in s]
+    loss = (out * seeds[0]).sum() + (h_n * seeds[1]).sum()
+    (loss + (c_n * seeds[2]).sum()).backward()
     loss_t = (out_t * torch.tensor(s[0])).sum() + (h_n_t * torch.tensor(s[1])).sum()
     (loss_t + (c_n_t * torch.tensor(s[2])).sum()).backward()
     close(X.grad, Xt.grad, atol=1e-4)

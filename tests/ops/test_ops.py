@@ -575,28 +575,31 @@ def backward_grads(c: Case, xs: list[np.ndarray], w: np.ndarray) -> list[np.ndar
 
 
 @pytest.mark.parametrize("c", CASES, ids=IDS)
-def test_forward(c: Case):
+def test_forward(c: Case, device):
     xs = inputs(c, "float32")
-    out = c.fn(*[nc.Tensor(x) for x in xs], **c.kwargs)
+    out = c.fn(*[nc.Tensor(x, device=device) for x in xs], **c.kwargs)
     assert out.dtype == "float32", f"{c.name}: float32 inputs gave {out.dtype}"
+    assert out.device == device, f"{c.name}: inputs on {device!r} gave an output on {out.device!r}"
     got = out.numpy()
     assert np.all(np.isfinite(got))
     assert_close(got, reference(c, xs), rtol=c.tol, atol=c.tol, what=f"{c.name} forward")
 
 
 @pytest.mark.parametrize("c", CASES, ids=IDS)
-def test_float32_gradients_stay_float32(c: Case):
-    ts = [nc.Tensor(x) for x in inputs(c, "float32")]
+def test_float32_gradients_stay_float32(c: Case, device):
+    ts = [nc.Tensor(x, device=device) for x in inputs(c, "float32")]
     c.fn(*ts, **c.kwargs).sum().backward()
     assert [t.grad.dtype for t in ts] == ["float32"] * len(ts)
+    assert all(t.grad.device == device for t in ts)
 
 
 @pytest.mark.parametrize("c", CASES, ids=IDS)
-def test_jit_forward_matches_eager(c: Case):
+def test_jit_forward_matches_eager(c: Case, device):
     xs = inputs(c, "float32")
     eager = c.fn(*[nc.Tensor(x) for x in xs], **c.kwargs).numpy()
-    jitted = nc.jit(lambda *ts: c.fn(*ts, **c.kwargs))(*xs)
-    assert jitted.dtype == "float32"
+    ts = [nc.Tensor(x, device=device, requires_grad=False) for x in xs]
+    jitted = nc.jit(lambda *ts: c.fn(*ts, **c.kwargs))(*ts)
+    assert jitted.dtype == "float32" and jitted.device == device
     # sums of products (matmul, conv and its gradients) may add in another order compiled than
     # eagerly: a few float32 eps of their terms' size (about 1 here) apart
     atol = 2e-6 if c.tol >= M else 1e-7

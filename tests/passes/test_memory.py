@@ -131,7 +131,7 @@ def test_zero_sized_buffers_take_no_space():
     [
         ([Step("s", (Buffer("a", 4),), ())], "which no earlier step writes"),
         ([Step("s", (), (Buffer("x", 4, "input"),))], "a buffer of kind 'input'"),
-        ([Step("s", (), (Buffer("a", 4, "scratch"),))], "a buffer of kind 'scratch'"),
+        ([Step("s", (), (Buffer("a", 4, "bogus"),))], "a buffer of kind 'bogus'"),
     ],
 )
 def test_bad_schedules_are_refused(steps, message):

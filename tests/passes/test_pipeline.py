@@ -138,7 +138,9 @@ def test_resnet9_step_kernels_bytes_and_memory(resnet9, capsys):
     assert kinds.count("reduce") <= 4 * 8 + 2
     assert len(kinds) == convs + kinds.count("gemm") + kinds.count("reduce")
     mem = lowered.memory_analysis()
-    assert mem.arena_bytes < mem.sum_temp_bytes / 2
+    # temps share memory: the arena is within a few alignment pads of the most live at once
+    assert mem.arena_bytes < mem.sum_temp_bytes * 0.6
+    assert mem.arena_bytes <= mem.peak_live_bytes * 1.05
 
 
 def test_rematerialization_saves_less_than_every_forward_value(mlp, resnet9):

@@ -39,12 +39,13 @@ from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import View, strides_of
 from .gemm import Gemm, pack, pool_may_call_blas
-from .loops import counted_loop, in_range
+from .loops import chunk_size, counted_loop, in_range
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
 TILE = 1 << 18  # elements of one gathered input tile (1 MiB of float32)
 CONV_GRAIN_FLOPS = 1 << 22  # a parallel task does at least this much of a convolution
 MIN_TILES = 8  # image tiles of a convolution, at least (where it has the images)
+MAX_SLOTS = 16  # chunks of a parallel convolution, each with a column buffer, at most
 MAX_GROUPS = 8  # partial sums of a weight gradient, at most
 GROUP_BYTES = 1 << 23  # and at most this much memory for them
 
@@ -128,19 +129,20 @@ def _forward(r, core: Core, into: Buffer) -> None:
 
 def _over_tiles(r, core: Core, n_tiles: int, col_bytes: int, tiles) -> None:
     """`tiles(lo, hi, col)` over image tiles [0, n_tiles): on the pool where the work is large
-    enough, each task with a column buffer of its own (`col_bytes`); otherwise in scratch."""
+    enough, each chunk of tiles with a column buffer of its own (`col_bytes`, one slot of the
+    scratch per chunk: at most MAX_SLOTS chunks, tiles being independent); otherwise one."""
+    itemsize = 4 if core.dtype == "float32" else 8
+    cbuf = Buffer(f"{r.k.name}.col", col_bytes, "temp", (col_bytes // itemsize,), core.dtype)
     if n_tiles > 1 and _split(r, core):
+        grain = max(1, -(-CONV_GRAIN_FLOPS // (core.flops() // n_tiles)), -(-n_tiles // MAX_SLOTS))
+        chunk = chunk_size(n_tiles, grain)
+        r.scratch_buffer(cbuf, -(-n_tiles // chunk))
 
         def task(lo, hi):
-            col = r.b.call(_libc(r.module, "malloc"), [I64(col_bytes)])
-            tiles(lo, hi, col)
-            r.b.call(_libc(r.module, "free"), [col])
+            tiles(lo, hi, r.slot_pointer(cbuf, r.b.sdiv(lo, I64(chunk))))
 
-        grain = max(1, -(-CONV_GRAIN_FLOPS // (core.flops() // n_tiles)))
         r.parallel_region(n_tiles, grain, task)
     else:
-        itemsize = 4 if core.dtype == "float32" else 8
-        cbuf = Buffer(f"{r.k.name}.col", col_bytes, "temp", (col_bytes // itemsize,), core.dtype)
         r.scratch_buffer(cbuf)
         tiles(I64(0), I64(n_tiles), r.base[cbuf])
 
@@ -294,17 +296,18 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
                 k = b.trunc(kcols, I32)
                 gemm(k, I32(co), m, col, pb, pc, accumulate=b.icmp_signed("!=", nt, lo), lda=k)
 
+    cbuf = Buffer(f"{r.k.name}.col", col_bytes, "temp", (col_bytes // itemsize,), dtype)
     if groups > 1:
+        chunk = chunk_size(groups, 1)  # a column buffer per chunk of groups
+        r.scratch_buffer(cbuf, -(-groups // chunk))
 
         def task(lo, hi):
-            col = r.b.call(_libc(r.module, "malloc"), [I64(col_bytes)])
+            col = r.slot_pointer(cbuf, r.b.sdiv(lo, I64(chunk)))
             with counted_loop(r.b, hi, "group", lo) as j:
                 group(j, col)
-            r.b.call(_libc(r.module, "free"), [col])
 
         r.parallel_region(groups, 1, task)
     else:
-        cbuf = Buffer(f"{r.k.name}.col", col_bytes, "temp", (col_bytes // itemsize,), dtype)
         r.scratch_buffer(cbuf)
         group(I64(0), r.base[cbuf])
     if part is not into:
@@ -579,18 +582,6 @@ class _Plan:
                     body(depth + 1, b.add(dst, b.mul(a, I64(ext[2]))))
 
         body(0, base)
-
-
-def _libc(module: ir.Module, name: str) -> ir.Function:
-    fn = module.globals.get(name)
-    if fn is None:
-        i8p = ir.PointerType(ir.IntType(8))
-        ty = {
-            "malloc": ir.FunctionType(i8p, [I64]),
-            "free": ir.FunctionType(ir.VoidType(), [i8p]),
-        }[name]
-        fn = ir.Function(module, ty, name)
-    return fn
 
 
 def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:

@@ -62,3 +62,13 @@ def counted_loop(
 def in_range(b: ir.IRBuilder, i: ir.Value, lo: int, hi: int) -> ir.Value:
     """`lo <= i < hi` for an i64 index, as an i1."""
     return b.and_(b.icmp_signed(">=", i, I64(lo)), b.icmp_signed("<", i, I64(hi)))
+
+
+MAX_CHUNKS = 64  # the runtime's cap on the chunks of one parallel loop (runtime/pool.c)
+
+
+def chunk_size(n: int, grain: int) -> int:
+    """The iterations of one chunk of a parallel loop over [0, n) with `grain`, as the runtime's
+    `needlec_parallel_for` cuts it: every chunk starts at a multiple of this, so `lo // chunk`
+    numbers a task's chunk (and picks its slot of a per-task scratch buffer)."""
+    return max(-(-n // MAX_CHUNKS), max(grain, 1))

@@ -3,8 +3,12 @@
 Every kernel of the program becomes an internal function (`render.py`); `step(i8** table)` calls
 them in the planned order, each with pointers into the memory the plan gave its buffers. The
 table holds a few base addresses: the arena (temporaries, reused across calls), the output block
-(fresh each call, handed to the caller), the scratch workspace, then one per input and per
-constant; a buffer is its base plus the offset the memory plan chose. A program whose kernels all
+(fresh each call, handed to the caller), then one per input and per constant; a buffer is its
+base plus the offset the memory plan chose. A kernel's scratch (what its code needs besides its
+buffers: packed GEMM operands, im2col columns, accumulators kept across loops, one copy per
+chunk of a parallel region where each needs its own) is one block the renderer lays out; the
+memory plan places each kernel's block in the arena, live during that kernel alone
+(`plan_scratch`), so a step allocates nothing. A program whose kernels all
 render runs as one native call; a kernel that has no native lowering (an integer tensor raised
 to an integer tensor power) runs on the kernel interpreter between native segments, and
 `Executable.fallbacks` says which and why.
@@ -60,7 +64,7 @@ class Place:
     offset: int
 
 
-ARENA, OUTPUTS, WORKSPACE, FIRST_INPUT = 0, 1, 2, 3
+ARENA, OUTPUTS, FIRST_INPUT = 0, 1, 2
 
 
 class Executable:
@@ -240,9 +244,9 @@ class Executable:
         module.triple = target.triple()
         module.data_layout = target.data_layout()
         self.segments: list = []  # ("native", name) or ("fallback", KernelSchedule)
-        workspace = 0
         rendered: dict[tuple, object] = {}
-        for s in self.schedules:
+        scratch: dict[int, tuple] = {}  # step -> (its scratch block, the block's parts)
+        for i, s in enumerate(self.schedules):
             why = unsupported(s)
             if why is not None:
                 self.fallbacks[s.kernel.name] = why
@@ -254,17 +258,20 @@ class Executable:
             if key in rendered:  # the same code over other buffers (an RNN's steps): one function
                 same = rendered[key]
                 bufs = dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs])
-                r = _Call(same.fn, [b for b in bufs if b not in merged], s.kernel)
+                r = _Call(same.fn, [b for b in bufs if b not in merged], s.kernel, same)
             else:
                 name = f"kernel_{s.kernel.name}"
                 parallel = runtime.available()
                 r = render_kernel(module, s, name, noalias, parallel, merged)
-                workspace = max(workspace, r.scratch_bytes)
                 rendered[key] = r
+            layout = r.layout if isinstance(r, _Call) else r
+            if layout.scratch_bytes:
+                block = Buffer(f"{s.kernel.name}.scratch", layout.scratch_bytes, "scratch")
+                scratch[i] = (block, layout.scratch_layout())
             if self.per_kernel or not self.segments or self.segments[-1][0] != "native":
                 self.segments.append(("native", []))
             self.segments[-1][1].append(r)
-        self.workspace_bytes = workspace
+        self._place_scratch(scratch)
         names = []
         for j, seg in enumerate(self.segments):
             if seg[0] == "native":
@@ -278,6 +285,21 @@ class Executable:
         if _debug("fallback") and self.fallbacks:
             for k, why in self.fallbacks.items():
                 print(f"needlec: kernel {k} runs on the interpreter: {why}", file=sys.stderr)
+
+    def _place_scratch(self, scratch: dict[int, tuple]) -> None:
+        """The memory plan again with each kernel's scratch block in the arena."""
+        from ...passes.memory import plan_scratch
+
+        self.plan = plan_scratch(self.plan, scratch)
+        for b, off in self.plan.offsets.items():
+            self.places[b] = Place(ARENA, off)
+        self.arena_bytes = self.plan.arena_bytes
+        self.scratch_at = {
+            self.schedules[i].kernel.name: self.plan.offsets[block]
+            for i, (block, _) in scratch.items()
+        }
+        if _debug("memory"):
+            print(self.plan.as_text(), file=sys.stderr)
 
     def _entry(self, module, name: str, renderers: list) -> None:
         from llvmlite import ir
@@ -310,7 +332,8 @@ class Executable:
             for buf in r.buffers:
                 p = self.places[buf]
                 args.append(b.gep(base(p.slot), [I64(p.offset)]))
-            args.append(base(WORKSPACE))
+            at = self.scratch_at.get(r.k.name)  # the kernel's scratch block, where it has one
+            args.append(base(ARENA) if at is None else b.gep(base(ARENA), [I64(at)]))
             b.call(r.fn, args)
         if threads is not None:
             b.call(put, [saved])
@@ -318,22 +341,20 @@ class Executable:
 
     # ------------------------------------------------------------ run
     def _thread_state(self):
-        """This thread's arena, workspace and pointer table (made on its first call): concurrent
-        calls never share them. The table's arena, workspace and constant slots are set once;
+        """This thread's arena (scratch included) and pointer table (made on its first call):
+        concurrent calls never share them. The table's arena and constant slots are set once;
         a call patches only the output block and the inputs."""
         loc = self._local
         state = getattr(loc, "state", None)
         if state is None:
             arena = _aligned(max(self.arena_bytes, 1))
-            workspace = _aligned(max(self.workspace_bytes, 1))
             table = np.zeros(self.n_slots, np.uintp)
             table[ARENA] = arena.ctypes.data
-            table[WORKSPACE] = workspace.ctypes.data
             first_constant = FIRST_INPUT + len(self.kg.inputs)
             for i, c in enumerate(self.constants):
                 table[first_constant + i] = c.ctypes.data
             scratch = _aligned(8 * max(len(self.kg.inputs), 1))  # scalars passed by value
-            state = (arena, workspace, table, table.ctypes.data, scratch, scratch.ctypes.data)
+            state = (arena, table, table.ctypes.data, scratch, scratch.ctypes.data)
             loc.state = state
         return state
 
@@ -373,7 +394,7 @@ class Executable:
                         f"input {b.name} is {a.dtype}{a.shape}, expected {b.dtype}{b.shape}"
                     )
         runtime.ensure_started()
-        arena, _, table, table_address, *_ = self._thread_state()
+        arena, table, table_address, *_ = self._thread_state()
         outputs, table[OUTPUTS] = self._output_block()
         fast = runtime.run_step  # the runtime's C entry, where it is built
         if fast is not None:
@@ -435,7 +456,7 @@ class Executable:
         if updated:  # steps updating their inputs run one call at a time
             self._lock.acquire()
         try:
-            if not runtime.bind_run(step, state[3], address, FIRST_INPUT, objs, state[5], updated):
+            if not runtime.bind_run(step, state[2], address, FIRST_INPUT, objs, state[4], updated):
                 return None
             out = []
             for offset, donated, copied, dtype, shape in specs:
@@ -613,6 +634,7 @@ class _Call:
     fn: object  # llvmlite.ir.Function
     buffers: list
     k: object
+    layout: object  # the renderer of the function: its scratch block's layout
 
 
 _BUFFER_NAME = re.compile(r"%[\w.]+")

@@ -327,11 +327,14 @@ class KernelRenderer:
             e.op in (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR) for e in s.kernel.exprs
         )
         self.inline_math = heavy <= INLINE_MATH_LIMIT
-        self.scratch_bytes = s.scratch_bytes  # grows when GEMM operands are packed
+        # the kernel's scratch block: the schedule's buffers, then those the lowering asks for
+        # (`scratch_buffer`); the memory plan gives the block a place in the arena
+        self.scratch_bytes = s.scratch_bytes
         self.names = self.k.value_names()
         self.pos = {e: i for i, e in enumerate(self.k.exprs)}
         self.parallel_loops = 0
         self.extra_scratch: dict[Buffer, int] = {}  # packed operands, im2col weights
+        self.slots: dict[Buffer, int] = {}  # scratch with one copy per parallel task's chunk
         # dim -> [a, b): the loop over that dim being emitted covers only those indices, so a
         # masked read's test on that dim is known (`_cuts`, `address`)
         self.static: dict[int, tuple[int, int]] = {}
@@ -422,13 +425,27 @@ class KernelRenderer:
         fn = parallel_for(self.module)
         b.call(fn, [b.bitcast(task, PTR), b.bitcast(ctx, PTR), n, I64(grain)])
 
-    def scratch_buffer(self, buf: Buffer) -> None:
+    def scratch_buffer(self, buf: Buffer, slots: int = 1) -> None:
         """Give `buf` memory in this kernel's scratch block (64-byte aligned), here and in the
-        functions of its parallel regions."""
+        functions of its parallel regions; with `slots` > 1, that many consecutive copies (one
+        per chunk of a parallel region: `slot_pointer`)."""
         off = self.scratch_bytes
-        self.scratch_bytes += -(-buf.nbytes // 64) * 64
+        self.scratch_bytes += -(-buf.nbytes // 64) * 64 * slots
         self.extra_scratch[buf] = off
+        if slots > 1:
+            self.slots[buf] = slots
         self.base[buf] = self.b.gep(self.scratch_ptr, [I64(off)])
+
+    def slot_pointer(self, buf: Buffer, slot: ir.Value) -> ir.Value:
+        """Copy number `slot` (an i64) of per-chunk scratch `buf`."""
+        stride = -(-buf.nbytes // 64) * 64
+        return self.b.gep(self.base[buf], [self.b.mul(slot, I64(stride))])
+
+    def scratch_layout(self) -> list[tuple[Buffer, int, int]]:
+        """(buffer, offset in the scratch block, copies) of every scratch buffer of the kernel."""
+        out = [(b, off, 1) for b, off in self.s.scratch_offsets().items()]
+        out += [(b, off, self.slots.get(b, 1)) for b, off in self.extra_scratch.items()]
+        return out
 
     # values ---------------------------------------------------------------
     def lookup(self, e: Expr):
