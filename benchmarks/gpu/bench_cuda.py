@@ -3,8 +3,10 @@
     python -m benchmarks.gpu.bench_cuda --out DIR
 
 Measures, in one run: the device-to-device copy bandwidth (the ceiling of elementwise work);
-an elementwise chain over 64M floats (achieved GB/s); fp32 matmul 4096^3 by the generated tiled
-kernel against torch's cuBLAS (TF32 off, TF32 on, bf16); the MLP (batch 256) and ResNet9
+an elementwise chain over 64M floats (achieved GB/s, 16-byte vector loads); the host cost of
+one MLP step's launches, replayed as a CUDA graph against the launch list; float32 matmul
+4096^3 by the generated kernels (SIMT fp32, TF32 and bf16 tensor cores; tiles autotuned) against
+torch's cuBLAS (TF32 off, TF32 on, bf16); the MLP (batch 256) and ResNet9
 (batch 128) training steps, jitted (the generated kernels replayed, GPU time by CUDA events)
 against torch eager on the same GPU. Writes `bench.json` and `RESULTS-gpu.md` (a section for
 benchmarks/RESULTS.md) under DIR. Needs pycuda, a GPU and torch built for CUDA.
@@ -21,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _graph_time(graph, arrays, repeats: int) -> float:
+def _graph_time(graph, arrays, repeats: int, info: dict | None = None) -> float:
     from needlec.codegen.cuda.runtime import CudaExecutable
     from needlec.passes import compile_program
 
     ex = CudaExecutable(compile_program(graph))
     ex.run(arrays)
+    if info is not None:
+        info["vector_loads"] = "float4" in ex.source
     return ex.time(repeats)
 
 
@@ -38,21 +42,52 @@ def elementwise(n: int, repeats: int) -> dict:
     out = ((x * 2.0 + 1.0).relu() * y - x) * 0.5  # reads 2, writes 1 float per element
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(n).astype("float32") for _ in range(2)]
-    t = _graph_time(Graph([x, y], [out]), arrays, repeats)
-    return {"n": n, "seconds": t, "bytes_per_s": 3 * 4 * n / t}
+    info: dict = {}
+    t = _graph_time(Graph([x, y], [out]), arrays, repeats, info)
+    return {"n": n, "seconds": t, "bytes_per_s": 3 * 4 * n / t, **info}
 
 
 def matmul(n: int, repeats: int) -> dict:
+    """n^3 float32 matmul: the generated kernel of each kind (NEEDLEC_CUDA_MATMUL simt, tf32,
+    bf16; tiles from the autotuner) against torch's cuBLAS with TF32 off and on, and in bf16."""
+    import os
+
     import torch
 
+    from needlec.codegen.cuda import autotune, runtime
+    from needlec.codegen.cuda.runtime import CudaExecutable
     from needlec.ir import Graph, Node, Op
+    from needlec.passes import compile_program
 
     a = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 0))
     b = Node.leaf(Op.INPUT, "float32", (n, n), ("arg", 1))
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((n, n)).astype("float32") for _ in range(2)]
     flops = 2 * n**3
-    ours = flops / _graph_time(Graph([a, b], [a @ b]), arrays, repeats)
+    program = compile_program(Graph([a, b], [a @ b]))
+    want = arrays[0][:64].astype(np.float64) @ arrays[1].astype(np.float64)
+    out: dict = {"n": n}
+    before = os.environ.get("NEEDLEC_CUDA_MATMUL")
+    try:
+        for mode in autotune.MODES:
+            os.environ["NEEDLEC_CUDA_MATMUL"] = mode
+            ex = CudaExecutable(program)
+            (got,) = ex.run(arrays)
+            out[f"ours_{mode}_flops"] = flops / ex.time(repeats)
+            # the largest error of 64 rows against float64, relative to the largest |value|
+            out[f"ours_{mode}_error"] = float(np.abs(got[:64] - want).max() / np.abs(want).max())
+            problem = autotune.problem_of(
+                program.kernels.kernels[0].core, mode, runtime.architecture()
+            )
+            tiles = autotune.load(problem) or autotune.heuristic(problem)
+            out[f"ours_{mode}_tiles"] = f"{tiles.bm}x{tiles.bn}x{tiles.bk}/{tiles.tm}x{tiles.tn}"
+            ex.close()
+    finally:
+        if before is None:
+            os.environ.pop("NEEDLEC_CUDA_MATMUL", None)
+        else:
+            os.environ["NEEDLEC_CUDA_MATMUL"] = before
+    out["ours_fp32_flops"] = out["ours_simt_flops"]
 
     def torch_rate(dtype, tf32: bool) -> float:
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -67,14 +102,61 @@ def matmul(n: int, repeats: int) -> dict:
         end.synchronize()
         return flops / (start.elapsed_time(end) / 1e3 / repeats)
 
-    out = {
-        "n": n,
-        "ours_fp32_flops": ours,
-        "cublas_fp32_flops": torch_rate(torch.float32, False),
-        "cublas_tf32_flops": torch_rate(torch.float32, True),
-        "cublas_bf16_flops": torch_rate(torch.bfloat16, False),
-    }
+    out["cublas_fp32_flops"] = torch_rate(torch.float32, False)
+    out["cublas_tf32_flops"] = torch_rate(torch.float32, True)
+    out["cublas_bf16_flops"] = torch_rate(torch.bfloat16, False)
     torch.backends.cuda.matmul.allow_tf32 = False
+    return out
+
+
+def _step_program(name: str):
+    """The optimized program of training step `name` and random inputs for it."""
+    import needlec as nc
+    from benchmarks import steps
+    from benchmarks.bench_train_step import make_step
+    from needlec import nn, optim
+
+    s = steps.spec(name)
+    np.random.seed(s.seed)
+    model = s.build()
+    opt = optim.SGD(model.parameters(), lr=steps.LR, momentum=steps.MOMENTUM)
+    x, y = s.batch(np.random.default_rng(s.seed + 1))
+    step = nc.jit(make_step(model, opt, nn.SoftmaxLoss()))
+    program = step.lower(nc.Tensor(x), nc.Tensor(y)).program
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.uniform(0.1, 1.0, b.shape).astype(b.dtype)
+        if b.dtype.startswith("float")
+        else rng.integers(0, 2**31, b.shape).astype(b.dtype)
+        for b in program.kernels.inputs
+    ]
+    return program, arrays
+
+
+def host_cost(name: str, repeats: int) -> dict:
+    """Host seconds to issue one step's launches (no transfers, no waiting): the step replayed
+    as a CUDA graph against its launch list, one driver call a launch."""
+    from needlec.codegen.cuda.runtime import CudaExecutable
+
+    program, arrays = _step_program(name)
+    out: dict = {"step": name}
+    for key, graphs in (("graph", True), ("list", False)):
+        ex = CudaExecutable(program, graphs=graphs)
+        ex.run(arrays)
+        best = float("inf")
+        for _ in range(5):
+            ex.stream.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                ex.launch()
+            best = min(best, (time.perf_counter() - t0) / repeats)
+            ex.stream.synchronize()
+        out[f"{key}_host_seconds"] = best
+        out[f"{key}_gpu_seconds"] = ex.time(repeats)
+        out["launches"] = sum(1 for kind, _ in ex.launches if kind == "device")
+        if graphs:
+            out["graph_launches"] = sum(1 for kind, _ in (ex._replay or []) if kind == "graph")
+        ex.close()
     return out
 
 
@@ -153,6 +235,7 @@ def main(argv=None) -> None:
     save()
     for key, fn in (
         ("elementwise", lambda: elementwise(args.elements, args.repeats)),
+        ("host_cost", lambda: host_cost("mlp-784-256-10-b256", args.repeats)),
         ("matmul", lambda: matmul(args.matmul, max(3, args.repeats // 4))),
         ("mlp", lambda: training_step("mlp-784-256-10-b256", args.repeats)),
         ("resnet9", lambda: training_step("resnet9-b128", max(3, args.repeats // 4))),
@@ -179,15 +262,29 @@ def markdown(r: dict) -> str:
         lines.append(
             f"- elementwise chain, {e['n']:,} floats: {e['seconds'] * 1e3:.3f} ms, "
             f"{gbs(e['bytes_per_s'])} = {e['bytes_per_s'] / copy:.0%} of the copy (target 85%)"
+            + (", float4 loads" if e.get("vector_loads") else ", scalar loads")
+        )
+    h = r.get("host_cost", {})
+    if "graph_host_seconds" in h:
+        lines.append(
+            f"- {h['step']} host cost per step: CUDA graph {h['graph_host_seconds'] * 1e6:.1f} us "
+            f"({h['graph_launches']} graph launches) vs launch list "
+            f"{h['list_host_seconds'] * 1e6:.1f} us ({h['launches']} launches); GPU time "
+            f"{h['graph_gpu_seconds'] * 1e3:.3f} ms vs {h['list_gpu_seconds'] * 1e3:.3f} ms"
         )
     m = r.get("matmul", {})
     if "ours_fp32_flops" in m:
-        lines.append(
-            f"- fp32 matmul {m['n']}^3: generated tiled kernel {tf(m['ours_fp32_flops'])} = "
-            f"{m['ours_fp32_flops'] / m['cublas_fp32_flops']:.0%} of cuBLAS fp32 "
-            f"{tf(m['cublas_fp32_flops'])} (target 70%); cuBLAS TF32 {tf(m['cublas_tf32_flops'])}, "
-            f"bf16 {tf(m['cublas_bf16_flops'])} (no tensor-core path generated yet)"
-        )
+        for mode, peer, target in (
+            ("simt", "fp32", "70% of cuBLAS fp32, TF32 off"),
+            ("tf32", "tf32", "within 2x of cuBLAS TF32"),
+            ("bf16", "bf16", "within 2x of cuBLAS bf16"),
+        ):
+            ours, theirs = m[f"ours_{mode}_flops"], m[f"cublas_{peer}_flops"]
+            lines.append(
+                f"- matmul {m['n']}^3, generated {mode} kernel (tiles {m[f'ours_{mode}_tiles']}): "
+                f"{tf(ours)} = {ours / theirs:.0%} of cuBLAS {peer} {tf(theirs)} (target "
+                f"{target}); max error {m[f'ours_{mode}_error']:.1e} of the largest |value|"
+            )
     for key in ("mlp", "resnet9"):
         s = r.get(key, {})
         if "jit_gpu_seconds" in s:
@@ -198,7 +295,7 @@ def markdown(r: dict) -> str:
                 f"{s['torch_eager_seconds'] / s['jit_gpu_seconds']:.2f}x torch's speed "
                 "(target within 1.5x); CUDA eager not built"
             )
-    for key in ("elementwise", "matmul", "mlp", "resnet9"):
+    for key in ("elementwise", "host_cost", "matmul", "mlp", "resnet9"):
         if "error" in r.get(key, {}):
             lines.append(f"- {key}: failed: {r[key]['error']}")
     return "\n".join(lines) + "\n"

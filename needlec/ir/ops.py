@@ -524,6 +524,14 @@ def _infer(op: Op, shapes: tuple, dtypes: tuple, arg) -> tuple[Shape, str]:
 #       taps that meet only padding at every output: an inf or NaN weight (or gradient) at such
 #       a tap multiplies nothing there, where the reference multiplies the padding's zeros and
 #       gets NaN.
+# The CUDA matmul's tensor-core kernels (the option NEEDLEC_CUDA_MATMUL=tf32 or bf16; off by
+# default, when MATMUL's budget above holds) round each input to TF32 (10 mantissa bits) or bf16
+# (7) before multiplying, and accumulate in fp32: each product a_ik * b_kj then carries a relative
+# error up to about 2u (u, below: the unit roundoff of the input format), so an element may lie
+# 2u * sum_k |a_ik * b_kj| from the reference, on top of the fp32 order budget. Tests of those
+# kernels hold (3u + 2 * eps(float32) * sqrt(K)) * sum_k |a_ik * b_kj|.
+TENSOR_CORE_ROUNDING: dict[str, float] = {"tf32": 2.0**-11, "bf16": 2.0**-8}
+
 TOLERANCE: dict[Op, tuple[str, float]] = {
     **{op: ("exact", 0) for op in MOVEMENT | COMPARE | TERNARY},
     **{op: ("exact", 0) for op in (Op.NEG, Op.RELU, Op.SQRT, Op.CAST, Op.STOP_GRADIENT)},

@@ -72,19 +72,34 @@ def build(cases: list[Case], tmp: str) -> ctypes.CDLL:
     return ctypes.CDLL(lib)
 
 
-def run(case: Case, lib: ctypes.CDLL, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """The case's outputs on `arrays`, computed by its CUDA kernels run on the host."""
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` one element past a 16-byte boundary (no 16-byte vector access fits)."""
+    item = max(1, a.itemsize)
+    raw = np.zeros(a.size + 32 // item + 1, a.dtype)
+    start = ((-raw.ctypes.data) % 16) // item + 1
+    out = raw[start : start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def run(
+    case: Case, lib: ctypes.CDLL, arrays: list[np.ndarray], misalign: bool = False
+) -> list[np.ndarray]:
+    """The case's outputs on `arrays`, computed by its CUDA kernels run on the host; with
+    `misalign`, every buffer starts one element past a 16-byte boundary."""
     kg = case.program.kernels
     env: dict = {}
     for b, a in zip(kg.inputs, arrays, strict=True):
         env[b] = np.ascontiguousarray(np.asarray(a, dtype=b.dtype)).copy()
     env.update({b: np.ascontiguousarray(a) for b, a in kg.constants.items()})
+    place = _misaligned if misalign else (lambda a: a)
+    env = {b: place(a) for b, a in env.items()}
     emulate = lib.nc_emulate
     emulate.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     for k, ck in zip(kg.kernels, case.cuda.kernels, strict=True):
         for b in ck.buffers:
             if b not in env:
-                env[b] = np.zeros(b.shape, b.dtype)
+                env[b] = place(np.zeros(b.shape, b.dtype))
         if ck.host is not None:
             run_kernel(k, env)
             for b in k.outputs:

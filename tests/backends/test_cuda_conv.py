@@ -347,3 +347,37 @@ def test_conv_cores_on_the_gpu_match_the_reference(name):
     again = ex.run([np.asarray(a).copy() for a in arrays])  # split sums in a fixed order
     for a, b in zip(got, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_cxx
+def test_elementwise_epilogue_runs_inside_the_conv_kernels():
+    """A bias and relu after a convolution (implicit GEMM), a scale after a strided input
+    gradient (phases) and after a split weight gradient (in the launch adding the splits), and
+    after an integer convolution (direct kernel): no phase of their own, results within each
+    core's budget (integers exact)."""
+    found = []
+    for name, dtype in (("3x3_s2_p3_cin1", "float32"), ("split_k_weight_grad", "float32")):
+        graph, arrays, budgets = _case(name, dtype)
+        xs, ws, gs = graph.inputs
+        bias = T.arg(dtype, (graph.outputs[0].shape[3],), 3)
+        y, dx, dw = graph.outputs
+        outs = [(y + bias.broadcast_to(y.shape)).relu(), dx * 3.0, dw * 0.5]
+        arrays = [*arrays, np.random.default_rng(1).standard_normal(bias.shape).astype(dtype)]
+        scaled = [(n, s) for n, s in budgets]
+        scaled = [(n, 2 * s, Op.CONV) for n, s in scaled[:1]] + [
+            (scaled[1][0], 3 * scaled[1][1], Op.CONV_INPUT_GRAD),
+            (scaled[2][0], 0.5 * scaled[2][1], Op.CONV_WEIGHT_GRAD),
+        ]
+        found.append((name, Graph([xs, ws, gs, bias], outs), arrays, scaled, graph))
+    graph, arrays, _ = _case("3x3_s2_p3_cin1", "int32")
+    outs = [o * 3 for o in graph.outputs]
+    found.append(("int32", Graph(graph.inputs, outs), arrays, "exact", graph))
+    cases = [emu.prepare(g, f"e{j}_") for j, (_, g, *_) in enumerate(found)]
+    for (name, *_, plain), case in zip(found, cases, strict=True):
+        launches = [len(ck.launches) for ck in case.cuda.kernels]
+        alone = [len(ck.launches) for ck in emu.prepare(plain, "p_").cuda.kernels]
+        assert launches == alone and len(launches) == 3, (name, launches, alone)
+    found = [f[:4] for f in found]
+    outs = emu.run_cases(cases, [arrays for _, _, arrays, _ in found])
+    for (name, graph, arrays, budgets), got in zip(found, outs, strict=True):
+        compare(name, graph, arrays, budgets, got)

@@ -33,6 +33,10 @@ adds in split order (the same bits for any grid).
 Integer and bool convolutions (exact, wrapping as numpy's), and those with an empty output or an
 empty sum, run as direct kernels: one thread per output element, its sum in registers.
 
+Every output element, of either kernel (after the splits are added, where K is split), is
+written through `store_out`, the renderer's `store_core_output`: an elementwise epilogue the
+passes fused after the core runs there, on the element in registers.
+
 A padding zero (or a zero a phase's out-of-range gradient reads) still multiplies its weight, so
 an inf or NaN weight gives NaN there as the reference's forward and weight gradient do; the
 reference's input gradient never forms those products, so only for a non-finite weight can the
@@ -48,7 +52,7 @@ from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import strides_of
-from .cexpr import CTYPE, const, convert
+from .cexpr import CTYPE, const
 
 SIDE = 16  # threads along each side of a block (SIDE * SIDE threads)
 THREADS = SIDE * SIDE
@@ -75,14 +79,11 @@ def render_conv(r, c: Core, into: Buffer) -> None:
         _direct(r, c, into)
 
 
-def store_out(r, into: Buffer, idx: list[str], value: str, dtype: str) -> None:
-    """Write `value` (a C value of `dtype`) to the core's output element at logical index `idx`:
-    every output element of a convolution core is written here."""
-    flat = " + ".join(
-        f"({i}) * {st}LL" for i, st in zip(idx, strides_of(into.shape), strict=True) if st
-    )
-    v = "(unsigned char)" + value if into.dtype == "bool" else convert(value, dtype, into.dtype)
-    r.emit(f"{r.base(into)}[{flat or '0LL'}] = {v};")
+def store_out(r, into: Buffer, idx: list[str], value: str) -> None:
+    """Write `value` (a C value of the core's dtype) as the core's output element at logical
+    index `idx`: every output element of a convolution core is written here, through the
+    renderer's `store_core_output` (which also runs an epilogue fused into the core)."""
+    r.store_core_output(into, idx, value)
 
 
 # ---------------------------------------------------------------- the three GEMMs
@@ -546,7 +547,7 @@ def _store(
     if cond:
         r.open(f"if ({' && '.join(cond)})")
     if partial is None:
-        store_out(r, into, idx, value, dt)
+        store_out(r, into, idx, value)
     else:
         flat = " + ".join(
             f"({i}) * {st}LL" for i, st in zip(idx, strides_of(into.shape), strict=True) if st
@@ -573,7 +574,7 @@ def _reduce_splits(r, into: Buffer, partial: str, splits: int, dt: str) -> None:
     for d in range(len(into.shape) - 1, -1, -1):
         idx.insert(0, f"{rest} % {into.shape[d]}LL" if d else rest)
         rest = f"({rest} / {into.shape[d]}LL)"
-    store_out(r, into, idx, "sum", dt)
+    store_out(r, into, idx, "sum")
     r.close()
     r.end()
 
@@ -652,7 +653,7 @@ def _direct(r, c: Core, into: Buffer) -> None:
         r.close()
         r.close()
         r.close()
-    store_out(r, into, names, "acc", dt)
+    store_out(r, into, names, "acc")
     r.close()
     r.end()
 

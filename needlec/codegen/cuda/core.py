@@ -1,12 +1,14 @@
 """GEMM and convolution cores as CUDA C.
 
 A matmul (batched, operands read through their views: transposes, broadcast batch dims and masks
-are in the strides and bounds) is a shared-memory tiled kernel: a block of TILE x TILE threads
-computes a TILE x TILE tile of C, stepping over K a tile at a time, each step loading a tile of A
-and one of B into shared memory. A convolution and its two gradients are implicit GEMMs
-(`conv.py`). Products accumulate in the core's dtype, integers wrapping as numpy's do. The
-epilogue the passes fuse after a core runs in the kernel's later phases, reading the core's
-output buffer.
+are in the strides and bounds) of float32 is `gemm.py`'s register-blocked kernel (or its
+tensor-core variant, `NEEDLEC_CUDA_MATMUL`); of another dtype, a shared-memory tiled kernel: a
+block of TILE x TILE threads computes a TILE x TILE tile of C, stepping over K a tile at a time,
+each step loading a tile of A and one of B into shared memory. A convolution and its two
+gradients are implicit GEMMs (`conv.py`). Products accumulate in the core's dtype, integers
+wrapping as numpy's do. Both write their outputs through the renderer's `store_core_output`,
+which also runs an elementwise epilogue the passes fused after the core on each output in
+registers; any other epilogue runs in the kernel's later phases, reading the core's output buffer.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import math
 from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
-from .cexpr import CTYPE, const, convert
+from .cexpr import CTYPE, const
 
 TILE = 16
+# the cores whose renderers write every output through `store_core_output` (so an elementwise
+# epilogue can run inside them)
+WRITES_THROUGH_HOOK = frozenset({Op.MATMUL, Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
 
 
 def _operand(r, ld: Load, idx: list[str], dtype: str) -> str:
@@ -38,6 +43,9 @@ def _operand(r, ld: Load, idx: list[str], dtype: str) -> str:
         if (lo, hi) != (0, n):
             valid.append(f"({i}) >= {lo} && ({i}) < {hi}")
     return r.guarded_read(ld.buffer, " + ".join(terms) or "0LL", valid, dtype)
+
+
+operand = _operand  # a core's operand element, for the GEMM kernels of `gemm.py`
 
 
 def _mac(acc: str, a: str, b: str, dt: str) -> str:
@@ -62,6 +70,11 @@ def render_core(r, c: Core, into: Buffer) -> None:
 
 
 def _matmul(r, c: Core, into: Buffer) -> None:
+    if c.dtype == "float32":
+        from . import gemm
+
+        gemm.render_matmul(r, c, into)
+        return
     a, b = c.operands
     *batch, m, n = c.shape
     k = a.view.shape[-1]
@@ -98,11 +111,11 @@ def _matmul(r, c: Core, into: Buffer) -> None:
     r.close()
     r.emit("__syncthreads();")
     r.close()
-    out = f"bt * {m * n}LL + row * {n}LL + col"
-    v = "(unsigned char)acc" if into.dtype == "bool" else convert("acc", dt, into.dtype)
-    r.emit(f"if (row < {m}LL && col < {n}LL) {r.base(into)}[{out}] = {v};")
+    r.open(f"if (row < {m}LL && col < {n}LL)")
+    r.store_core_output(into, [*bidx, "row", "col"], "acc")
+    r.close()
     r.close()
     r.end()
 
 
-__all__ = ["TILE", "render_core"]
+__all__ = ["TILE", "WRITES_THROUGH_HOOK", "operand", "render_core"]

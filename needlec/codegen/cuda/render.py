@@ -5,14 +5,19 @@ the GPU. The top level of a schedule is cut into phases, launched in order on on
 
 - a top-level loop nest: its loops whose iterations are independent (`parallel_safe`) are
   flattened into one index; a body without reductions runs one thread per index (a grid-stride
-  loop), a body with reductions one block per index (a block-stride loop over "rows"), its
+  loop; an elementwise body four consecutive elements a thread, with 16-byte vector loads and
+  stores where the innermost dim is contiguous and the pointers aligned, `vector_loop`), a body
+  with reductions one block per index (a block-stride loop over "rows"), its
   register reductions split over the block's threads and combined with warp shuffles and a
   shared-memory tree (`nc_block_reduce`), its inner parallel loops split over the threads; the
   other loops of the nest run in order inside (a column sum keeps its rows sequential per thread);
 - a reduction with no loop around it (a whole tensor to a scalar) in two stages: many blocks
   each reduce a grid-stride share into a partial result, then one block combines the partials;
 - `init` of a scratch accumulator: a grid-stride fill;
-- the GEMM or convolution core (`core.py`);
+- the GEMM or convolution core (`core.py`, `gemm.py`); a core writes each of its output elements
+  through `store_core_output`, the hook that also runs an elementwise epilogue on that element in
+  registers (the loop nest after the core, when it only maps the core's output elementwise: no
+  reduction over it, the same iteration space) so the epilogue needs no phase of its own;
 - anything else at the top level (a scalar store): one thread.
 
 Every value is computed where it is used, from sources in scope (`let` marks where the schedule
@@ -134,13 +139,15 @@ class KernelRenderer:
         self.launches: list[Launch] = []
         self.functions: list[str] = []
         self.fresh = 0
+        self.epilogue: list | None = None  # the items a core runs on each output (fused)
+        self.vec: _Vector | None = None  # set while a 4-lane grid-stride body is rendered
 
     # ------------------------------------------------------------ output
     def emit(self, line: str) -> None:
         self.fn.lines.append("  " * self.fn.depth + line)
 
     def open(self, head: str) -> None:
-        self.emit(head + " {")
+        self.emit(f"{head} {{" if head else "{")
         self.fn.depth += 1
         self.scopes.append({})
 
@@ -257,6 +264,8 @@ class KernelRenderer:
         if off == "":
             return const(dtype, 0)
         v = f"{self.base(ld.buffer)}[{off}]"
+        if self.vec is not None and self.vec.fits(ld.view):
+            v = self.vector_load(ld.buffer, ld.view)
         if ld.buffer.dtype == "bool":
             v = f"({v} != 0)"
         v = convert(v, ld.buffer.dtype, dtype)
@@ -279,7 +288,58 @@ class KernelRenderer:
         v = convert(v, dtype, buf.dtype)
         if buf.dtype == "bool":
             v = f"(unsigned char)({v})"
+        if self.vec is not None and self.vec.fits(view):
+            self.vector_store(buf, view, v)
+            return
         self.emit(f"{self.base(buf)}[{off}] = {v};")
+
+    # ------------------------------------------------------------ 16-byte vector access
+    def lane0_address(self, view: View) -> str:
+        """The element index of lane 0 of the current group of four."""
+        vec = self.vec
+        self.idx[vec.dim] = vec.i0
+        try:
+            return self.address(view)[0]
+        finally:
+            self.idx[vec.dim] = vec.lane_index()
+
+    def vector_load(self, buf: Buffer, view: View) -> str:
+        """This lane's element of `buf`, from the group's vector loads (made at first use)."""
+        vec = self.vec
+        base = self.base(buf)
+        off = self.lane0_address(view)
+        key = (buf, off)
+        if key not in vec.loads:
+            vt, per = _VECTOR[buf.dtype]
+            names = []
+            for c in range(4 // per):
+                name = self.var("v")
+                at = f"{base} + {off}" + (f" + {c * per}LL" if c else "")
+                self.emit(f"const {vt} {name} = *reinterpret_cast<const {vt}*>({at});")
+                names.append(name)
+            vec.loads[key] = names
+            vec.pointers.add(base)
+        names = vec.loads[key]
+        per = _VECTOR[buf.dtype][1]
+        return f"{names[vec.lane // per]}.{'xyzw'[vec.lane % per]}"
+
+    def vector_store(self, buf: Buffer, view: View, v: str) -> None:
+        """Keep this lane's value (as a name) for the group's vector store of `buf`."""
+        vec = self.vec
+        name = self.var("s")
+        self.emit(f"const {MEMTYPE[buf.dtype]} {name} = {v};")
+        base = self.base(buf)
+        vec.stores.setdefault((base, self.lane0_address(view), buf.dtype), []).append(name)
+        vec.pointers.add(base)
+
+    def flush_vector_stores(self) -> None:
+        for (base, off, dtype), names in self.vec.stores.items():
+            vt, per = _VECTOR[dtype]
+            for c in range(4 // per):
+                at = f"{base} + {off}" + (f" + {c * per}LL" if c else "")
+                parts = ", ".join(names[c * per : (c + 1) * per])
+                self.emit(f"*reinterpret_cast<{vt}*>({at}) = make_{vt}({parts});")
+        self.vec.stores.clear()
 
     def scratch_buffer(self, nbytes: int) -> int:
         """Extra scratch (`nbytes`, 64-byte aligned) for this kernel; returns its offset."""
@@ -476,7 +536,12 @@ class KernelRenderer:
                 self.end()
             elif isinstance(it, RunCore):
                 self.flush(serial)
+                if self.k.core.op in cores.WRITES_THROUGH_HOOK:
+                    self.epilogue = self.fusable_epilogue(body[j + 1 :])
                 cores.render_core(self, self.k.core, it.into)
+                if self.epilogue is not None:  # it ran inside the core, on each output
+                    j = len(body)
+                self.epilogue = None
             elif isinstance(it, Let):
                 pass  # values are computed where they are used
             else:
@@ -485,6 +550,84 @@ class KernelRenderer:
         self.flush(serial)
         source = "\n\n".join(self.functions)
         return CudaKernel(self.name, source, self.launches, self.buffers, self.scratch_bytes)
+
+    # ------------------------------------------------------------ the core's epilogue
+    def fusable_epilogue(self, rest: list) -> list | None:
+        """The items to run on each output element of the core, when everything after it (`rest`)
+        is one loop nest over exactly the core's output (parallel, no reduction, only values and
+        stores in it, no store into an operand of the core); else None (a phase of its own)."""
+        c = self.k.core
+        loops = [it for it in rest if not isinstance(it, Let)]
+        if c is None or len(loops) != 1 or not isinstance(loops[0], Loop):
+            return None
+        dims = _core_dims(c)
+        if dims is None:
+            return None  # a core axis over several kernel dims
+        axis = {d: a for a, d in enumerate(dims) if d is not None}
+        chain, body = _chain(loops[0])
+        if any(
+            lp.dim not in axis
+            or lp.extent != c.shape[axis[lp.dim]]
+            or not parallel_safe(lp, self.k.space)
+            for lp in chain
+        ):
+            return None
+        looped = {lp.dim for lp in chain}
+        if any(c.shape[a] != 1 and d not in looped for d, a in axis.items()):
+            return None
+        if not all(isinstance(it, (Let, Write)) for it in body):
+            return None
+        operands = {ld.buffer for ld in c.operands}
+        if any(it.store.buffer in operands for it in body if isinstance(it, Write)):
+            return None
+        return body
+
+    def store_core_output(self, into: Buffer, idx: list[str], value: str) -> None:
+        """Write the core's output element at logical indices `idx` (C expressions, one per axis
+        of the core's shape), whose value is the C expression `value` (of the core's dtype).
+
+        Every core (GEMM, convolution) writes its results through this one hook. Without a
+        fused epilogue it stores the element to `into` (the core's buffer). With one
+        (`fusable_epilogue`) it runs the epilogue's values and stores for this element, the
+        core's value bound to a register, and stores the element to `into` only where the
+        kernel outputs the core as is (then after the epilogue's reads, which may share its
+        memory); otherwise the epilogue was the buffer's only reader.
+        The caller guards the element's bounds. A core whose renderer writes through this hook
+        lists its op in `core.WRITES_THROUGH_HOOK`; only those get a fused epilogue."""
+        c = self.k.core
+        if self.epilogue is None:
+            self._store_core(into, idx, value)
+            return
+        core_e = next(e for e in self.k.exprs if e.op is KOp.CORE)
+        self.open("")
+        name = self.var("core_")
+        self.emit(f"const {CTYPE[c.dtype]} {name} = {value};")
+        self.scopes[-1][core_e] = name
+        bound = []
+        for d, i in zip(_core_dims(c), idx, strict=True):
+            if d is not None and d not in self.idx:
+                self.idx[d] = f"({i})"
+                bound.append(d)
+        self.thread_walk(self.epilogue)
+        for d in bound:
+            self.idx.pop(d)
+        if self.s.core_store is not None:  # after the epilogue's reads (an input it may reuse)
+            self._store_core(into, idx, name)
+        self.close()
+
+    def _store_core(self, into: Buffer, idx: list[str], value: str) -> None:
+        c = self.k.core
+        terms, stride = [], 1
+        for i, n in reversed(list(zip(idx, c.shape, strict=True))):
+            if n != 1:
+                terms.append(f"({i}) * {stride}LL" if stride != 1 else f"({i})")
+            stride *= n
+        off = " + ".join(reversed(terms)) or "0LL"
+        if into.dtype == "bool":
+            v = f"(unsigned char)({value})"
+        else:
+            v = convert(value, c.dtype, into.dtype)
+        self.emit(f"{self.base(into)}[{off}] = {v};")
 
     def flush(self, serial: list) -> None:
         """Top-level items outside loops (scalar stores): one thread."""
@@ -519,10 +662,15 @@ class KernelRenderer:
             self.close()
             self.end()
             return
-        self.begin(_grid(rows, BLOCK) if par else 1, BLOCK if par else 32)
+        groups = _vector_groups(par, seq, body)
+        self.begin(_grid(groups or rows, BLOCK) if par else 1, BLOCK if par else 32)
+        start = "(long long)blockIdx.x * blockDim.x + threadIdx.x"
+        step = "(long long)gridDim.x * blockDim.x"
+        if groups and self.vector_loop(par, body, start, step):
+            self.end()
+            return
         if par:
-            start = "(long long)blockIdx.x * blockDim.x + threadIdx.x"
-            self.flat_loop(par, start, "(long long)gridDim.x * blockDim.x")
+            self.flat_loop(par, start, step)
         else:
             self.open("if (blockIdx.x == 0 && threadIdx.x == 0)")
         for x in seq:
@@ -532,6 +680,56 @@ class KernelRenderer:
             self.close()
         self.close()
         self.end()
+
+    def vector_loop(self, par: list[Loop], body: list, start: str, step: str) -> bool:
+        """An elementwise body four consecutive elements a thread: 16-byte loads and stores of
+        every buffer read or written contiguously along the innermost dim at a group-aligned
+        index (per-lane scalar accesses for the others), taken where those pointers are 16-byte
+        aligned; a 1-D loop whose length is not a multiple of 4 ends in a scalar tail. The plain
+        grid-stride loop runs otherwise. False (nothing emitted) where no access is a vector."""
+        inner = par[-1]
+        quads = inner.extent // 4
+        lines, depth, idx = self.fn.lines, self.fn.depth, dict(self.idx)
+        self.fn.lines, self.fn.depth = [], depth + 1
+        f = self.var("g")
+        i0 = self.var(f"i{inner.dim}_")
+        self.vec = _Vector(inner.dim, i0)
+        n = quads * math.prod(lp.extent for lp in par[:-1])
+        self.open(f"for (long long {f} = {start}; {f} < {n}LL; {f} += {step})")
+        self.emit(f"const long long {i0} = ({f} % {quads}LL) * 4LL;")
+        rest = f"({f} / {quads}LL)"
+        for j, lp in enumerate(reversed(par[:-1])):
+            i = self.var(f"i{lp.dim}_")
+            last = j == len(par) - 2
+            self.emit(f"const long long {i} = {rest if last else f'{rest} % {lp.extent}LL'};")
+            rest = f"({rest} / {lp.extent}LL)"
+            self.idx[lp.dim] = i
+        for lane in range(4):
+            self.vec.lane = lane
+            self.idx[inner.dim] = self.vec.lane_index()
+            self.scopes.append({})
+            self.thread_walk(body)
+            self.scopes.pop()
+        self.flush_vector_stores()
+        self.close()
+        vector, pointers, self.vec = self.fn.lines, sorted(self.vec.pointers), None
+        self.fn.lines, self.fn.depth, self.idx = lines, depth, idx
+        if not pointers:
+            return False
+        bits = " | ".join(f"(unsigned long long)({p})" for p in pointers)
+        self.open(f"if ((({bits}) & 15ULL) == 0ULL)")
+        self.fn.lines += vector
+        if inner.extent % 4:  # 1-D: the last extent % 4 elements
+            self.flat_loop(par, f"{quads * 4}LL + {start}", step)
+            self.thread_walk(body)
+            self.close()
+        self.close()
+        self.open("else")
+        self.flat_loop(par, start, step)
+        self.thread_walk(body)
+        self.close()
+        self.close()
+        return True
 
     def two_stage(self, e: Expr, lp: Loop) -> None:
         """A reduction with no loop around it: partial results of many blocks, then one block."""
@@ -568,6 +766,69 @@ class KernelRenderer:
         ld = self.s.load_of(e)
         self.guarded_store("threadIdx.x == 0", ld.buffer, ld.view, a, e.dtype)
         self.end()
+
+
+def _core_dims(c) -> list | None:
+    """The kernel dim of each axis of core `c` (None: no dim), or None where an axis spans
+    several kernel dims."""
+    out = []
+    for d in c.dims:
+        d = d if isinstance(d, tuple) else (() if d is None else (d,))
+        if len(d) > 1:
+            return None
+        out.append(d[0] if d else None)
+    return out
+
+
+# the 16-byte (or, for bytes, 4-byte) vector type of a dtype and the elements it holds
+_VECTOR = {
+    "bool": ("uchar4", 4),
+    "int32": ("int4", 4),
+    "float32": ("float4", 4),
+    "int64": ("longlong2", 2),
+    "float64": ("double2", 2),
+}
+
+
+@dataclass
+class _Vector:
+    """The group of four elements a thread handles in `vector_loop`: the innermost dim, the
+    index of lane 0, the current lane, the vector loads made and the stores kept per lane."""
+
+    dim: int
+    i0: str
+    lane: int = 0
+    loads: dict = field(default_factory=dict)
+    stores: dict = field(default_factory=dict)
+    pointers: set = field(default_factory=set)
+
+    def lane_index(self) -> str:
+        return self.i0 if self.lane == 0 else f"({self.i0} + {self.lane}LL)"
+
+    def fits(self, view: View) -> bool:
+        """Whether the four lanes of `view` are one aligned vector: contiguous along the inner
+        dim, unmasked, every other stride and the offset multiples of 4 elements."""
+        if view.mask is not None or view.offset % 4:
+            return False
+        for d, (n, st) in enumerate(zip(view.shape, view.strides, strict=True)):
+            if d == self.dim:
+                if n == 1 or st != 1:
+                    return False
+            elif n != 1 and st % 4:
+                return False
+        return True
+
+
+def _vector_groups(par: list[Loop], seq: list[Loop], body: list) -> int:
+    """Groups of four a thread takes in `vector_loop`, or 0 where the loop is not such a body:
+    an elementwise body (values and writes only) over parallel loops whose innermost extent is a
+    multiple of 4 (or, one loop, at least 4)."""
+    if not par or seq or not all(isinstance(it, (Let, Write)) for it in body):
+        return 0
+    inner = par[-1].extent
+    if inner < 4 or (inner % 4 and len(par) > 1):
+        return 0
+    return inner // 4 * math.prod(lp.extent for lp in par[:-1])
 
 
 def _loops(body: list):

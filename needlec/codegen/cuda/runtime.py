@@ -11,19 +11,29 @@ pycuda is optional (`pip install -e ".[cuda]"`); nothing here imports it until a
   disk by the source's hash, the GPU's architecture and the nvcc and needlec versions, in the
   checksummed cache the CPU backend uses (a damaged entry is compiled afresh).
 - `CudaExecutable`: a `Program`'s kernels rendered (`program.render_program`), compiled once,
-  every buffer allocated once; `run(arrays)` copies the inputs in, launches every phase of every
-  kernel in order on one stream, and copies the outputs back. A kernel the renderer leaves on
-  the host (a Python callback) runs on the kernel interpreter between launches.
+  its buffers placed by the program's memory plan in one device allocation (temporaries share
+  the plan's arena; every offset a multiple of 256 bytes); `run(arrays)` copies the inputs in,
+  launches every phase of every kernel in order on one stream, and copies the outputs back. The
+  launch list is captured once into CUDA graphs (stream capture) and replayed with one launch
+  per graph, so the host cost of a step does not grow with its kernels; pycuda without stream
+  capture gets the launch list. A kernel the renderer leaves on the host (a Python callback)
+  runs on the kernel interpreter between graphs.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ...passes.memory import MemoryPlan
 
 COMPILE_OPTIONS = ("-O3",)  # no --use_fast_math: the math keeps the accuracy the tests hold
 
@@ -135,15 +145,85 @@ def compile_source(source: str, arch: str | None = None) -> bytes:
     return cubin
 
 
+DEVICE_ALIGN = 256  # every buffer's offset in the arena: 16-byte vector loads and coalescing
+
+
+def graphs_enabled() -> bool:
+    """Whether executables replay their launches as CUDA graphs (`NEEDLEC_CUDA_GRAPHS=0`: no)."""
+    return os.environ.get("NEEDLEC_CUDA_GRAPHS", "1") != "0"
+
+
+def device_plan(program) -> MemoryPlan:
+    """The program's memory plan with every offset a multiple of `DEVICE_ALIGN`: the plan itself
+    when it is, else the same steps and donation requests planned again at that alignment (the
+    liveness, and so the donations and the reuse, do not depend on it)."""
+    from ...passes.memory import plan_memory, verify_plan
+
+    plan = program.memory
+    if plan.alignment % DEVICE_ALIGN == 0:
+        return plan
+    kg = program.kernels
+    keep = {b for b in kg.outputs if b.kind == "input"}
+    requests = {d.output: d.input for d in plan.donations}
+    again = plan_memory(plan.steps, requests, DEVICE_ALIGN, keep=keep)
+    return verify_plan(plan.steps, again)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each buffer of an executable lives in its one device allocation (byte offsets, all
+    multiples of `DEVICE_ALIGN`): the plan's arena (temporaries sharing memory), its output
+    block, a slot per input and constant, outputs that may not be written over their input, then
+    the kernels' scratch."""
+
+    offsets: dict  # Buffer -> offset in the allocation
+    arena_bytes: int  # the plan's arena, at offset 0
+    scratch_offset: int
+    total_bytes: int
+
+
+def _align(n: int) -> int:
+    return -(-n // DEVICE_ALIGN) * DEVICE_ALIGN
+
+
+def place_buffers(kernels, plan: MemoryPlan, scratch_bytes: int, in_place: Callable) -> Layout:
+    """The `Layout` of `kernels` by `plan`; `in_place(out, inp)` says whether the kernel writing a
+    donated output may write it over its input (else it gets memory of its own, and the input's
+    slot is never written)."""
+    offsets: dict = {b: off for b, off in plan.offsets.items()}
+    cursor = _align(plan.arena_bytes)
+    for b, off in plan.output_offsets.items():
+        offsets[b] = cursor + off
+    cursor = _align(cursor + plan.output_block_bytes)
+    for b in dict.fromkeys([*kernels.inputs, *kernels.constants]):
+        offsets[b] = cursor
+        cursor = _align(cursor + max(1, b.nbytes))
+    for out, inp in plan.aliases.items():
+        if in_place(out, inp):
+            offsets[out] = offsets[inp]
+        else:
+            offsets[out] = cursor
+            cursor = _align(cursor + max(1, out.nbytes))
+    missing = [b for k in kernels.kernels for b in (*k.inputs, *k.outputs) if b not in offsets]
+    if missing:
+        raise ValueError(f"the memory plan places no memory for {', '.join(map(str, missing))}")
+    return Layout(offsets, plan.arena_bytes, cursor, cursor + _align(max(64, scratch_bytes)))
+
+
 class CudaExecutable:
     """A program's kernels on the GPU (see the module docstring); `run` has the backends'
-    calling convention: numpy arrays in, one per graph input, numpy arrays out."""
+    calling convention: numpy arrays in, one per graph input, numpy arrays out.
+
+    Memory is one device allocation laid out by the program's memory plan (`place_buffers`);
+    the launch list is fixed, and replayed as CUDA graphs where the driver offers them: each run
+    of device launches between host kernels is captured once and launched with one call."""
 
     fresh_outputs = True
 
-    def __init__(self, program, prefix: str = "", module=None) -> None:
+    def __init__(self, program, prefix: str = "", module=None, graphs: bool | None = None) -> None:
         """`module`: an already loaded module holding this program's kernels, rendered with
-        function names starting with `prefix` (several programs compiled as one file)."""
+        function names starting with `prefix` (several programs compiled as one file);
+        `graphs`: replay as CUDA graphs (default: `graphs_enabled()`)."""
         import pycuda.driver as drv
 
         from .program import render_program
@@ -155,32 +235,39 @@ class CudaExecutable:
         context()
         self.module = module or drv.module_from_buffer(compile_source(self.source))
         self.stream = drv.Stream()
-        alloc = allocator()
-        self._blocks: list = []
-        self.memory: dict = {}  # Buffer -> device allocation
-        every = [*self.kernels.inputs, *self.kernels.constants]
-        for k in self.kernels.kernels:
-            every += [*k.inputs, *k.outputs]
-        for b in dict.fromkeys(every):
-            c, blk = alloc.alloc(max(1, b.nbytes))
-            self._blocks.append((c, blk))
-            self.memory[b] = blk
-        for b, a in self.kernels.constants.items():
-            drv.memcpy_htod(self.memory[b], np.ascontiguousarray(a))
+        self.plan = device_plan(program)
         scratch = max([ck.scratch_bytes for ck in self.cuda.kernels] + [64])
-        c, self.scratch = alloc.alloc(scratch)
-        self._blocks.append((c, self.scratch))
+        single = {
+            b: len(ck.launches) == 1
+            for k, ck in zip(self.kernels.kernels, self.cuda.kernels, strict=True)
+            for b in k.outputs
+        }
+        writer = {b: k for k in self.kernels.kernels for b in k.outputs}
+
+        def in_place(out, inp) -> bool:
+            return single.get(out, False) and _writes_in_place(writer[out], inp, out)
+
+        self.layout = place_buffers(self.kernels, self.plan, scratch, in_place)
+        self._block = allocator().alloc(self.layout.total_bytes)
+        base = int(self._block[1])
+        self.memory: dict = {b: base + off for b, off in self.layout.offsets.items()}
+        for b, a in self.kernels.constants.items():
+            if b.nbytes:
+                drv.memcpy_htod(self.memory[b], np.ascontiguousarray(a))
+        self.scratch = base + self.layout.scratch_offset
         # the launch list, fixed: (function, grid, block, argument pointers) or a host kernel
         self.launches: list = []
         for k, ck in zip(self.kernels.kernels, self.cuda.kernels, strict=True):
             if ck.host is not None:
                 self.launches.append(("host", k))
                 continue
-            args = [int(self.memory[b]) for b in ck.buffers] + [int(self.scratch)]
+            args = [self.memory[b] for b in ck.buffers] + [self.scratch]
             for launch in ck.launches:
                 fn = self.module.get_function(launch.name)
                 fn.prepare("P" * len(args))  # packed once: a launch is one driver call
                 self.launches.append(("device", (fn, launch.grid, launch.block, args)))
+        self.graphs = graphs_enabled() if graphs is None else graphs
+        self._replay: list | None = None  # the launch list as graphs and host kernels
 
     def run(self, arrays: list[np.ndarray], checked: bool = True) -> list[np.ndarray]:
         drv, s = self.drv, self.stream
@@ -199,14 +286,54 @@ class CudaExecutable:
 
     def launch(self) -> None:
         """Every kernel's phases, in order, on the executable's stream (no transfers: the
-        inputs are what the last `run` copied in)."""
-        s = self.stream
-        for kind, item in self.launches:
+        inputs are what the last `run` copied in): one graph launch per run of device launches
+        between host kernels, or each launch on its own where graphs are off or unavailable."""
+        if self._replay is None:
+            self._replay = self._capture() if self.graphs else []
+        if not self._replay:
+            for kind, item in self.launches:
+                if kind == "host":
+                    self._run_on_host(item)
+                else:
+                    self._launch_one(item)
+            return
+        for kind, item in self._replay:
             if kind == "host":
                 self._run_on_host(item)
-                continue
-            fn, grid, block, args = item
-            fn.prepared_async_call((grid, 1), (block, 1, 1), s, *args)
+            else:
+                item.launch(self.stream)
+
+    def _launch_one(self, item) -> None:
+        fn, grid, block, args = item
+        fn.prepared_async_call((grid, 1), (block, 1, 1), self.stream, *args)
+
+    def _capture(self) -> list:
+        """The launch list as [("graph", executable graph) | ("host", kernel)]: each run of
+        device launches captured from the stream once. Empty (launch one by one) where this
+        pycuda has no stream capture or the driver refuses it."""
+        if not hasattr(self.stream, "begin_capture"):
+            return []
+        replay: list = []
+        run: list = []
+        try:
+            for kind, item in [*self.launches, ("host", None)]:
+                if kind == "device":
+                    run.append(item)
+                    continue
+                if run:
+                    self.stream.begin_capture()
+                    try:
+                        for x in run:
+                            self._launch_one(x)
+                    finally:
+                        graph = self.stream.end_capture()
+                    replay.append(("graph", graph.instantiate()))
+                    run = []
+                if item is not None:
+                    replay.append(("host", item))
+        except Exception:  # no graphs here: the launch list, one call a launch
+            return []
+        return replay
 
     def time(self, repeats: int = 20) -> float:
         """Seconds one `launch` takes on the GPU (CUDA events; the median of `repeats`)."""
@@ -239,17 +366,32 @@ class CudaExecutable:
                 drv.memcpy_htod(self.memory[b], np.ascontiguousarray(env[b], b.dtype))
 
     def close(self) -> None:
-        """Give the buffers back to the allocator's cache."""
-        alloc = allocator()
-        for c, blk in self._blocks:
-            alloc.free(c, blk)
-        self._blocks = []
+        """Give the allocation back to the allocator's cache."""
+        if self._block is not None:
+            allocator().free(*self._block)
+            self._block = None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+
+def _writes_in_place(k, inp, out) -> bool:
+    """Whether grid-stride kernel `k` may write `out` over `inp`: no reductions (every element
+    a thread's own), and each read of `inp` before the store of `out` in the same loop body."""
+    from ..llvm.program import _reads_before_writing
+    from ..schedule import Loop, schedule_kernel
+
+    s = schedule_kernel(k)
+
+    def reduces(body) -> bool:
+        return any(
+            isinstance(it, Loop) and (it.role == "reduce" or reduces(it.body)) for it in body
+        )
+
+    return k.core is None and not reduces(s.body) and _reads_before_writing(s, inp, out)
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 20) -> float:
@@ -270,9 +412,14 @@ def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 20) -> float:
 
 
 __all__ = [
+    "DEVICE_ALIGN",
     "CachingAllocator",
     "CudaExecutable",
+    "Layout",
     "available",
     "compile_source",
     "copy_bandwidth",
+    "device_plan",
+    "graphs_enabled",
+    "place_buffers",
 ]

@@ -33,6 +33,7 @@ MAGIC = b"needlec-object-v1\n"
 KINDS = {
     "o": MAGIC,
     "program": b"needlec-program-v1\n",
+    "tune": b"needlec-tune-v1\n",  # a CUDA matmul's measured tiling (cuda/autotune.py)
 }  # file suffix -> the magic its files start with
 
 
