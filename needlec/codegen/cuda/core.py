@@ -5,9 +5,8 @@ are in the strides and bounds) of float32 is `gemm.py`'s register-blocked kernel
 tensor-core variant, `NEEDLEC_CUDA_MATMUL`); of another dtype, a shared-memory tiled kernel: a
 block of TILE x TILE threads computes a TILE x TILE tile of C, stepping over K a tile at a time,
 each step loading a tile of A and one of B into shared memory. A convolution and its two
-gradients are direct kernels: one thread per output element, its sum over the window (and input
-channels, or batch positions) in registers. Products accumulate in the core's dtype, integers
-wrapping as numpy's do. A matmul writes its outputs through the renderer's `store_core_output`,
+gradients are implicit GEMMs (`conv.py`). Products accumulate in the core's dtype, integers
+wrapping as numpy's do. Both write their outputs through the renderer's `store_core_output`,
 which also runs an elementwise epilogue the passes fused after the core on each output in
 registers; any other epilogue runs in the kernel's later phases, reading the core's output buffer.
 """
@@ -19,12 +18,12 @@ import math
 from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
-from .cexpr import CTYPE, const, convert
+from .cexpr import CTYPE, const
 
 TILE = 16
 # the cores whose renderers write every output through `store_core_output` (so an elementwise
 # epilogue can run inside them)
-WRITES_THROUGH_HOOK = frozenset({Op.MATMUL})
+WRITES_THROUGH_HOOK = frozenset({Op.MATMUL, Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD})
 
 
 def _operand(r, ld: Load, idx: list[str], dtype: str) -> str:
@@ -63,7 +62,9 @@ def render_core(r, c: Core, into: Buffer) -> None:
     if c.op is Op.MATMUL:
         _matmul(r, c, into)
     elif c.op in (Op.CONV, Op.CONV_INPUT_GRAD, Op.CONV_WEIGHT_GRAD):
-        _conv(r, c, into)
+        from .conv import render_conv  # conv.py's direct kernels read operands as matmul's do
+
+        render_conv(r, c, into)
     else:
         raise ValueError(f"kernel {r.k.name}: no CUDA lowering for a {c.op.name.lower()} core")
 
@@ -113,82 +114,6 @@ def _matmul(r, c: Core, into: Buffer) -> None:
     r.open(f"if (row < {m}LL && col < {n}LL)")
     r.store_core_output(into, [*bidx, "row", "col"], "acc")
     r.close()
-    r.close()
-    r.end()
-
-
-def _conv(r, c: Core, into: Buffer) -> None:
-    """One thread per output element of a convolution (NHWC input, (KH, KW, Cin, Cout) weight)
-    or of one of its gradients."""
-    dt = c.dtype
-    t = CTYPE[dt]
-    total = math.prod(c.shape)
-    r.begin(max(1, min(132 * 32, -(-total // 256))), 256)
-    r.open(
-        f"for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < {total}LL; "
-        "o += (long long)gridDim.x * blockDim.x)"
-    )
-    names = ["o0", "o1", "o2", "o3"]
-    rest = "o"
-    for j in range(3, -1, -1):
-        r.emit(f"const long long {names[j]} = {rest} % {c.shape[j]}LL;")
-        if j:
-            r.emit(f"const long long r{j} = {rest} / {c.shape[j]}LL;")
-            rest = f"r{j}"
-    r.emit(f"{t} acc = {const(dt, 0)};")
-    x, y = c.operands
-    if c.op is Op.CONV:
-        stride, pad = c.arg
-        kh, kw, cin, _ = y.view.shape
-        h, w = x.view.shape[1:3]
-        r.open(f"for (long long i = 0; i < {kh}; ++i)")
-        r.emit(f"const long long hy = o1 * {stride} - {pad} + i;")
-        r.open(f"for (long long j = 0; j < {kw}; ++j)")
-        r.emit(f"const long long wx = o2 * {stride} - {pad} + j;")
-        # padding reads 0, and 0 times a weight still counts (0 * inf is NaN, as numpy's)
-        r.emit(f"const bool in = hy >= 0 && hy < {h} && wx >= 0 && wx < {w};")
-        r.open(f"for (long long ci = 0; ci < {cin}; ++ci)")
-        xv = f"(in ? {_operand(r, x, ['o0', 'hy', 'wx', 'ci'], dt)} : {const(dt, 0)})"
-        wv = _operand(r, y, ["i", "j", "ci", "o3"], dt)
-        r.emit(_mac("acc", xv, wv, dt))
-        r.close()
-        r.close()
-        r.close()
-    elif c.op is Op.CONV_INPUT_GRAD:  # g (N, HO, WO, Cout), w (KH, KW, Cin, Cout) -> dx
-        stride, pad, _, _ = c.arg
-        _, ho, wo, cout = x.view.shape
-        kh, kw = y.view.shape[:2]
-        r.open(f"for (long long i = 0; i < {kh}; ++i)")
-        r.emit(f"const long long py = o1 + {pad} - i;")
-        r.emit(f"if (py < 0 || py % {stride} != 0 || py / {stride} >= {ho}) continue;")
-        r.open(f"for (long long j = 0; j < {kw}; ++j)")
-        r.emit(f"const long long px = o2 + {pad} - j;")
-        r.emit(f"if (px < 0 || px % {stride} != 0 || px / {stride} >= {wo}) continue;")
-        r.open(f"for (long long co = 0; co < {cout}; ++co)")
-        gv = _operand(r, x, ["o0", f"py / {stride}", f"px / {stride}", "co"], dt)
-        wv = _operand(r, y, ["i", "j", "o3", "co"], dt)
-        r.emit(_mac("acc", gv, wv, dt))
-        r.close()
-        r.close()
-        r.close()
-    else:  # CONV_WEIGHT_GRAD: x (N, H, W, Cin), g (N, HO, WO, Cout) -> dw (KH, KW, Cin, Cout)
-        stride, pad, _, _ = c.arg
-        nb, h, w, _ = x.view.shape
-        _, ho, wo, _ = y.view.shape
-        r.open(f"for (long long b = 0; b < {nb}; ++b)")
-        r.open(f"for (long long p = 0; p < {ho}; ++p)")
-        r.emit(f"const long long hy = p * {stride} - {pad} + o0;")
-        r.open(f"for (long long q = 0; q < {wo}; ++q)")
-        r.emit(f"const long long wx = q * {stride} - {pad} + o1;")
-        r.emit(f"const bool in = hy >= 0 && hy < {h} && wx >= 0 && wx < {w};")
-        xv = f"(in ? {_operand(r, x, ['b', 'hy', 'wx', 'o2'], dt)} : {const(dt, 0)})"
-        gv = _operand(r, y, ["b", "p", "q", "o3"], dt)
-        r.emit(_mac("acc", xv, gv, dt))
-        r.close()
-        r.close()
-        r.close()
-    v = "(unsigned char)acc" if into.dtype == "bool" else convert("acc", dt, into.dtype)
-    r.emit(f"{r.base(into)}[o] = {v};")
     r.close()
     r.end()
 
