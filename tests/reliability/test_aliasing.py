@@ -71,3 +71,38 @@ def test_old_value_read_after_the_new_one_is_computed_on_cuda(host_gpu, monkeypa
         np.testing.assert_allclose(out, old * 3 + x * 2, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(w.numpy(), x * 2, rtol=RTOL, atol=ATOL)
         old = x * 2
+
+
+def _reshaping_update(device=None):
+    """A step that gives `w` a new value of another shape (eager code rebinds `w` to it)."""
+    w = nc.Tensor(np.arange(24, dtype=np.float32).reshape(4, 6), device=device)
+
+    def step(x):
+        s = w.sum()
+        w.data = x * 3
+        return s
+
+    return w, nc.jit(step)
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (6, 4), (2, 6)])
+def test_new_value_of_another_shape_rebinds(shape):
+    """Neither written over the old array nor copied into it (where it would broadcast)."""
+    w, step = _reshaping_update()
+    x = np.linspace(-1, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    np.testing.assert_allclose(step(x).numpy(), 276.0, rtol=RTOL)
+    assert w.shape == shape
+    np.testing.assert_allclose(step(x).numpy(), (x * 3).sum(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(w.numpy(), x * 3, rtol=RTOL)
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (6, 4)])
+def test_new_value_of_another_shape_rebinds_on_cuda(host_gpu, monkeypatch, shape):  # noqa: F811
+    _on_cuda(monkeypatch)
+    w, step = _reshaping_update(nc.cuda())
+    x = np.linspace(-1, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    np.testing.assert_allclose(step(nc.Tensor(x, device=nc.cuda())).numpy(), 276.0, rtol=RTOL)
+    assert w.shape == shape
+    got = step(nc.Tensor(x, device=nc.cuda())).numpy()
+    np.testing.assert_allclose(got, (x * 3).sum(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(w.numpy(), x * 3, rtol=RTOL)
