@@ -4,9 +4,11 @@ A compiled step writes a captured tensor's new value (`w.data = ...`) over the o
 memory plan accepts the donation and the kernel writing it reads the old value only before it
 writes the new one, element by element. Each program here reads the old value in the very
 kernel that writes the new one (or around a GEMM whose result lands in the new value's memory),
-so a write that came too early would change the result silently. Each runs under the executor
-`NEEDLEC_EXECUTE` selects and is checked against numpy; the CUDA cases run over the host
-stand-in for a GPU (`tests/backends/fake_pycuda.py`).
+so a write that came too early would change the result silently; a new value of another shape
+must replace the tensor's array, neither written over it nor copied into it. Each runs under
+the executor `NEEDLEC_EXECUTE` selects, checked against numpy (whole training steps against
+the reference interpreter); the CUDA cases run over the host stand-in for a GPU
+(`tests/backends/fake_pycuda.py`).
 """
 
 from __future__ import annotations
