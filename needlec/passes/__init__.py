@@ -79,12 +79,15 @@ def _plan_memory(p: Program) -> Program:
     kg = p.kernels
     n = len(kg.outputs) if p.n_results is None else p.n_results
     returned = set(kg.outputs[:n])  # the caller keeps these: never written over an input
+    # a new value of another shape or dtype replaces the tensor's array (as eager code rebinds
+    # it): neither written over the old array nor copied into it after the step
     donations = {
         kg.outputs[o]: kg.inputs[i]
         for o, i in p.donate.items()
         if kg.outputs[o].kind == "output"
         and kg.outputs[o] not in kg.inputs
         and kg.outputs[o] not in returned
+        and (kg.outputs[o].shape, kg.outputs[o].dtype) == (kg.inputs[i].shape, kg.inputs[i].dtype)
     }
     keep = {b for b in kg.outputs if b.kind == "input"}  # returned as is: never overwritten
     best = None

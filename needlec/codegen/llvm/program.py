@@ -580,7 +580,8 @@ class Executable:
 def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
     """Whether kernel `s` reads `inp` only before it writes `out` over it, element by element:
     every read of `inp` is one value (`let`) in the loop body that stores `out`, or in a body
-    around it, so no later loop reads an element the store has overwritten."""
+    around it, and comes before the store (a value needed only by a later store of the body
+    is loaded after the earlier ones), so nothing reads an element the store has overwritten."""
     from ..schedule import Keep, Let, Loop, Write, items
 
     lets, store = [], None
@@ -591,7 +592,7 @@ def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
             if isinstance(it, Loop):
                 walk(it.body, (*path, id(it.body)))
             elif isinstance(it, Let) and it.expr.op is KOp.LOAD and it.expr.arg.buffer is inp:
-                lets.append(path)
+                lets.append(path if store is None else None)  # None: read after the store
             elif isinstance(it, Write) and it.store.buffer is out:
                 store = path
 
@@ -600,7 +601,7 @@ def _reads_before_writing(s: KernelSchedule, inp: Buffer, out: Buffer) -> bool:
         isinstance(it, Keep) for it in items(s.body)
     ):  # a kept value reads in a loop of its own
         return False
-    return len(lets) == 1 and store[: len(lets[0])] == lets[0]
+    return len(lets) == 1 and lets[0] is not None and store[: len(lets[0])] == lets[0]
 
 
 @dataclass(frozen=True)
