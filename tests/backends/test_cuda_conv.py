@@ -26,6 +26,7 @@ from needlec.passes import compile_program
 
 from . import cuda_emulation as emu
 from . import test_llvm_ops as T
+from .test_cuda_device import compile_as_one_module
 from .test_cuda_host import compare
 from .test_cuda_source import NVCC, needs_nvcc, nvcc_ptx
 
@@ -320,22 +321,9 @@ def _resnet9_layers():
 @functools.cache
 def _gpu_cases() -> dict:
     """Case id -> (executable, graph, inputs, budgets), every program in one module."""
-    import pycuda.driver as drv
-
-    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
-
     found = [*_all_cases(), *_resnet9_layers()]
-    programs = [compile_program(g) for _, g, _, _ in found]
-    parts = [header()]
-    parts += [
-        render_program(p.kernels, prefix=f"g{j}_", with_header=False).source
-        for j, p in enumerate(programs)
-    ]
-    module = drv.module_from_buffer(compile_source("\n".join(parts)))
-    return {
-        name: (CudaExecutable(p, prefix=f"g{j}_", module=module), g, arrays, budgets)
-        for j, ((name, g, arrays, budgets), p) in enumerate(zip(found, programs, strict=True))
-    }
+    exes = compile_as_one_module(found)
+    return {name: (ex, g, a, b) for (name, g, a, b), ex in zip(found, exes, strict=True)}
 
 
 @on_gpu

@@ -31,15 +31,14 @@ def test_caching_allocator_reuses_freed_blocks():
     assert alloc.allocations == 3 and alloc.cached_bytes() == 0
 
 
-def _build_group(group: str) -> dict:
-    """Case id -> (executable, graph, inputs, budgets): the group's programs compiled as one
-    module (one nvcc call a group)."""
+def compile_as_one_module(found: list) -> list:
+    """The executables of cases `found` ((name, graph, arrays, budgets) each), every program
+    rendered into one module: one nvcc call for them all."""
     import pycuda.driver as drv
 
     from needlec.codegen.cuda.program import header, render_program
     from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
 
-    found = list(H.GROUPS[group]())
     programs = [compile_program(g) for _, g, _, _ in found]
     parts = [header()]
     parts += [
@@ -47,10 +46,15 @@ def _build_group(group: str) -> dict:
         for j, p in enumerate(programs)
     ]
     module = drv.module_from_buffer(compile_source("\n".join(parts)))
-    return {
-        name: (CudaExecutable(p, prefix=f"c{j}_", module=module), g, arrays, budgets)
-        for j, ((name, g, arrays, budgets), p) in enumerate(zip(found, programs, strict=True))
-    }
+    return [CudaExecutable(p, prefix=f"c{j}_", module=module) for j, p in enumerate(programs)]
+
+
+def _build_group(group: str) -> dict:
+    """Case id -> (executable, graph, inputs, budgets): the group's programs compiled as one
+    module (one nvcc call a group)."""
+    found = list(H.GROUPS[group]())
+    exes = compile_as_one_module(found)
+    return {name: (ex, g, a, b) for (name, g, a, b), ex in zip(found, exes, strict=True)}
 
 
 _group = functools.cache(_build_group)

@@ -207,20 +207,11 @@ ON_GPU_CASES = ("130x33x7-epilogue", "both_transposed_batched-epilogue", "masked
 @pytest.mark.parametrize("t", VARIANTS, ids=_vid)
 def test_every_matmul_tiling_on_the_gpu(t):
     """Each tiling on the device (its cases compiled as one module), against the reference."""
-    import pycuda.driver as drv
-
-    from needlec.codegen.cuda.runtime import CudaExecutable, compile_source
+    from .test_cuda_device import compile_as_one_module
 
     found = [c for c in _cases() if c[0] in ON_GPU_CASES]
     with tiles(t):
-        programs = [compile_program(g) for _, g, _, _ in found]
-        parts = [header()]
-        parts += [
-            render_program(p.kernels, prefix=f"c{j}_", with_header=False).source
-            for j, p in enumerate(programs)
-        ]
-        module = drv.module_from_buffer(compile_source("\n".join(parts)))
-        exes = [CudaExecutable(p, prefix=f"c{j}_", module=module) for j, p in enumerate(programs)]
+        exes = compile_as_one_module(found)
     for (name, graph, arrays, (n, scale, _)), ex in zip(found, exes, strict=True):
         got = ex.run([a.copy() for a in arrays])
         bound = _bound(t, n, scale)
