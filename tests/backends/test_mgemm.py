@@ -49,7 +49,7 @@ def _driver(dtype: str, packed: bool, wide: bool = True):
         mgemm._avx512 = saved
     lib = target.compile_module(str(mod))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    proto = ctypes.CFUNCTYPE(None, i, i, i, p, i, i, p, i, i, p, i, p)
+    proto = ctypes.CFUNCTYPE(None, i, i, i, p, i, i, p, i, i, p, i, p, ctypes.c_bool)
     return lib, proto(lib.function_address("gemm_entry")), scratch
 
 
@@ -61,7 +61,19 @@ def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True) -> n
     _, fn, nbytes = _driver(str(a.dtype), packed, wide and mgemm._avx512())
     scratch = np.zeros(nbytes // step, a.dtype)
     sa, sb = (s // step for s in a.strides), (s // step for s in b.strides)
-    fn(m, n, k, a.ctypes.data, *sa, b.ctypes.data, *sb, c.ctypes.data, n, scratch.ctypes.data)
+    fn(
+        m,
+        n,
+        k,
+        a.ctypes.data,
+        *sa,
+        b.ctypes.data,
+        *sb,
+        c.ctypes.data,
+        n,
+        scratch.ctypes.data,
+        False,
+    )
     return c
 
 

@@ -333,9 +333,11 @@ def pack_a(module: ir.Module, dtype: str) -> ir.Function:
 
 
 def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
-    """`gemm(m, n, k, A, a_rs, a_ks, B, b_ks, b_ns, C, ldc, scratch)`: C[m,n] = A @ B, C with row
-    stride ldc and unit column stride. Packed: B in KC x NC blocks and A in MC x KC blocks into
-    `scratch` (`pack_bytes`); else both read in place (b_ns must be 1), scratch unused."""
+    """`gemm(m, n, k, A, a_rs, a_ks, B, b_ks, b_ns, C, ldc, scratch, acc)`: C[m,n] = A @ B, or
+    C += A @ B where `acc` (an i1) is set; C with row stride ldc and unit column stride. Packed: B
+    in KC x NC blocks and A in MC x KC blocks into `scratch` (`pack_bytes`); else both read in
+    place (b_ns must be 1), scratch unused. Either way C's old value (when accumulating) comes
+    first in each element's sum, then the KC blocks in k order."""
     name = f"needlec_gemm{'' if packed else 's'}_{dtype}"
     if name in module.globals:
         return module.globals[name]
@@ -344,10 +346,10 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
     t = blocking(dtype)
     mr_n, nr_n = t.mr, t.nr
     mk = micro_kernel(module, dtype)
-    args = [I64, I64, I64, pty, I64, I64, pty, I64, I64, pty, I64, pty]
-    names = ["m", "n", "k", "a", "a_rs", "a_ks", "bp", "b_ks", "b_ns", "c", "ldc", "scratch"]
+    args = [I64, I64, I64, pty, I64, I64, pty, I64, I64, pty, I64, pty, I1]
+    names = ["m", "n", "k", "a", "a_rs", "a_ks", "bp", "b_ks", "b_ns", "c", "ldc", "scratch", "acc"]
     fn, b = _function(module, name, args, names)
-    m, n, k, a, a_rs, a_ks, bp, b_ks, b_ns, c, ldc, scratch = fn.args
+    m, n, k, a, a_rs, a_ks, bp, b_ks, b_ns, c, ldc, scratch, acc0 = fn.args
 
     def smin(x, y):
         return b.select(b.icmp_signed("<", x, y), x, y)
@@ -368,7 +370,7 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
                     kc = smin(b.sub(k, pc), I64(t.kc))
                     ablk = _gep(b, a, b.add(b.mul(i0, a_rs), b.mul(pc, a_ks)))
                     bblk = _gep(b, bp, b.add(b.mul(pc, b_ks), j0))
-                    acc = b.icmp_signed(">", pci, I64(0))
+                    acc = b.or_(acc0, b.icmp_signed(">", pci, I64(0)))
                     b.call(mk, [kc, ablk, a_rs, a_ks, bblk, b_ks, cblk, ldc, mr, nr, acc])
         b.ret_void()
         return fn
@@ -380,7 +382,7 @@ def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
         with counted_loop(b, blocks(k, t.kc), "pc") as pci:
             pc = b.mul(pci, I64(t.kc))
             kc = smin(b.sub(k, pc), I64(t.kc))
-            acc = b.icmp_signed(">", pci, I64(0))
+            acc = b.or_(acc0, b.icmp_signed(">", pci, I64(0)))
             src = _gep(b, bp, b.add(b.mul(pc, b_ks), b.mul(jc, b_ns)))
             b.call(pb, [kc, ncur, src, b_ks, b_ns, bpack])
             with counted_loop(b, blocks(m, t.mc), "ic") as ici:
@@ -496,7 +498,7 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
             if scratch is not None:
                 pk = b.gep(pk, [b.mul(blk, I64(step // itemsize))])
         args = [rows, cols, I64(k), pa, I64(a_rs), I64(a_ks), pb, I64(b_ks), I64(b_ns)]
-        b.call(fn, [*args, pc, I64(n), pk])
+        b.call(fn, [*args, pc, I64(n), pk, I1(0)])
 
     for bidx in gemm._indices(batch):
         if nblocks > 1:
