@@ -53,10 +53,14 @@ def _driver(dtype: str, packed: bool, wide: bool = True):
     return lib, proto(lib.function_address("gemm_entry")), scratch
 
 
-def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True) -> np.ndarray:
-    """a @ b by mgemm's driver, reading a and b through their strides."""
+def own_gemm(
+    a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True, c: np.ndarray | None = None
+) -> np.ndarray:
+    """a @ b by mgemm's driver, reading a and b through their strides; c + a @ b (in c) when
+    `c` is given."""
     (m, k), n = a.shape, b.shape[1]
-    c = np.full((m, n), np.nan, a.dtype)
+    acc = c is not None
+    c = c if acc else np.full((m, n), np.nan, a.dtype)
     step = a.itemsize
     _, fn, nbytes = _driver(str(a.dtype), packed, wide and mgemm._avx512())
     scratch = np.zeros(nbytes // step, a.dtype)
@@ -72,7 +76,7 @@ def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True) -> n
         c.ctypes.data,
         n,
         scratch.ctypes.data,
-        False,
+        acc,
     )
     return c
 
@@ -121,6 +125,22 @@ def test_avx2_tiles(dtype):
             check(own_gemm(a, b, True, wide=False), a, b, f"{m}x{n}x{k} ta={ta} tb={tb}")
             if not tb:
                 check(own_gemm(a, b, False, wide=False), a, b, f"{m}x{n}x{k} in place")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_accumulates_into_c(dtype):
+    """With its accumulate flag the driver adds A @ B to C (a convolution's K tiles): over K
+    longer than one KC block, on both paths."""
+    rng = np.random.default_rng(7)
+    for m, n, k in ((7, 33, 5), (13, 70, 400), (100, 17, 257)):
+        a, b = operands(rng, m, n, k, dtype)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        want = (c0.astype(np.float64) + a.astype(np.float64) @ b).astype(dtype)
+        scale = np.abs(c0) + np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+        for packed in (True, False):
+            got = own_gemm(a, b, packed, c=c0.copy())
+            what = f"{m}x{n}x{k} packed={packed} accumulating"
+            assert_within(Op.MATMUL, got, want, n=k + 1, scale=scale, what=what)
 
 
 def test_large_square():
