@@ -122,7 +122,8 @@ def _forward(r, core: Core, into: Buffer) -> None:
 
     def tiles(lo, hi, col):
         """Image tiles [lo, hi): each gathered K tile by K tile, each tile's GEMM."""
-        gemm = _gemm(r, dtype, ("N", "N", 1, co, co), path, col, col_bytes)  # col's ld: per K tile
+        layout = ("N", "N", 1, co, co)  # col's leading dim is per K tile
+        gemm = _gemm(r, dtype, layout, co, path, col, col_bytes)
         with counted_loop(r.b, hi, "ntile", lo) as nt:  # r.b: the region's builder
             plan.tile(r, gemm, nt, col, wbuf, into)
 
@@ -189,13 +190,14 @@ def _with_pack(col_bytes: int, path: str, dtype: str, n: int, k: int) -> int:
     return -(-col_bytes // 64) * 64 + mgemm.pack_bytes(dtype, k, n)
 
 
-def _gemm(r, dtype: str, layout: tuple, path: str, col: ir.Value, col_bytes: int):
-    """The GEMM of a task whose column buffer is `col`: BLAS, or ours (its packing scratch just
-    after the columns: `_with_pack`). `layout`: (ta, tb, lda, ldb, ldc) as `Gemm` takes them."""
+def _gemm(r, dtype: str, layout: tuple, n: int, path: str, col: ir.Value, col_bytes: int):
+    """The GEMM (of n columns) of a task whose column buffer is `col`: BLAS, or ours (its
+    packing scratch just after the columns: `_with_pack`). `layout`: (ta, tb, lda, ldb, ldc) as
+    `Gemm` takes them."""
     if path == "blas":
         return Gemm(r, dtype, *layout)
     scratch = r.b.gep(col, [I64(-(-col_bytes // 64) * 64)]) if path == "packed" else None
-    return OwnGemm(r, dtype, *layout, path == "packed", scratch)
+    return OwnGemm(r, dtype, layout, path == "packed", scratch, n)
 
 
 def _pack_weight(r, w: Load, kdims, co: int, dtype: str, transpose: bool = False) -> Buffer:
@@ -313,7 +315,7 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
         b = r.b
         lo = b.sdiv(b.mul(j, I64(n_tiles)), I64(groups))
         hi = b.sdiv(b.mul(b.add(j, I64(1)), I64(n_tiles)), I64(groups))
-        gemm = _gemm(r, dtype, ("T", "N", 1, co, co), path, col, col_bytes)  # dW += col^T @ g
+        gemm = _gemm(r, dtype, ("T", "N", 1, co, co), co, path, col, col_bytes)  # dW += col^T @ g
         with counted_loop(b, hi, "ntile", lo) as nt:
             n0 = b.mul(nt, I64(imgs))
             nb = _min(b, I64(imgs), b.sub(I64(n_img), n0))
@@ -406,7 +408,7 @@ def _input_grad(r, core: Core, into: Buffer) -> None:
 
     def tiles(lo, hi, col):
         b = r.b
-        gemm = _gemm(r, dtype, layout, path, col, col_bytes)  # dcol = g rows @ wmat^T
+        gemm = _gemm(r, dtype, layout, k_total, path, col, col_bytes)  # dcol = g rows @ wmat^T
         with counted_loop(b, hi, "ntile", lo) as nt:
             n0 = b.mul(nt, I64(imgs))
             nb = _min(b, I64(imgs), b.sub(I64(n_img), n0))

@@ -221,15 +221,15 @@ class OwnGemm:
     """`Gemm`'s interface over our own GEMM (`mgemm.driver`): `C[m,n] = op(A) @ op(B) (+ C)` with
     the flags and leading dims fixed and the sizes and pointers per call. `packed` picks the
     packed form, which packs into `scratch` (an i8 pointer to `mgemm.pack_bytes` of memory of
-    the calling task's own); else B is read in place and must have rows of unit stride."""
+    the calling task's own); else B is read in place and must have rows of unit stride. `n`:
+    the most columns of C a call has (few take a narrower tile)."""
 
-    def __init__(
-        self, r, dtype: str, ta: str, tb: str, lda: int, ldb: int, ldc: int, packed: bool, scratch
-    ) -> None:
+    def __init__(self, r, dtype: str, layout: tuple, packed: bool, scratch, n: int) -> None:
+        ta, tb, lda, ldb, ldc = layout
         if not packed and tb != "N":
             raise ValueError("our in-place GEMM reads B's rows in place: B may not be transposed")
         self.r, self.dtype, self.ta, self.tb = r, dtype, ta, tb
-        self.fn = mgemm.driver(r.module, dtype, packed)
+        self.fn = mgemm.driver(r.module, dtype, packed, mgemm.thin(dtype, n))
         self.pty = ir.PointerType(mgemm._elem(dtype))
         self.ldb, self.ldc, self.scratch = I64(ldb), I64(ldc), scratch
         self.ld_a = r.alloca_builder.alloca(I64)

@@ -185,14 +185,26 @@ def _gep(b, ptr, idx):
     return b.gep(ptr, [idx])
 
 
-def micro_kernel(module: ir.Module, dtype: str) -> ir.Function:
-    """`mk(kc, A, a_rs, a_ks, B, b_ks, C, ldc, mr, nr, acc)`: C[:mr, :nr] (+)= A @ B over kc."""
-    name = f"needlec_mk_{dtype}"
+def narrow(t: Blocking) -> Blocking:
+    """The tile for B of at most half NR columns (a 32-channel convolution): twice the rows,
+    half the vectors, the same accumulators, no lane computing past the edge."""
+    return t._replace(mr=2 * t.mr, nv=t.nv // 2)
+
+
+def thin(dtype: str, n: int) -> bool:
+    """Whether products of at most `n` columns take the `narrow` tile (in place)."""
+    return n <= blocking(dtype).nr // 2 and blocking(dtype).nv % 2 == 0
+
+
+def micro_kernel(module: ir.Module, dtype: str, t: Blocking | None = None) -> ir.Function:
+    """`mk(kc, A, a_rs, a_ks, B, b_ks, C, ldc, mr, nr, acc)`: C[:mr, :nr] (+)= A @ B over kc,
+    with tile `t` (`blocking(dtype)` unless given)."""
+    t = t or blocking(dtype)
+    name = f"needlec_mk_{dtype}" if t == blocking(dtype) else f"needlec_mk{t.mr}x{t.nr}_{dtype}"
     if name in module.globals:
         return module.globals[name]
     ty = _elem(dtype)
     pty = ir.PointerType(ty)
-    t = blocking(dtype)
     mr_n, lanes, nv = t.mr, t.lanes, t.nv
     vec = _Vec(module, ty, lanes)
     args = [I64, pty, I64, I64, pty, I64, pty, I64, I64, I64, I1]
@@ -332,20 +344,22 @@ def pack_a(module: ir.Module, dtype: str) -> ir.Function:
     return fn
 
 
-def driver(module: ir.Module, dtype: str, packed: bool) -> ir.Function:
+def driver(module: ir.Module, dtype: str, packed: bool, thin: bool = False) -> ir.Function:
     """`gemm(m, n, k, A, a_rs, a_ks, B, b_ks, b_ns, C, ldc, scratch, acc)`: C[m,n] = A @ B, or
     C += A @ B where `acc` (an i1) is set; C with row stride ldc and unit column stride. Packed: B
     in KC x NC blocks and A in MC x KC blocks into `scratch` (`pack_bytes`); else both read in
     place (b_ns must be 1), scratch unused. Either way C's old value (when accumulating) comes
-    first in each element's sum, then the KC blocks in k order."""
-    name = f"needlec_gemm{'' if packed else 's'}_{dtype}"
+    first in each element's sum, then the KC blocks in k order. `thin` (in place only): the
+    `narrow` tile, for n of at most half NR."""
+    thin = thin and not packed
+    name = f"needlec_gemm{'' if packed else 's'}{'n' if thin else ''}_{dtype}"
     if name in module.globals:
         return module.globals[name]
     ty = _elem(dtype)
     pty = ir.PointerType(ty)
-    t = blocking(dtype)
+    t = narrow(blocking(dtype)) if thin else blocking(dtype)
     mr_n, nr_n = t.mr, t.nr
-    mk = micro_kernel(module, dtype)
+    mk = micro_kernel(module, dtype, t)
     args = [I64, I64, I64, pty, I64, I64, pty, I64, I64, pty, I64, pty, I1]
     names = ["m", "n", "k", "a", "a_rs", "a_ks", "bp", "b_ks", "b_ns", "c", "ldc", "scratch", "acc"]
     fn, b = _function(module, name, args, names)
@@ -462,7 +476,7 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
             f"{r.k.name}.bpack{len(r.base)}", nbytes, "temp", (nbytes // itemsize,), dtype
         )
         r.scratch_buffer(scratch)
-    fn = driver(r.module, dtype, packed)
+    fn = driver(r.module, dtype, packed, thin(dtype, n))
     c_strides = strides_of(out_shape)
 
     def call(bidx, blk=None):
@@ -521,6 +535,8 @@ __all__ = [
     "emit_core",
     "micro_kernel",
     "mode",
+    "narrow",
     "pack_b",
     "pack_bytes",
+    "thin",
 ]
