@@ -4,7 +4,9 @@
 arguments: a row-major `C[M,N] = A[M,K] @ B[K,N]` is the column-major `C^T = B^T A^T`. A transposed
 operand is passed as a flag and a leading dimension, never copied; an operand BLAS cannot take
 (masked, negative or zero strides on a dim it needs, neither dim unit-stride) is packed into
-scratch first. Batched matmul loops over the batch, one call per matrix.
+scratch first. Batched matmul loops over the batch, one call per matrix. Where our own GEMM
+(`mgemm`) is faster, matmul cores call it instead, and convolutions reach it through `OwnGemm`,
+which has `Gemm`'s interface (run-time sizes, leading dims, C += A @ B).
 """
 
 from __future__ import annotations
