@@ -19,11 +19,12 @@ The GEMMs are our own (`mgemm`, through `gemm.OwnGemm`) where matmuls use it (AV
 `NEEDLEC_GEMM=own`), else BLAS's (`gemm.Gemm`; `NEEDLEC_GEMM=blas` forces it). Ours reads B in
 place for small products (the weight, or the upstream gradient's rows) and else packs it; its
 packing scratch lies just after each task's column buffer, so tasks never share it. ResNet9's
-4x4 block (32 -> 32 channels, batch 128, forward and both gradients), one thread, min of 60
-calls on a loaded machine (load ~4 on 2 cores): 0.56 ms on ours against 1.16 ms on BLAS (torch
-0.56 ms); two threads 0.37-0.43 ms against 0.62-0.75 ms (torch 0.38-0.39 ms). Of the 0.56 ms,
-the gathers and packing take about 80 us, the GEMMs the rest (they run near the micro-kernel's
-peak; about 30% of their flops multiply taps in the padding of a 4x4 image).
+4x4 block (32 -> 32 channels, batch 128, forward and both gradients; benchmarks/bench_kernels.py,
+2 threads, load 0.4): 0.34 ms on ours, 0.96x torch's time, where BLAS took 1.72x; its stem
+(3 -> 16, k7 s4 on 32x32) 0.23x (BLAS 0.39x). One thread (min of 60 calls, load ~4): 0.56 ms
+against 1.16 ms on BLAS (torch 0.56 ms), of which the gathers and packing take about 80 us, the
+GEMMs the rest (near the micro-kernel's peak; about 30% of their flops multiply taps in the
+padding of a 4x4 image).
 
 The gradients use the same pieces the other way round:
 
