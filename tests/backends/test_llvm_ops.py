@@ -941,7 +941,12 @@ def test_tolerance_has_no_rows_for_leaves():
 
 def gemm_calls(source: str) -> int:
     """Calls of a float32 GEMM in LLVM source: BLAS's or our own (mgemm)."""
-    names = ("needlec_sgemm", "needlec_gemm_float32", "needlec_gemms_float32")
+    names = (
+        "needlec_sgemm",
+        "needlec_gemm_float32",
+        "needlec_gemms_float32",
+        "needlec_gemmsn_float32",
+    )
     return sum(source.count(f'call void @"{name}"') for name in names)
 
 

@@ -30,16 +30,17 @@ compiled_only = pytest.mark.skipif(
 
 
 @functools.cache
-def _driver(dtype: str, packed: bool, wide: bool = True):
+def _driver(dtype: str, packed: bool, wide: bool = True, thin: bool = False):
     """mgemm's driver compiled alone, as a ctypes function (kept alive with its library);
-    `wide`: AVX-512 tiles where the CPU has them, else the AVX2 tiles (which run on either)."""
+    `wide`: AVX-512 tiles where the CPU has them, else the AVX2 tiles (which run on either);
+    `thin`: the narrow tile of the in-place path."""
     saved = mgemm._avx512
     if not wide:
         mgemm._avx512 = lambda: False
     try:
         mod = ir.Module()
         mod.triple, mod.data_layout = target.triple(), target.data_layout()
-        inner = mgemm.driver(mod, dtype, packed)
+        inner = mgemm.driver(mod, dtype, packed, thin)
         outer = ir.Function(mod, inner.function_type, "gemm_entry")
         b = ir.IRBuilder(outer.append_basic_block())
         b.call(inner, list(outer.args))
@@ -49,19 +50,40 @@ def _driver(dtype: str, packed: bool, wide: bool = True):
         mgemm._avx512 = saved
     lib = target.compile_module(str(mod))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    proto = ctypes.CFUNCTYPE(None, i, i, i, p, i, i, p, i, i, p, i, p)
+    proto = ctypes.CFUNCTYPE(None, i, i, i, p, i, i, p, i, i, p, i, p, ctypes.c_bool)
     return lib, proto(lib.function_address("gemm_entry")), scratch
 
 
-def own_gemm(a: np.ndarray, b: np.ndarray, packed: bool, wide: bool = True) -> np.ndarray:
-    """a @ b by mgemm's driver, reading a and b through their strides."""
+def own_gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    packed: bool,
+    wide: bool = True,
+    c: np.ndarray | None = None,
+    thin: bool = False,
+) -> np.ndarray:
+    """a @ b by mgemm's driver, reading a and b through their strides; c + a @ b (in c) when
+    `c` is given; `thin`: the narrow tile (in place)."""
     (m, k), n = a.shape, b.shape[1]
-    c = np.full((m, n), np.nan, a.dtype)
+    acc = c is not None
+    c = c if acc else np.full((m, n), np.nan, a.dtype)
     step = a.itemsize
-    _, fn, nbytes = _driver(str(a.dtype), packed, wide and mgemm._avx512())
+    _, fn, nbytes = _driver(str(a.dtype), packed, wide and mgemm._avx512(), thin)
     scratch = np.zeros(nbytes // step, a.dtype)
     sa, sb = (s // step for s in a.strides), (s // step for s in b.strides)
-    fn(m, n, k, a.ctypes.data, *sa, b.ctypes.data, *sb, c.ctypes.data, n, scratch.ctypes.data)
+    fn(
+        m,
+        n,
+        k,
+        a.ctypes.data,
+        *sa,
+        b.ctypes.data,
+        *sb,
+        c.ctypes.data,
+        n,
+        scratch.ctypes.data,
+        acc,
+    )
     return c
 
 
@@ -86,6 +108,8 @@ def test_every_combination_of_sizes(dtype):
         a, b = operands(rng, m, n, k, dtype)
         for packed in (True, False):
             check(own_gemm(a, b, packed), a, b, f"{m}x{n}x{k} packed={packed}")
+        if mgemm.thin(dtype, n):
+            check(own_gemm(a, b, False, thin=True), a, b, f"{m}x{n}x{k} narrow tile")
 
 
 @pytest.mark.parametrize("ta,tb", [(False, True), (True, False), (True, True)])
@@ -109,6 +133,24 @@ def test_avx2_tiles(dtype):
             check(own_gemm(a, b, True, wide=False), a, b, f"{m}x{n}x{k} ta={ta} tb={tb}")
             if not tb:
                 check(own_gemm(a, b, False, wide=False), a, b, f"{m}x{n}x{k} in place")
+                got = own_gemm(a, b, False, wide=False, thin=True)  # correct for any n
+                check(got, a, b, f"{m}x{n}x{k} in place, narrow tile")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_accumulates_into_c(dtype):
+    """With its accumulate flag the driver adds A @ B to C (a convolution's K tiles): over K
+    longer than one KC block, on both paths."""
+    rng = np.random.default_rng(7)
+    for m, n, k in ((7, 33, 5), (13, 70, 400), (100, 17, 257)):
+        a, b = operands(rng, m, n, k, dtype)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        want = (c0.astype(np.float64) + a.astype(np.float64) @ b).astype(dtype)
+        scale = np.abs(c0) + np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+        for packed, thin in ((True, False), (False, False), (False, True)):
+            got = own_gemm(a, b, packed, c=c0.copy(), thin=thin)
+            what = f"{m}x{n}x{k} packed={packed} thin={thin} accumulating"
+            assert_within(Op.MATMUL, got, want, n=k + 1, scale=scale, what=what)
 
 
 def test_large_square():

@@ -1,4 +1,4 @@
-"""Convolution cores, and the cores of its two gradients, as im2col gathers plus BLAS GEMM.
+"""Convolution cores, and the cores of its two gradients, as im2col gathers plus GEMM.
 
 A core `out[n, oh, ow, co] = sum over (kh, kw, ci) of x[n, oh*s + kh - p, ow*s + kw - p, ci] *
 w[kh, kw, ci, co]` is the GEMM `out[M, Co] = col[M, K] @ wmat[K, Co]` with M = (n, oh, ow) and
@@ -13,7 +13,18 @@ flipped weights, a gradient behind a mask), so both are gathered through their v
 
 K is ordered so the input's smallest-stride dim is innermost (the gather reads runs of memory),
 and the weight is packed in the same order. Each tile's GEMM accumulates into the output rows of
-its images (BLAS's beta: 0 for the first K tile, 1 after).
+its images (C = A @ B for the first K tile, C += A @ B after).
+
+The GEMMs are our own (`mgemm`, through `gemm.OwnGemm`) where matmuls use it (AVX-512, or
+`NEEDLEC_GEMM=own`), else BLAS's (`gemm.Gemm`; `NEEDLEC_GEMM=blas` forces it). Ours reads B in
+place for small products (the weight, or the upstream gradient's rows) and else packs it; its
+packing scratch lies just after each task's column buffer, so tasks never share it. ResNet9's
+4x4 block (32 -> 32 channels, batch 128, forward and both gradients; benchmarks/bench_kernels.py,
+2 threads, load 0.4): 0.34 ms on ours, 0.96x torch's time, where BLAS took 1.72x; its stem
+(3 -> 16, k7 s4 on 32x32) 0.23x (BLAS 0.39x). One thread (min of 60 calls, load ~4): 0.56 ms
+against 1.16 ms on BLAS (torch 0.56 ms), of which the gathers and packing take about 80 us, the
+GEMMs the rest (near the micro-kernel's peak; about 30% of their flops multiply taps in the
+padding of a 4x4 image).
 
 The gradients use the same pieces the other way round:
 
@@ -21,8 +32,9 @@ The gradients use the same pieces the other way round:
   forward conv, each tile's GEMM adding its images' share. Image tiles are split into a fixed
   number of groups (from the shapes, never the thread count), each summing into a partial of
   its own; the partials are added in group order, so the result has the same bits on any
-  number of threads;
-- the input's gradient (col2im): per image tile `dcol[M, K] = g[M, Co] @ wmat^T`, then each row
+  number of threads (each GEMM sums over K in one order too);
+- the input's gradient (col2im): per image tile `dcol[M, K] = g[M, Co] @ wmat^T` (the weight
+  packed transposed for our GEMM, which reads B's rows in place), then each row
   of dcol added back over its window of the input's gradient, in runs of KW*Cin contiguous
   elements (K in the weight's own order). Every image lies in one tile, so tiles run in
   parallel.
@@ -38,7 +50,8 @@ from ...ir import Op
 from ...ir.kernel import Core, Load
 from ...ir.schedule import Buffer
 from ...ir.view import View, strides_of
-from .gemm import Gemm, pack, pool_may_call_blas
+from . import mgemm
+from .gemm import Gemm, OwnGemm, pack, pool_may_call_blas
 from .loops import chunk_size, counted_loop, in_range
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -117,14 +130,16 @@ def _forward(r, core: Core, into: Buffer) -> None:
     col_bytes = imgs * rows_per_img * k0_step * k_inner * itemsize
     n_tiles = -(-n_img // imgs)
     plan = _Plan(x, dtype, kdims, ext, stride, pad, (ho, wo, co), imgs, k0_step)
+    path = _path(dtype, imgs * rows_per_img, co, k0_step * k_inner)
 
     def tiles(lo, hi, col):
         """Image tiles [lo, hi): each gathered K tile by K tile, each tile's GEMM."""
-        gemm = Gemm(r, dtype, "N", "N", 1, co, co)  # col's leading dim is per K tile
+        layout = ("N", "N", 1, co, co)  # col's leading dim is per K tile
+        gemm = _gemm(r, dtype, layout, co, path, col, col_bytes)
         with counted_loop(r.b, hi, "ntile", lo) as nt:  # r.b: the region's builder
             plan.tile(r, gemm, nt, col, wbuf, into)
 
-    _over_tiles(r, core, n_tiles, col_bytes, tiles)
+    _over_tiles(r, core, n_tiles, _with_pack(col_bytes, path, dtype, co, k0_step * k_inner), tiles)
 
 
 def _over_tiles(r, core: Core, n_tiles: int, col_bytes: int, tiles) -> None:
@@ -164,17 +179,48 @@ def _images(n_img: int, fit: int, split: bool) -> int:
 
 def _split(r, core: Core) -> bool:
     """Whether the pool shares this convolution's image tiles."""
-    return pool_may_call_blas(r) and core.flops() >= 2 * CONV_GRAIN_FLOPS
+    pool = r.parallel if _own(core.dtype) else pool_may_call_blas(r)
+    return pool and core.flops() >= 2 * CONV_GRAIN_FLOPS
 
 
-def _pack_weight(r, w: Load, kdims, co: int, dtype: str) -> Buffer:
+def _own(dtype: str) -> bool:
+    """Whether convolutions run on our own GEMM (`mgemm`): where a large product would, so
+    `NEEDLEC_GEMM=blas` keeps them on BLAS."""
+    return mgemm.choose(dtype, 1 << 10, 1 << 10, 1 << 10) != "blas"
+
+
+def _path(dtype: str, m: int, n: int, k: int) -> str:
+    """The GEMM for products of at most m x n x k (B's rows of unit stride): "blas", or ours
+    "small" (B in place) or "packed"."""
+    return mgemm.choose(dtype, m, n, k) if _own(dtype) else "blas"
+
+
+def _with_pack(col_bytes: int, path: str, dtype: str, n: int, k: int) -> int:
+    """Bytes of a task's column buffer with room after it for the packed GEMM's panels."""
+    if path != "packed":
+        return col_bytes
+    return -(-col_bytes // 64) * 64 + mgemm.pack_bytes(dtype, k, n)
+
+
+def _gemm(r, dtype: str, layout: tuple, n: int, path: str, col: ir.Value, col_bytes: int):
+    """The GEMM (of n columns) of a task whose column buffer is `col`: BLAS, or ours (its
+    packing scratch just after the columns: `_with_pack`). `layout`: (ta, tb, lda, ldb, ldc) as
+    `Gemm` takes them."""
+    if path == "blas":
+        return Gemm(r, dtype, *layout)
+    scratch = r.b.gep(col, [I64(-(-col_bytes // 64) * 64)]) if path == "packed" else None
+    return OwnGemm(r, dtype, layout, path == "packed", scratch, n)
+
+
+def _pack_weight(r, w: Load, kdims, co: int, dtype: str, transpose: bool = False) -> Buffer:
     """The weight `w` (KH, KW, Cin, Cout) as compact scratch wmat[K, Co], K in `kdims`' order
-    and ranges."""
+    and ranges; with `transpose`, as wmat^T [Co, K]."""
     b = r.b
     ext = [hi - lo for _, _, (lo, hi) in kdims]
     k_total = math.prod(ext)
     itemsize = 4 if dtype == "float32" else 8
-    wbuf = Buffer(f"{r.k.name}.wmat", k_total * co * itemsize, "temp", (k_total, co), dtype)
+    shape = (co, k_total) if transpose else (k_total, co)
+    wbuf = Buffer(f"{r.k.name}.wmat", k_total * co * itemsize, "temp", shape, dtype)
     r.scratch_buffer(wbuf)
     with counted_loop(b, ext[0], "wk0") as a0:
         with counted_loop(b, ext[1], "wk1") as a1:
@@ -185,7 +231,11 @@ def _pack_weight(r, w: Load, kdims, co: int, dtype: str) -> Buffer:
                 with counted_loop(b, co, "wco") as c:
                     r.idx[3] = c
                     v = r.load(w, dtype)
-                    b.store(v, r.pointer(wbuf, b.add(b.mul(row, I64(co)), c)))
+                    if transpose:
+                        at = b.add(b.mul(c, I64(k_total)), row)
+                    else:
+                        at = b.add(b.mul(row, I64(co)), c)
+                    b.store(v, r.pointer(wbuf, at))
     return wbuf
 
 
@@ -254,6 +304,7 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
     gbuf, goff = _rows(r, g, dtype)
     plan = _Plan(x, dtype, kdims, ext, stride, pad, (ho, wo, co), imgs, k0_step)
     part_elems = k_total * co
+    path = _path(dtype, k0_step * k_inner, co, imgs * rows_per_img)
     groups = 1
     if n_tiles > 1 and _split(r, core):
         room = max(1, GROUP_BYTES // (part_elems * itemsize))
@@ -276,7 +327,7 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
         b = r.b
         lo = b.sdiv(b.mul(j, I64(n_tiles)), I64(groups))
         hi = b.sdiv(b.mul(b.add(j, I64(1)), I64(n_tiles)), I64(groups))
-        gemm = Gemm(r, dtype, "T", "N", 1, co, co)  # dW rows += col^T @ g rows
+        gemm = _gemm(r, dtype, ("T", "N", 1, co, co), co, path, col, col_bytes)  # dW += col^T @ g
         with counted_loop(b, hi, "ntile", lo) as nt:
             n0 = b.mul(nt, I64(imgs))
             nb = _min(b, I64(imgs), b.sub(I64(n_img), n0))
@@ -296,7 +347,8 @@ def _weight_grad(r, core: Core, into: Buffer) -> None:
                 k = b.trunc(kcols, I32)
                 gemm(k, I32(co), m, col, pb, pc, accumulate=b.icmp_signed("!=", nt, lo), lda=k)
 
-    cbuf = Buffer(f"{r.k.name}.col", col_bytes, "temp", (col_bytes // itemsize,), dtype)
+    nbytes = _with_pack(col_bytes, path, dtype, co, imgs * rows_per_img)
+    cbuf = Buffer(f"{r.k.name}.col", nbytes, "temp", (nbytes // itemsize,), dtype)
     if groups > 1:
         chunk = chunk_size(groups, 1)  # a column buffer per chunk of groups
         r.scratch_buffer(cbuf, -(-groups // chunk))
@@ -354,17 +406,21 @@ def _input_grad(r, core: Core, into: Buffer) -> None:
         r.fill(into, r.const(dtype, 0), dtype)
         return
     k_total = (th[1] - th[0]) * (tw[1] - tw[0]) * ci
-    wbuf = _pack_weight(r, w, [(0, 1, th), (1, 2, tw), (2, 3, (0, ci))], co, dtype)
-    gbuf, goff = _rows(r, g, dtype)
     rows_per_img = ho * wo
     imgs = _images(n_img, TILE // (rows_per_img * k_total), _split(r, core))
     n_tiles = -(-n_img // imgs)
     col_bytes = imgs * rows_per_img * k_total * itemsize
     img_elems = h * wd * ci
+    path = _path(dtype, imgs * rows_per_img, k_total, co)
+    # ours reads B's rows in place: the weight packed as wmat^T [Co, K]; BLAS takes the flag
+    kdims = [(0, 1, th), (1, 2, tw), (2, 3, (0, ci))]
+    wbuf = _pack_weight(r, w, kdims, co, dtype, transpose=path != "blas")
+    gbuf, goff = _rows(r, g, dtype)
+    layout = ("N", "N", co, k_total, k_total) if path != "blas" else ("N", "T", co, co, k_total)
 
     def tiles(lo, hi, col):
         b = r.b
-        gemm = Gemm(r, dtype, "N", "T", co, co, k_total)  # dcol = g rows @ wmat^T
+        gemm = _gemm(r, dtype, layout, k_total, path, col, col_bytes)  # dcol = g rows @ wmat^T
         with counted_loop(b, hi, "ntile", lo) as nt:
             n0 = b.mul(nt, I64(imgs))
             nb = _min(b, I64(imgs), b.sub(I64(n_img), n0))
@@ -375,7 +431,7 @@ def _input_grad(r, core: Core, into: Buffer) -> None:
                 b.store(r.const(dtype, 0), r.pointer(into, b.add(b.mul(n0, I64(img_elems)), i)))
             _col2im(r, col, into, (n0, nb), (stride, pad, h, wd), (ho, wo), (th, tw, ci), dtype)
 
-    _over_tiles(r, core, n_tiles, col_bytes, tiles)
+    _over_tiles(r, core, n_tiles, _with_pack(col_bytes, path, dtype, k_total, co), tiles)
 
 
 def _col2im(r, col, into: Buffer, tile, geometry, out_hw, taps, dtype: str) -> None:

@@ -4,7 +4,9 @@
 arguments: a row-major `C[M,N] = A[M,K] @ B[K,N]` is the column-major `C^T = B^T A^T`. A transposed
 operand is passed as a flag and a leading dimension, never copied; an operand BLAS cannot take
 (masked, negative or zero strides on a dim it needs, neither dim unit-stride) is packed into
-scratch first. Batched matmul loops over the batch, one call per matrix.
+scratch first. Batched matmul loops over the batch, one call per matrix. Where our own GEMM
+(`mgemm`) is faster, matmul cores call it instead, and convolutions reach it through `OwnGemm`,
+which has `Gemm`'s interface (run-time sizes, leading dims, C += A @ B).
 """
 
 from __future__ import annotations
@@ -215,6 +217,46 @@ class Gemm:
         pa, pb, pc = (b.bitcast(p, pty) for p in (pa, pb, pc))
         args = [self.ta, self.tb, self.m, self.n, self.k, self.alpha, pb, self.ld_b, pa, self.ld_a]
         b.call(self.fn, [*args, self.beta, pc, self.ldc])
+
+
+class OwnGemm:
+    """`Gemm`'s interface over our own GEMM (`mgemm.driver`): `C[m,n] = op(A) @ op(B) (+ C)` with
+    the flags and leading dims fixed and the sizes and pointers per call. `packed` picks the
+    packed form, which packs into `scratch` (an i8 pointer to `mgemm.pack_bytes` of memory of
+    the calling task's own); else B is read in place and must have rows of unit stride. `n`:
+    the most columns of C a call has (few take a narrower tile)."""
+
+    def __init__(self, r, dtype: str, layout: tuple, packed: bool, scratch, n: int) -> None:
+        ta, tb, lda, ldb, ldc = layout
+        if not packed and tb != "N":
+            raise ValueError("our in-place GEMM reads B's rows in place: B may not be transposed")
+        self.r, self.dtype, self.ta, self.tb = r, dtype, ta, tb
+        self.fn = mgemm.driver(r.module, dtype, packed, mgemm.thin(dtype, n))
+        self.pty = ir.PointerType(mgemm._elem(dtype))
+        self.ldb, self.ldc, self.scratch = I64(ldb), I64(ldc), scratch
+        self.ld_a = r.alloca_builder.alloca(I64)
+        r.alloca_builder.store(I64(lda), self.ld_a)
+
+    def __call__(
+        self, m, n, k, pa, pb, pc, accumulate: ir.Value | None = None, lda: ir.Value | None = None
+    ) -> None:
+        """One call (sizes i32, as `Gemm` takes them); `accumulate` (an i1) makes it C += A @ B;
+        `lda` (an i32) replaces A's leading dim from here on."""
+        b = self.r.b
+        if lda is not None:
+            b.store(b.sext(lda, I64), self.ld_a)
+        ld_a = b.load(self.ld_a)
+        a_rs, a_ks = (ld_a, I64(1)) if self.ta == "N" else (I64(1), ld_a)
+        b_ks, b_ns = (self.ldb, I64(1)) if self.tb == "N" else (I64(1), self.ldb)
+        pa, pb, pc = (b.bitcast(p, self.pty) for p in (pa, pb, pc))
+        pk = (
+            ir.Constant(self.pty, None)
+            if self.scratch is None
+            else b.bitcast(self.scratch, self.pty)
+        )
+        acc = ir.IntType(1)(0) if accumulate is None else accumulate
+        m, n, k = (b.sext(x, I64) for x in (m, n, k))
+        b.call(self.fn, [m, n, k, pa, a_rs, a_ks, pb, b_ks, b_ns, pc, self.ldc, pk, acc])
 
 
 def _indices(batch):
