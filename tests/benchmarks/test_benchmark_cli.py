@@ -99,3 +99,19 @@ def test_device_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cuda() is not enabled here" in proc.stderr
+
+
+def test_eager_ops_benchmark_writes_its_section(tmp_path: Path) -> None:
+    from benchmarks import bench_eager_ops
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\n## Kernels\n\nkept\n")
+    bench_eager_ops.main(["--repeats", "1", "--results-md", str(md)])
+    text = md.read_text()
+    assert "## Kernels\n\nkept\n" in text  # other sections stay
+    section = text[text.index(bench_eager_ops.SECTION) :]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]  # after the head
+    assert len(rows) == len(bench_eager_ops.workloads())
+    for line in rows:
+        needlec_us = float(line.split("|")[2])
+        assert 0 < needlec_us < 1e5
