@@ -6,7 +6,9 @@ What ends up in one kernel:
   layernorm): one loop nest whose reductions reuse the row's loop index;
 - a GEMM or convolution and the elementwise epilogue after it (bias, activation, scaling, casts);
 - kernels that read each other's outputs (multi-output) or the same input over the same loop
-  nest (horizontal), when no cycle, second core or reduction-after-core results.
+  nest (horizontal), when no cycle, second core or reduction after a convolution results; a
+  reduction kernel over a GEMM's output (a bias gradient's column sum over the batch) joins the
+  GEMM's kernel, as loops after the core that read its output while it is still in cache.
 
 Movement ops are folded into index maps (`View`s) of the loads that read them; a reshape with no
 view (of a non-contiguous or padded value) and a view that is a graph output are copied by a

@@ -7,7 +7,9 @@
   between them, become one loop nest (e.g. the sum and the sum of squares of a batch norm).
 
 A merge is refused when it would make a cycle among kernels, put two cores in one kernel, give a
-GEMM or conv a reduction, or grow a GEMM's loop nest; refusals with a reason are recorded.
+conv a reduction, or grow a GEMM's loop nest; refusals with a reason are recorded. A GEMM takes
+reductions over its output space: they run as loops after its core (a Linear layer's bias
+gradient in the kernel of the GEMM that computes the output gradient, one kernel fewer).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 
+from ..ir import Op
 from ..ir.ops import OPAQUE, OPAQUE_WHAT
 from .fusion_plan import Group, Plan, flat
 
@@ -231,7 +234,7 @@ def _merge(
         why = f"{plan.what(opaque)} is {OPAQUE_WHAT[opaque.op]} (a kernel of its own)"
     elif A.core is not None and B.core is not None:
         why = f"both kernels have a core ({plan.what(A.core)}, {plan.what(B.core)})"
-    elif A.core is not None and B.reduces:
+    elif A.core is not None and B.reduces and A.core.op is not Op.MATMUL:  # conv: elementwise only
         why = f"a reduction cannot join the epilogue of {plan.what(A.core)}"
     phi: dict[int, int] = {}
     used: dict[int, int] = {}

@@ -87,10 +87,10 @@ def test_mlp_step_kernels_bytes_and_memory(mlp, capsys):
         print(report("mlp", lowered))
     kinds = [k.kind for k in kg.kernels]
     # six matmuls (2 forward, 2 for dX/dW of the last layer, dW of the first; dX of the first
-    # layer's input is dead and removed): each is one GEMM kernel with its epilogue; what is left
-    # is the loss row reductions and the bias-gradient column sums: at most 2 more kernels
-    assert kinds.count("gemm") == 5
-    assert len(kinds) <= 7 and "elementwise" not in kinds
+    # layer's input is dead and removed): each is one GEMM kernel with its epilogue, and the
+    # loss row reductions and the bias-gradient column sums run after the cores of the GEMMs
+    # whose outputs they read: no other kernel
+    assert kinds == ["gemm"] * 5
     # every elementwise node runs inside a kernel with a GEMM or a reduction: no elementwise op
     # of the backward runs alone
     for k in kg.kernels:
@@ -105,7 +105,9 @@ def test_mlp_step_kernels_bytes_and_memory(mlp, capsys):
     params = sum(v.nbytes for v in _captured(lowered))
     assert cost.bytes < 6 * params
     mem = lowered.memory_analysis()
-    assert mem.arena_bytes < mem.sum_temp_bytes
+    # the intermediates left between the five kernels (activations, output gradients) are
+    # mostly live at once: the arena holds no more than their sum
+    assert mem.peak_live_bytes <= mem.arena_bytes <= mem.sum_temp_bytes
     # the first layer's weight and its momentum (98% of the state) are updated in place; the
     # small ones written by reduction kernels, or before their last reader, are refused (the
     # plan says why) and go to the output block
@@ -139,7 +141,9 @@ def test_resnet9_step_kernels_bytes_and_memory(resnet9, capsys):
     assert len(kinds) == convs + kinds.count("gemm") + kinds.count("reduce")
     mem = lowered.memory_analysis()
     # temps share memory: the arena is within a few alignment pads of the most live at once
-    assert mem.arena_bytes < mem.sum_temp_bytes * 0.6
+    # (about 61% of the intermediates: the loss and bias-gradient reductions in the last GEMM's
+    # kernel keep its buffers live together)
+    assert mem.arena_bytes < mem.sum_temp_bytes * 0.65
     assert mem.arena_bytes <= mem.peak_live_bytes * 1.05
 
 
