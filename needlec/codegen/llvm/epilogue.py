@@ -20,9 +20,11 @@ Which runs when: the block-wise epilogue (`plan` returns an `Epilogue`) where
 
 and the GEMM is cut along that loop's dim. Everywhere else (a reduction over C's rows, such as
 a bias gradient's column sum; reads of C at other positions; a batched matmul; a GEMM run as one
-call) the epilogue runs as today's separate pass. Either way each element of the epilogue is
-computed by the same operations from the same C, whose sums over K do not depend on the block:
-the bits are the same.
+call) the epilogue runs as a separate pass after the whole GEMM. Either way each element of
+the epilogue is computed by the same operations from the same C: BLAS's blocks are the ones it
+is cut into anyway (one per pool thread), and ours sums each element over K in one order
+whatever block holds it (`mgemm.py`), so its in-place form may cut C into smaller blocks for
+the epilogue's sake (`mgemm.EPILOGUE_BLOCK_BYTES`, on one thread too) without changing a bit.
 """
 
 from __future__ import annotations

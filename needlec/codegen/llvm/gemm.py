@@ -73,7 +73,8 @@ def _batch_ok(view: View) -> bool:
 
 
 def emit_core(r, core: Core, into: Buffer) -> None:
-    """Emit the matmul `core` into buffer `into` (compact, row-major) for renderer `r`."""
+    """Emit the matmul `core` into buffer `into` (compact, row-major) for renderer `r`; a
+    block-wise epilogue (`r.epilogue`, `epilogue.py`) runs after each block of a split GEMM."""
     (a_ld, b_ld) = core.operands
     dtype = core.dtype
     ty = ir.FloatType() if dtype == "float32" else ir.DoubleType()

@@ -454,7 +454,10 @@ def choose(dtype: str, m: int, n: int, k: int, b_unit: bool = True) -> str:
 
 def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch: tuple) -> None:
     """Emit C = A @ B (compact row-major `into`, logical shape `out_shape`) for renderer `r`
-    with our kernels: A and B are `Load`s of (batched) matrices of any non-negative strides."""
+    with our kernels: A and B are `Load`s of (batched) matrices of any non-negative strides.
+    Where the kernel's epilogue can follow each block of C (`r.epilogue`, see `epilogue.py`)
+    it is emitted after each block's call: the blocks split over the pool's threads and, in
+    place (no packing to repeat), C cut further into blocks of `EPILOGUE_BLOCK_BYTES`."""
     from . import gemm, runtime
 
     m, n, k = sizes
