@@ -73,7 +73,8 @@ def _batch_ok(view: View) -> bool:
 
 
 def emit_core(r, core: Core, into: Buffer) -> None:
-    """Emit the matmul `core` into buffer `into` (compact, row-major) for renderer `r`."""
+    """Emit the matmul `core` into buffer `into` (compact, row-major) for renderer `r`; a
+    block-wise epilogue (`r.epilogue`, `epilogue.py`) runs after each block of a split GEMM."""
     (a_ld, b_ld) = core.operands
     dtype = core.dtype
     ty = ir.FloatType() if dtype == "float32" else ir.DoubleType()
@@ -146,9 +147,20 @@ def emit_core(r, core: Core, into: Buffer) -> None:
             calls[r.fn] = Gemm(r, dtype, ta, tb, lda, ldb, max(n, 1))
         calls[r.fn](rows, cols, I32(k), pa, pb, pc)
 
+    # the kernel's epilogue over each block while it is in cache (`epilogue.py`)
+    epi = getattr(r, "epilogue", None)
+    epi = epi if epi is not None and epi.rows == by_rows and not batch else None
+
+    def block_then_epilogue(bidx, lo, hi):
+        block(bidx, lo, hi)
+        if epi is not None:
+            epi.emit(lo, hi)
+
     for bidx in _indices(batch):
         if split:
-            r.parallel_region(size, grain, lambda lo, hi, bidx=bidx: block(bidx, lo, hi))
+            r.parallel_region(
+                size, grain, lambda lo, hi, bidx=bidx: block_then_epilogue(bidx, lo, hi)
+            )
         else:
             block(bidx)
 

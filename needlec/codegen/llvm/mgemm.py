@@ -97,6 +97,7 @@ TUNING = {
 }
 SMALL_B_BYTES = 1 << 19  # B up to this size is read where it lies (it stays in L2)
 SMALL_ROWS = 24  # so is B for so few rows of A (packing it would cost more than it saves)
+EPILOGUE_BLOCK_BYTES = 1 << 17  # C's block, in place, when an epilogue follows each block
 SMALL_FLOPS = 1 << 21  # without AVX-512: ours below this many flops (BLAS's call cost), BLAS above
 
 
@@ -453,7 +454,10 @@ def choose(dtype: str, m: int, n: int, k: int, b_unit: bool = True) -> str:
 
 def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch: tuple) -> None:
     """Emit C = A @ B (compact row-major `into`, logical shape `out_shape`) for renderer `r`
-    with our kernels: A and B are `Load`s of (batched) matrices of any non-negative strides."""
+    with our kernels: A and B are `Load`s of (batched) matrices of any non-negative strides.
+    Where the kernel's epilogue can follow each block of C (`r.epilogue`, see `epilogue.py`)
+    it is emitted after each block's call: the blocks split over the pool's threads and, in
+    place (no packing to repeat), C cut further into blocks of `EPILOGUE_BLOCK_BYTES`."""
     from . import gemm, runtime
 
     m, n, k = sizes
@@ -471,7 +475,13 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
     tiles = -(-size // tile)
     per = -(-tiles // blocks) * tile  # a block's rows (columns): whole tiles
     split = r.parallel and blocks > 1 and 2 * m * n * k >= 2 * gemm.GEMM_GRAIN_FLOPS and size > per
-    nblocks = -(-size // per) if split else 1
+    # the kernel's epilogue, run after each block while it is in cache (`epilogue.py`)
+    epi = getattr(r, "epilogue", None)
+    epi = epi if epi is not None and epi.rows == by_rows and not batch else None
+    if epi is not None and not packed:  # in place, blocks cost nothing: as large as L2 keeps
+        line = (n if by_rows else m) * itemsize
+        per = min(per if split else size, max(tile, EPILOGUE_BLOCK_BYTES // line // tile * tile))
+    nblocks = -(-size // per) if split or (epi is not None and not packed) else 1
     scratch = None
     if packed:
         step = -(-pack_bytes(dtype, k, n) // 64) * 64
@@ -495,6 +505,7 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
         pa, pb, pc = at(a.buffer, a_off), at(bb.buffer, b_off), at(into, c_off)
         rows, cols = I64(m), I64(n)
         pk = b.bitcast(r.base[scratch], pty) if scratch is not None else ir.Constant(pty, None)
+        lo = count = None
         if blk is not None:
             lo = b.mul(blk, I64(per))
             count = b.sub(
@@ -517,15 +528,18 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
                 pk = b.gep(pk, [b.mul(blk, I64(step // itemsize))])
         args = [rows, cols, I64(k), pa, I64(a_rs), I64(a_ks), pb, I64(b_ks), I64(b_ns)]
         b.call(fn, [*args, pc, I64(n), pk, I1(0)])
+        if epi is not None and lo is not None:
+            epi.emit(lo, b.add(lo, count))
+
+    def blocks_of(lo, hi, bidx):
+        with counted_loop(r.b, hi, "blk", start=lo) as blk:
+            call(bidx, blk)
 
     for bidx in gemm._indices(batch):
-        if nblocks > 1:
-
-            def region(lo, hi, bidx=bidx):
-                with counted_loop(r.b, hi, "blk", start=lo) as blk:
-                    call(bidx, blk)
-
-            r.parallel_region(nblocks, 1, region)
+        if split and nblocks > 1:
+            r.parallel_region(nblocks, 1, lambda lo, hi, bidx=bidx: blocks_of(lo, hi, bidx))
+        elif nblocks > 1:  # one thread: the blocks in order, each with its epilogue
+            blocks_of(I64(0), I64(nblocks), bidx)
         else:
             call(bidx)
 

@@ -40,7 +40,7 @@ from ..schedule import (
     parallel_safe,
     to_compute,
 )
-from . import collective, conv, gemm, intcore
+from . import collective, conv, epilogue, gemm, intcore
 from .loops import counted_loop, predicated_tail
 from .mathlib import math_function
 from .random import emit_draw
@@ -340,6 +340,7 @@ class KernelRenderer:
         self.static: dict[int, tuple[int, int]] = {}
         self.copies = 1  # how many times the code being emitted is emitted (loops split)
         self.masks = self._mask_bounds()
+        self.epilogue: epilogue.Epilogue | None = None  # run by the GEMM after each block
         self.fn = self._function(name, [])
 
     def _function(self, name: str, extra: list) -> ir.Function:
@@ -377,7 +378,15 @@ class KernelRenderer:
     _STATE += ("scopes", "acc")
 
     def render(self) -> ir.Function:
-        for it in self.s.body:
+        body = self.s.body
+        # where it can, the GEMM runs the epilogue after each block of C (`epilogue.py`)
+        self.epilogue = epilogue.plan(self)
+        if self.epilogue is not None:
+            self.walk(self.epilogue.inits)  # before any block's epilogue accumulates
+            self.walk(body[:1])
+            done, self.epilogue = self.epilogue.done, None
+            body = [] if done else [it for it in body[1:] if not isinstance(it, Init)]
+        for it in body:
             work = parallel_work(it, self.s) if self.parallel and isinstance(it, Loop) else None
             if work is not None:
                 self.parallel_loop(it, work)
