@@ -70,16 +70,12 @@ def _shape_arg(shape: tuple) -> Shape:
     return tuple(int(s) for s in shape)
 
 
-@functools.cache
 def _cuda_available() -> bool:
-    """True when pycuda imports and a CUDA device initialises; asked once."""
-    try:
-        import pycuda.driver as drv
+    """True when pycuda imports and a CUDA device initialises (the CUDA runtime's `available`,
+    asked once there)."""
+    from .codegen.cuda.runtime import available
 
-        drv.init()
-        return drv.Device.count() > 0
-    except Exception:
-        return False
+    return available()
 
 
 class BackendDevice:

@@ -166,7 +166,6 @@ def test_jit_on_cuda_tensors_over_the_stand_in(host_gpu, monkeypatch):
     """A jitted function of tensors on cuda() runs the CUDA backend (here over the stand-in)."""
     from needlec import backend_ndarray
 
-    backend_ndarray._cuda_available.cache_clear()
     monkeypatch.setattr(backend_ndarray, "_cuda_available", lambda: True)
     monkeypatch.setitem(
         backend_ndarray._DEVICES, "cuda", backend_ndarray.BackendDevice("cuda", lambda: True)

@@ -31,7 +31,6 @@ def _on_cuda(monkeypatch) -> None:
     """Tensors on `nc.cuda()` run the CUDA backend (here over the host stand-in)."""
     from needlec import backend_ndarray
 
-    backend_ndarray._cuda_available.cache_clear()
     monkeypatch.setattr(backend_ndarray, "_cuda_available", lambda: True)
     monkeypatch.setitem(
         backend_ndarray._DEVICES, "cuda", backend_ndarray.BackendDevice("cuda", lambda: True)
