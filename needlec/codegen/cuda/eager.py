@@ -74,9 +74,8 @@ def run_op(op: Op, arg, inputs: Sequence) -> DeviceBuffer:
     """`op(inputs)` on the GPU: `inputs` are compact device arrays (each has `shape`, `dtype`
     and a `__cuda_array_interface__`); the result is a fresh buffer, compact, of the op's
     shape."""
-    ex = program_for(op, arg, inputs)
-    with ex._lock:  # an executable is shared by every thread running this op
-        (out,) = ex.run_on_device(list(inputs))
+    # (run: device inputs take run_on_device, one call at a time: threads share the executable)
+    (out,) = program_for(op, arg, inputs).run(list(inputs))
     return out
 
 
