@@ -436,6 +436,7 @@ class Plan:
                 self.notes.append(
                     (self.name(n), self.owner[n], "copied: a view that is a graph output")
                 )
+        self._copy_shared_transposes()
         for g in list(self.groups.values()):
             for n in list(g.members):
                 if n in g.copies or n in g.fills or n.op in CORES:
@@ -447,6 +448,37 @@ class Plan:
                         self.root(s, copy=True)
                         why = "copied: a masked dim would be split over loop indices"
                         self.notes.append((self.name(s), self.owner[s], why))
+
+    def _copy_shared_transposes(self) -> None:
+        """A transposed matrix read as the B operand of several GEMMs (a recurrent weight in
+        an RNN's backward: one GEMM per time step) is copied once to row-major order, so each
+        GEMM reads B's rows where they lie instead of packing the transposed operand again.
+        Views of the same buffer with the same strides count together (autodiff may write
+        one transpose per step)."""
+        uses: dict[tuple[Node, View], list[tuple[Node, int]]] = {}
+        for n in self.order:
+            if self.kind.get(n) != "virtual" or n in self.owner:
+                continue
+            base, v = self.views[n]
+            if v.mask is not None or n.ndim < 2 or n.shape[-1] == 1 or v.strides[-1] == 1:
+                continue
+            gemms = sum(
+                1
+                for c in self.users[n]
+                if c.op is Op.MATMUL and c.src[1] is n and c.src[0] is not n
+            )
+            if gemms:
+                uses.setdefault((base, v), []).append((n, gemms))
+        for ns in uses.values():
+            total = sum(c for _, c in ns)
+            if total < 2:
+                continue
+            first = ns[0][0]
+            self.root(first, copy=True)
+            why = f"copied: transposed B operand of {total} GEMMs, made row-major once"
+            self.notes.append((self.name(first), self.owner[first], why))
+            for n, _ in ns[1:]:
+                self.views[n] = (first, View.contiguous(first.shape))
 
     # ------------------------------------------------------------ reads
     def reads(self, g: Group):

@@ -92,6 +92,31 @@ def test_transposed_operand_is_a_stride():
     assert [o.view.strides for o in k.core.operands] == [(1, 8), (1, 16)]
 
 
+def test_transposed_b_of_several_gemms_is_made_row_major_once():
+    """An RNN's backward multiplies each step's gradient by the transposed recurrent weight:
+    one copy to row-major order, then every GEMM reads B's rows in place. Autodiff's separate
+    transposes of one weight count together; a single use stays a stride."""
+    w, hs = _x((6, 12), 0), [_x((3, 12), k + 1) for k in range(3)]
+    outs = [h @ w.transpose() for h in hs]  # a transpose node for each, as autodiff writes
+    kg = fuse(Graph([w, *hs], outs))
+    assert [k.kind for k in kg.kernels] == ["copy", "gemm", "gemm", "gemm"]
+    copy = kg.kernels[0]
+    assert copy.exprs[0].arg.view.strides == (1, 12)  # reads w transposed, writes it compact
+    (made,) = copy.outputs
+    for k in kg.kernels[1:]:
+        a, b = k.core.operands
+        assert b.buffer is made and b.view.strides == (6, 1)
+    assert kg.report.notes == [
+        f"note: {made.name} in k0: copied: transposed B operand of 3 GEMMs, made row-major once"
+    ]
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(x.shape).astype("float32") for x in kg.graph.inputs]
+    _same_numbers(kg.graph, kg, xs, rtol=1e-6, atol=1e-6)
+    one = fuse(Graph([w, hs[0]], [hs[0] @ w.transpose()]))
+    assert [k.kind for k in one.kernels] == ["gemm"]
+    assert one.kernels[0].core.operands[1].view.strides == (1, 12)
+
+
 def test_softmax_is_one_kernel():
     x = _x((4, 10))
     e = (x - x.max((1,)).reshape((4, 1)).broadcast_to((4, 10))).exp()
