@@ -304,6 +304,9 @@ class _Builder:
         per row, does not make the row dim look contiguous next to the rows themselves)."""
         best: dict[int, tuple[int, int]] = {}  # dim -> (-elements of the view, |stride|)
         views = [x.arg.view for x in exprs if x.op is KOp.LOAD] + list(extra_views)
+        core = self.k.core
+        if core is not None and any(x.op is KOp.CORE for x in exprs):  # read from a row-major
+            views.append(View.contiguous(core.shape).embed(core.dims, self.space)[0])  # buffer
         for v in views:
             moving = [d for d, s in enumerate(v.strides) if s != 0 and self.space[d] != 1]
             size = math.prod(self.space[d] for d in moving)
