@@ -88,3 +88,31 @@ def test_a_stored_exp_is_read_back_not_computed_again():
     want = np.exp(x - x.max(1, keepdims=True))
     np.testing.assert_allclose(e.numpy(), want, rtol=1e-6)
     np.testing.assert_allclose(got.numpy(), want / want.sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_a_column_sum_over_a_gemm_output_runs_row_by_row():
+    """A GEMM's output is a row-major buffer: a column sum of an epilogue value over it (a
+    bias gradient after a softmax) accumulates into scratch in the loop that stores the rows,
+    not column by column over the whole output, computing the epilogue again at a stride."""
+    import needlec as nc
+    from needlec.codegen.schedule import Accumulate, Loop
+
+    def f(a, w):
+        e = (a @ w).exp()
+        return e, e.sum(axes=(0,))
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 5)).astype("float32")
+    w = rng.standard_normal((5, 9)).astype("float32")
+    low = nc.jit(f).lower(a, w)
+    (k,) = [k for k in low.kernels.kernels if k.core is not None]
+    (s,) = [s for s in _check_every_kernel(low.kernels, [a, w]) if s.kernel is k]
+    (acc,) = [it for it in items(s.body) if isinstance(it, Accumulate)]
+    assert acc.mode == "scratch", s.as_text()
+    rows = next(it for it in s.body if isinstance(it, Loop))  # then the sums are written out
+    (cols,) = [it for it in rows.body if isinstance(it, Loop)]
+    assert (rows.dim, cols.dim) == (0, 1) and acc in cols.body, s.as_text()
+    e, col = nc.jit(f)(a, w)
+    want = np.exp(a.astype(np.float64) @ w)
+    np.testing.assert_allclose(e.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(col.numpy(), want.sum(0), rtol=1e-5)
