@@ -276,6 +276,33 @@ def test_an_op_compiles_once_per_signature(gpu):
     assert eager.stats["programs"] == programs + 1
 
 
+def test_a_changing_scalar_becomes_an_input_not_a_kernel_per_value(gpu):
+    """`x * lr` with a learning rate that changes every step: the first few scalars are
+    compiled in as constants, then one executable takes the scalar as an input; every result
+    is what numpy computes (the scalar cast to float32 first, as a Python scalar is weak)."""
+    from needlec.codegen.cuda import eager
+
+    x = nc.Tensor(_X, device=nc.cuda())
+    before = eager.stats["programs"]
+    ops_ = {"mul": lambda c: x * c, "add": lambda c: x + c, "div": lambda c: x / c}
+    for name, f in (("mul", np.multiply), ("add", np.add), ("div", np.divide)):
+        made = eager.stats["programs"]
+        for i in range(12):
+            c = 0.1 * 0.93**i
+            got = ops_[name](c).numpy()
+            want = f(_X, np.float32(c))
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {c}")
+        assert eager.stats["programs"] == made + eager.BAKED_SCALARS + 1, name
+        for i in range(12):  # each value again: nothing new
+            ops_[name](0.1 * 0.93**i)
+        assert eager.stats["programs"] == made + eager.BAKED_SCALARS + 1, name
+    assert eager.stats["programs"] == before + 3 * (eager.BAKED_SCALARS + 1)
+    x64 = nc.Tensor(_X.astype("float64"), device=nc.cuda())  # a float64 tensor keeps float64
+    for i in range(eager.BAKED_SCALARS + 2):
+        np.testing.assert_array_equal((x64 * (1.5 + i)).numpy(), _X.astype("float64") * (1.5 + i))
+
+
 def _mlp_run(device, jit: bool, steps: int, watch=None):
     """Train a small MLP for `steps` steps on `device`; (losses, parameters, the last loss
     tensor). `watch(i, model)` runs around step i (a context manager factory) when given."""

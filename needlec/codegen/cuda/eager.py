@@ -5,7 +5,10 @@ pipeline and CUDA renderer a jitted step goes through (`passes.compile_program`,
 `runtime.CudaExecutable`), and runs it on the inputs' device memory: no host copies.
 An executable is made once per signature (op, scalar attribute, input shapes and dtypes) and kept
 in memory (the most recent `MAX_PROGRAMS`); its module comes from `runtime.compile_source`'s disk
-cache when another process compiled it already.
+cache when another process compiled it already. A scalar written into the kernel is a constant
+there; once an op of one shape has met `BAKED_SCALARS` different scalars (a learning rate that
+decays every step), it takes the scalar as a one-element input instead (copied from the host at
+each call): one more executable, not one per value.
 
 `copy_strided` is the one kernel rendered here directly: any strided view into any other
 (`compact`, `setitem`, `fill`), its shape and strides written into the source (offsets travel in
@@ -30,18 +33,24 @@ from .cexpr import MEMTYPE
 from .storage import DeviceBuffer
 
 MAX_PROGRAMS = 1024  # one-op executables kept (least recently used dropped first)
+BAKED_SCALARS = 4  # scalars of one op and shape compiled in as constants; past that, an input
+# an op with a scalar -> the binary op computing it from an input holding the scalar (for float
+# tensors, where a Python scalar is cast to the tensor's dtype first: the same numbers)
+_AS_INPUT = {Op.ADD_SCALAR: Op.ADD, Op.MUL_SCALAR: Op.MUL, Op.DIV_SCALAR: Op.DIV}
 BLOCK = 128  # threads of a copy kernel's block
 MAX_BLOCKS = 4096  # a copy kernel's grid at most (it strides over the rest)
 
 stats = {"programs": 0, "copy_kernels": 0}
 _programs: OrderedDict = OrderedDict()
 _copies: dict = {}
+_scalars: dict = {}  # (op, inputs' shapes and dtypes) -> the scalars compiled in as constants
 
 
 def clear() -> None:
     """Forget every executable and copy kernel (the device they were made for is gone)."""
     _programs.clear()
     _copies.clear()
+    _scalars.clear()
     _stream.cache_clear()
 
 
@@ -51,8 +60,24 @@ def signature(op: Op, arg, inputs: Sequence) -> tuple:
     return (op, repr(arg), tuple((tuple(a.shape), str(a.dtype)) for a in inputs))
 
 
+def _scalar_as_input(op: Op, arg, inputs: Sequence) -> bool:
+    """Whether `op(inputs)` takes its scalar as an input (see the module docstring): a float
+    tensor's op whose shape has met `BAKED_SCALARS` other scalars."""
+    if op not in _AS_INPUT or len(inputs) != 1 or np.dtype(inputs[0].dtype).kind != "f":
+        return False
+    if isinstance(arg, bool) or not isinstance(arg, (int, float)):
+        return False
+    seen = _scalars.setdefault(signature(op, None, inputs), set())
+    if repr(arg) in seen or len(seen) < BAKED_SCALARS:
+        seen.add(repr(arg))
+        return False
+    return True
+
+
 def program_for(op: Op, arg, inputs: Sequence):
-    """The executable of `op(inputs)` (made and compiled on the first call of a signature)."""
+    """The executable of `op(inputs)` (made and compiled on the first call of a signature);
+    with `arg` None for an op of `_AS_INPUT`, the one taking its scalar as a last input of
+    shape () (the caller passes it)."""
     from ...passes import compile_program
 
     key = signature(op, arg, inputs)
@@ -61,7 +86,13 @@ def program_for(op: Op, arg, inputs: Sequence):
         _programs.move_to_end(key)
         return ex
     xs = [Node.leaf(Op.INPUT, str(a.dtype), a.shape, ("arg", k)) for k, a in enumerate(inputs)]
-    node = Node.make(op, *xs, arg=arg)
+    if arg is None and op in _AS_INPUT:
+        (x,) = xs
+        c = Node.leaf(Op.INPUT, x.dtype, (), ("arg", 1))
+        xs.append(c)
+        node = Node.make(_AS_INPUT[op], x, c.broadcast_to(x.shape))
+    else:
+        node = Node.make(op, *xs, arg=arg)
     ex = runtime.CudaExecutable(compile_program(Graph(xs, [node])))
     stats["programs"] += 1
     _programs[key] = ex
@@ -75,6 +106,10 @@ def run_op(op: Op, arg, inputs: Sequence) -> DeviceBuffer:
     and a `__cuda_array_interface__`); the result is a fresh buffer, compact, of the op's
     shape."""
     # (run: device inputs take run_on_device, one call at a time: threads share the executable)
+    if _scalar_as_input(op, arg, inputs):
+        scalar = np.array(arg, dtype=inputs[0].dtype)  # a Python scalar is weak: the tensor's
+        (out,) = program_for(op, None, inputs).run([*inputs, scalar])
+        return out
     (out,) = program_for(op, arg, inputs).run(list(inputs))
     return out
 
