@@ -451,10 +451,12 @@ class Plan:
 
     def _copy_shared_transposes(self) -> None:
         """A transposed matrix read as the B operand of several GEMMs (a recurrent weight in
-        an RNN's backward: one GEMM per time step) is copied once to row-major order, so each
-        GEMM reads B's rows where they lie instead of packing the transposed operand again.
-        Views of the same buffer with the same strides count together (autodiff may write
-        one transpose per step)."""
+        an RNN's backward: one GEMM per time step), or a batch of them (attention's keys in
+        q @ k^T: many small products), is copied once to row-major order, so each GEMM reads
+        B's rows where they lie instead of packing each transposed matrix into panels padded
+        to the micro-kernel's width (for 128 products of 20x32 @ 32x20: 126 us against 30 on
+        rows in place, and the copy takes about 15). Views of the same buffer with the same
+        strides count together (autodiff may write one transpose per step)."""
         uses: dict[tuple[Node, View], list[tuple[Node, int]]] = {}
         for n in self.order:
             if self.kind.get(n) != "virtual" or n in self.owner:
@@ -471,11 +473,13 @@ class Plan:
                 uses.setdefault((base, v), []).append((n, gemms))
         for ns in uses.values():
             total = sum(c for _, c in ns)
-            if total < 2:
-                continue
             first = ns[0][0]
+            batch = math.prod(first.shape[:-2])
+            if total < 2 and batch < 2:
+                continue
             self.root(first, copy=True)
-            why = f"copied: transposed B operand of {total} GEMMs, made row-major once"
+            what = f"{total} GEMMs" if batch < 2 else f"{batch} batched products"
+            why = f"copied: transposed B operand of {what}, made row-major once"
             self.notes.append((self.name(first), self.owner[first], why))
             for n, _ in ns[1:]:
                 self.views[n] = (first, View.contiguous(first.shape))

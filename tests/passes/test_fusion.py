@@ -117,6 +117,23 @@ def test_transposed_b_of_several_gemms_is_made_row_major_once():
     assert one.kernels[0].core.operands[1].view.strides == (1, 12)
 
 
+def test_a_batch_of_transposed_b_matrices_is_made_row_major_once():
+    """Attention's q @ k^T: one GEMM over 6 small products whose B is transposed is read from
+    a row-major copy (each product would otherwise pack its own padded panel)."""
+    q, k = _x((2, 3, 5, 4), 0), _x((2, 3, 5, 4), 1)
+    kg = fuse(Graph([q, k], [q @ k.permute((0, 1, 3, 2))]))
+    assert [kk.kind for kk in kg.kernels] == ["copy", "gemm"]
+    (made,) = kg.kernels[0].outputs
+    assert kg.kernels[1].core.operands[1].buffer is made
+    assert kg.report.notes == [
+        f"note: {made.name} in k0: copied: transposed B operand of 6 batched products, "
+        "made row-major once"
+    ]
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(x.shape).astype("float32") for x in kg.graph.inputs]
+    _same_numbers(kg.graph, kg, xs, rtol=1e-6, atol=1e-6)
+
+
 def test_softmax_is_one_kernel():
     x = _x((4, 10))
     e = (x - x.max((1,)).reshape((4, 1)).broadcast_to((4, 10))).exp()
