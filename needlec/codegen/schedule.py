@@ -590,7 +590,7 @@ class _Builder:
         value is costly (a transcendental or a division in the kernel's loops), stored in its
         own dtype over exactly its own dims."""
         v = st.value
-        if v.op not in COSTLY or st.buffer.dtype != v.dtype or self.k.core is not None:
+        if v.op not in COSTLY or st.buffer.dtype != v.dtype:
             return False
         dims = [d for kd in st.dims for d in kd]
         return sorted(dims) == sorted(deps(v, self.space)) and len(set(dims)) == len(dims)

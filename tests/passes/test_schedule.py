@@ -116,3 +116,29 @@ def test_a_column_sum_over_a_gemm_output_runs_row_by_row():
     want = np.exp(a.astype(np.float64) @ w)
     np.testing.assert_allclose(e.numpy(), want, rtol=1e-5)
     np.testing.assert_allclose(col.numpy(), want.sum(0), rtol=1e-5)
+
+
+def test_a_stored_exp_after_a_gemm_is_read_back_too():
+    """The same in the epilogue of a batched GEMM (attention's softmax, whose exp the backward
+    keeps): the sum and the division read the stored exp back."""
+    import needlec as nc
+    from needlec.codegen.schedule import Reload
+
+    def attention(q, k):
+        s = q @ k
+        m = s.max(axes=(2,)).reshape((3, 4, 1)).broadcast_to(s.shape)
+        e = (s - m).exp()
+        return e / e.sum(axes=(2,)).reshape((3, 4, 1)).broadcast_to(s.shape), e
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((3, 4, 5)).astype("float32")
+    k = rng.standard_normal((3, 5, 6)).astype("float32")
+    low = nc.jit(attention).lower(q, k)
+    schedules = _check_every_kernel(low.kernels, [q, k])
+    (s,) = [s for s in schedules if s.kernel.core is not None]
+    assert len([it for it in items(s.body) if isinstance(it, Reload)]) == 2, s.as_text()
+    got, e = nc.jit(attention)(q, k)
+    logits = q.astype(np.float64) @ k
+    want = np.exp(logits - logits.max(2, keepdims=True))
+    np.testing.assert_allclose(e.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(got.numpy(), want / want.sum(2, keepdims=True), rtol=1e-5)
