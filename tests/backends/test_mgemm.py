@@ -204,6 +204,34 @@ def test_one_thread_and_two_give_the_same_bits(shape):
     np.testing.assert_array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
 
 
+@compiled_only
+@pytest.mark.parametrize(
+    "a_shape,b_shape", [((16, 8, 20, 32), (16, 8, 32, 20)), ((2, 1, 16, 64), (3, 64, 256))]
+)
+def test_a_batch_of_small_products_runs_on_the_pool_with_the_same_bits(a_shape, b_shape):
+    """Attention's batch of small products is a loop over the batch, split over the pool's
+    threads; each product is computed whole by one thread, so 1 and 2 threads agree bit for
+    bit (and with numpy, within the matmul's budget)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(a_shape).astype("float32")
+    y = rng.standard_normal(b_shape).astype("float32")
+    before = runtime.num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            runtime.set_num_threads(threads)
+            ex = _compiled("float32", x.shape, y.shape)
+            source = ex.source("llvm-unoptimized")
+            assert "bat.head" in source and (threads == 1) != ("needlec_parallel_for" in source)
+            outs.append(ex.run([x, y])[0])
+    finally:
+        runtime.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
+    want = np.matmul(x.astype(np.float64), y).astype("float32")
+    scale = np.matmul(np.abs(x.astype(np.float64)), np.abs(y.astype(np.float64)))
+    assert_within(Op.MATMUL, outs[1], want, n=a_shape[-1], scale=scale)
+
+
 @pytest.mark.parametrize("mode,name", [("blas", "needlec_sgemm"), ("own", "needlec_gemm")])
 def test_needlec_gemm_forces_one(monkeypatch, mode, name):
     monkeypatch.setenv("NEEDLEC_GEMM", mode)

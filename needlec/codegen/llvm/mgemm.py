@@ -58,6 +58,7 @@ dominates. `NEEDLEC_GEMM=blas|own` forces one.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -499,13 +500,16 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
     c_strides = strides_of(out_shape)
 
     def call(bidx, blk=None):
-        b = r.b
         a_off = gemm._batch_offset(a.view, bidx, len(batch))
         b_off = gemm._batch_offset(bb.view, bidx, len(batch))
         c_off = sum(i * s for i, s in zip(bidx, c_strides[: len(batch)], strict=True))
+        call_at(I64(a_off), I64(b_off), I64(c_off), blk)
+
+    def call_at(a_off, b_off, c_off, blk=None):
+        b = r.b
 
         def at(buf, off):
-            return b.bitcast(b.gep(r.base[buf], [I64(off * itemsize)]), pty)
+            return b.bitcast(b.gep(r.base[buf], [b.mul(off, I64(itemsize))]), pty)
 
         pa, pb, pc = at(a.buffer, a_off), at(bb.buffer, b_off), at(into, c_off)
         rows, cols = I64(m), I64(n)
@@ -540,6 +544,33 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
         with counted_loop(r.b, hi, "blk", start=lo) as blk:
             call(bidx, blk)
 
+    count = math.prod(batch)
+    if count > 1 and nblocks == 1 and scratch is None:
+        # a batch of small products in place (attention's): a loop over the batch, on the
+        # pool's threads when there is enough work; each product is computed whole by one
+        # thread, so the bits do not depend on the thread count
+        def offset(view, flat):
+            own, b = len(view.shape) - 2, r.b
+            off = I64(view.offset)
+            for j in range(own):
+                d = len(batch) - own + j
+                if view.shape[j] != 1 and view.strides[j] != 0:
+                    inner = math.prod(batch[d + 1 :])
+                    i = b.urem(b.udiv(flat, I64(inner)), I64(batch[d]))
+                    off = b.add(off, b.mul(i, I64(view.strides[j])))
+            return off
+
+        def batch_loop(lo, hi):
+            with counted_loop(r.b, hi, "bat", start=lo) as flat:
+                c_off = r.b.mul(flat, I64(math.prod(out_shape[-2:])))
+                call_at(offset(a.view, flat), offset(bb.view, flat), c_off)
+
+        work = 2 * m * n * k
+        if r.parallel and blocks > 1 and work * count >= SPLIT_FLOPS:
+            r.parallel_region(count, max(1, -(-SPLIT_FLOPS // 4 // work)), batch_loop)
+        else:
+            batch_loop(I64(0), I64(count))
+        return
     for bidx in gemm._indices(batch):
         if split and nblocks > 1:
             r.parallel_region(nblocks, 1, lambda lo, hi, bidx=bidx: blocks_of(lo, hi, bidx))
