@@ -161,6 +161,30 @@ def test_another_version_or_compiler_is_another_entry(cache_dir, passes_run, mon
         programcache._environment.cache_clear()
 
 
+def test_another_thread_count_is_another_entry(cache_dir, passes_run):
+    """A step compiled while the pool had 1 thread keeps its GEMMs whole: a process with 2
+    threads compiles its own (cut in two), and both give the same numbers."""
+    from needlec.codegen.llvm import runtime
+
+    before = runtime.num_threads()
+    try:
+        runtime.set_num_threads(1)
+        losses1, weights1, _ = _train()
+        runtime.set_num_threads(2)
+        s = _snap()
+        losses2, weights2, _ = _train()
+        assert _delta(s) == {"hits": 0, "misses": 1, "damaged": 0, "writes": 1}
+        runtime.set_num_threads(1)
+        s = _snap()
+        _train()
+        assert _delta(s) == {"hits": 1, "misses": 0, "damaged": 0, "writes": 0}
+    finally:
+        runtime.set_num_threads(before)
+    assert losses1 == losses2
+    for a, b in zip(weights1, weights2, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_a_changed_graph_is_another_entry(cache_dir, passes_run):
     losses1, _, _ = _train(scale=1.0)
     s = _snap()

@@ -86,11 +86,16 @@ def pipeline_is_ours() -> bool:
 def key(graph_digest: str, n_results: int | None, donate: dict[int, int]) -> str:
     """The program entry's key of a traced graph (its `graph_digest`) compiled with
     `n_results` results and outputs `donate`d over inputs, on this machine."""
+    from . import runtime
     from .mgemm import mode
 
     h = hashlib.sha256()
     gemm = f"gemm={mode()}"  # NEEDLEC_GEMM, read at each compile
-    for part in (graph_digest, repr(n_results), repr(sorted(donate.items())), _environment(), gemm):
+    # the pool's size: a large GEMM is cut into one block per thread when the step compiles
+    # (the bits are the same either way; a step compiled for 1 thread would not use 2)
+    threads = f"threads={runtime.num_threads()}"
+    parts = (graph_digest, repr(n_results), repr(sorted(donate.items())), _environment())
+    for part in (*parts, gemm, threads):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
