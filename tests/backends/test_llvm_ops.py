@@ -994,3 +994,32 @@ def test_small_matrices_of_one_right_operand_read_through_a_transpose_are_packed
     assert gemm_calls(ex.source("llvm-unoptimized")) == 1
     n, scale = _matmul_budget(x.transpose(0, 2, 1), y)
     assert_within(Op.MATMUL, got, want, n=n, scale=scale)
+
+
+def test_steps_reading_other_slices_of_one_buffer_share_one_function():
+    """An RNN's steps read the same buffers at other offsets (step t's slice of the inputs):
+    each reads through a pointer moved to its slice, so the steps are one function in the
+    module, called with other pointers, and every step's numbers are still its own."""
+    import needlec as nc
+    from needlec import ops
+
+    def rnn(x, h, w):
+        for xt in ops.split(x, axis=0):  # (5, 3, 4) -> five (3, 4) slices
+            h = ops.tanh(xt + h @ w)
+        return h
+
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((5, 3, 4)).astype("float32")
+    h = rng.standard_normal((3, 4)).astype("float32")
+    w = rng.standard_normal((4, 4)).astype("float32") * 0.5
+    low = nc.jit(rnn).lower(x, h, w)
+    steps = [k for k in low.kernels.kernels if k.kind == "gemm"]
+    offsets = {e.arg.view.offset for k in steps for e in k.exprs if e.op.name == "LOAD"}
+    assert len(steps) == 5 and len(offsets) == 5  # the steps read x at five offsets
+    source = low.executable.source("llvm-unoptimized")
+    assert source.count('define internal void @"kernel_') <= 2, source.count("define")
+    want = h.astype(np.float64)
+    for t in range(5):
+        want = np.tanh(x[t].astype(np.float64) + want @ w)
+    got = nc.jit(rnn)(nc.Tensor(x), nc.Tensor(h), nc.Tensor(w)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

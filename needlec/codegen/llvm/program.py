@@ -254,15 +254,17 @@ class Executable:
                 continue
             merged = self._merged(s)
             noalias = self._noalias(s, merged)
-            key = _shape_of(s, noalias, merged)
+            code, shift = _rebased(s, merged)
+            key = _shape_of(code, noalias, merged)
             if key in rendered:  # the same code over other buffers (an RNN's steps): one function
                 same = rendered[key]
                 bufs = dict.fromkeys([*s.kernel.inputs, *s.kernel.outputs])
-                r = _Call(same.fn, [b for b in bufs if b not in merged], s.kernel, same)
+                r = _Call(same.fn, [b for b in bufs if b not in merged], s.kernel, same, shift)
             else:
                 name = f"kernel_{s.kernel.name}"
                 parallel = runtime.available()
-                r = render_kernel(module, s, name, noalias, parallel, merged)
+                r = render_kernel(module, code, name, noalias, parallel, merged)
+                r.shift = shift
                 rendered[key] = r
             layout = r.layout if isinstance(r, _Call) else r
             if layout.scratch_bytes:
@@ -331,7 +333,8 @@ class Executable:
             args = []
             for buf in r.buffers:
                 p = self.places[buf]
-                args.append(b.gep(base(p.slot), [I64(p.offset)]))
+                at = p.offset + r.shift.get(buf, 0) * np.dtype(buf.dtype).itemsize
+                args.append(b.gep(base(p.slot), [I64(at)]))
             at = self.scratch_at.get(r.k.name)  # the kernel's scratch block, where it has one
             args.append(base(ARENA) if at is None else b.gep(base(ARENA), [I64(at)]))
             b.call(r.fn, args)
@@ -636,9 +639,52 @@ class _Call:
     buffers: list
     k: object
     layout: object  # the renderer of the function: its scratch block's layout
+    shift: dict  # buffer -> elements its pointer is moved by (`_rebased`)
 
 
 _BUFFER_NAME = re.compile(r"%[\w.]+")
+_REBASED_KINDS = frozenset({"elementwise", "reduce", "copy", "gemm"})
+
+
+def _rebased(s: KernelSchedule, merged: dict) -> tuple[KernelSchedule, dict[Buffer, int]]:
+    """The schedule to render for kernel `s`, and for each buffer it reads from a first element
+    past 0, that element's index: the kernel reads such a buffer through a pointer moved there,
+    its views starting from 0. So the steps of an RNN, which read one time step's slice each of
+    the same buffers, are one function (an LSTM's step had 96 functions, now about half)
+    rather than one per offset. Buffers the kernel writes keep their pointers."""
+    from dataclasses import replace
+
+    from ...ir.kernel import Expr, Kernel, Load
+    from ..schedule import schedule_kernel
+
+    k = s.kernel
+    if k.kind not in _REBASED_KINDS:
+        return s, {}
+    written = {*k.outputs, *merged, *merged.values()}
+    loads = [e.arg for e in k.exprs if e.op is KOp.LOAD]
+    loads += list(k.core.operands) if k.core is not None else []
+    first: dict[Buffer, int] = {}
+    for ld in loads:
+        first[ld.buffer] = min(first.get(ld.buffer, ld.view.offset), ld.view.offset)
+    shift = {b: off for b, off in first.items() if off > 0 and b not in written}
+    if not shift:
+        return s, {}
+
+    def moved(ld: Load) -> Load:
+        if ld.buffer not in shift:
+            return ld
+        return Load(ld.buffer, replace(ld.view, offset=ld.view.offset - shift[ld.buffer]))
+
+    new: dict = {}
+    for e in k.exprs:
+        arg = moved(e.arg) if e.op is KOp.LOAD else e.arg
+        new[e] = Expr(e.op, e.dtype, e.shape, tuple(new[x] for x in e.src), arg)
+    core = k.core
+    if core is not None:
+        core = replace(core, operands=tuple(moved(o) for o in core.operands))
+    stores = tuple(replace(st, value=new[st.value]) for st in k.stores)
+    code = Kernel(k.name, k.kind, k.space, k.inputs, tuple(new.values()), stores, core, k.nodes)
+    return schedule_kernel(code), shift
 
 
 def _shape_of(s: KernelSchedule, noalias: set, merged: dict) -> tuple:
