@@ -221,11 +221,33 @@ def _reduced_dims(e: Expr) -> set[int]:
     return {d for d, (n, m) in enumerate(zip(e.src[0].shape, e.shape, strict=True)) if n != m}
 
 
-def parallel_safe(lp: Loop, space: Shape) -> bool:
+def partial_sums(lp: Loop, space: Shape) -> list[Expr] | None:
+    """The reductions into scratch across loop `lp`'s dim (column sums over the rows it runs
+    over: a bias gradient, BatchNorm's statistics) if they are all that keeps its iterations
+    from running in parallel, and they are float sums or maxima, else None. A renderer may then
+    cut the loop into a fixed number of chunks, each accumulating into a copy of its own, and
+    combine the copies in order after them (the same bits whatever the number of threads)."""
+    if lp.role != "outer" or lp.extent < 2:
+        return None
+    sums = {}
+    for it in items(lp.body):
+        if isinstance(it, Accumulate) and it.mode == "scratch" and lp.dim in _reduced_dims(it.expr):
+            if it.expr.dtype not in ("float32", "float64") or it.expr.arg.op not in (
+                Op.SUM,
+                Op.MAX,
+            ):
+                return None
+            sums[it.expr] = None
+    if not sums or not parallel_safe(lp, space, frozenset(sums)):
+        return None
+    return list(sums)
+
+
+def parallel_safe(lp: Loop, space: Shape, partial: frozenset = frozenset()) -> bool:
     """Whether the iterations of loop `lp` may run in parallel (on threads of a pool or of a
     GPU): each writes memory of its own. Every store inside is indexed by the loop's dim, every
-    reduction inside keeps that dim (its accumulator differs per iteration), no scratch is reset
-    inside, no GEMM."""
+    reduction inside keeps that dim (its accumulator differs per iteration; or is in `partial`,
+    summed in copies of its own: `partial_sums`), no scratch is reset inside, no GEMM."""
     if lp.role != "outer" or lp.extent < 2:
         return False
     stack = list(lp.body)
@@ -236,7 +258,8 @@ def parallel_safe(lp: Loop, space: Shape) -> bool:
         elif isinstance(it, RunCore) or (isinstance(it, Init) and it.mode == "scratch"):
             return False
         elif isinstance(it, Accumulate) and lp.dim in _reduced_dims(it.expr):
-            return False
+            if it.expr not in partial:
+                return False
         elif isinstance(it, Write) and lp.dim not in {d for kd in it.store.dims for d in kd}:
             return False
         elif isinstance(it, Finish) and space[lp.dim] != it.expr.shape[lp.dim]:

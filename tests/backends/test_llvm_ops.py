@@ -1023,3 +1023,35 @@ def test_steps_reading_other_slices_of_one_buffer_share_one_function():
         want = np.tanh(x[t].astype(np.float64) + want @ w)
     got = nc.jit(rnn)(nc.Tensor(x), nc.Tensor(h), nc.Tensor(w)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["sum", "max"])
+def test_column_reductions_run_in_fixed_chunks_with_the_same_bits(op):
+    """A sum over the rows of a row-major matrix (a bias gradient, BatchNorm's statistics)
+    runs its rows in a fixed number of chunks on the pool, each into copies of its own that are
+    combined in order: 1 and 2 threads give the same bits, and numpy's numbers."""
+    from needlec.codegen.llvm import runtime
+    from needlec.codegen.llvm.program import compile_program as compile_llvm
+    from needlec.passes import compile_program
+
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.standard_normal((4099, 67)).astype("float32")
+    a = arg("float32", x.shape, 0)
+    y = a * a + a
+    out = y.sum((0,)) if op == "sum" else y.max((0,))
+    before = runtime.num_threads()
+    try:
+        got = []
+        for threads in (1, 2):
+            runtime.set_num_threads(threads)
+            ex = compile_llvm(compile_program(Graph([a], [out])))
+            assert "part.sum" in ex.source("llvm-unoptimized")  # chunked on one thread too
+            got.append(ex.run([x])[0])
+    finally:
+        runtime.set_num_threads(before)
+    if op == "max":  # exact: the elementwise part in float32, as numpy computes it
+        np.testing.assert_array_equal(got[1], (x * x + x).max(0))
+    else:
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(got[1], (x64 * x64 + x64).sum(0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(got[0].view(np.int32), got[1].view(np.int32))

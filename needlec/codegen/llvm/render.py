@@ -38,6 +38,7 @@ from ..schedule import (
     RunCore,
     Write,
     parallel_safe,
+    partial_sums,
     to_compute,
 )
 from . import collective, conv, epilogue, gemm, intcore
@@ -264,6 +265,8 @@ def unsupported(s: KernelSchedule) -> str | None:
 
 # ------------------------------------------------------------------ parallel loops
 PARALLEL_MIN_WORK = 1 << 16  # estimated operations below which a loop is not worth splitting
+PARTIALS = 4  # chunks of a loop whose iterations sum into one scratch (`partial_loop`)
+PARTIAL_MIN_WORK = 1 << 18  # ... and the work below which that is not worth its extra passes
 GRAIN_WORK = 1 << 14  # operations a chunk of a parallel loop does at least
 _HEAVY = (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR)
 
@@ -292,6 +295,15 @@ def parallel_work(lp: Loop, s: KernelSchedule) -> int | None:
     if per_iteration * lp.extent < PARALLEL_MIN_WORK:
         return None
     return per_iteration
+
+
+def partial_work(lp: Loop, s: KernelSchedule) -> list[Expr] | None:
+    """The scratch reductions across top-level loop `lp` if they are all that keeps it from
+    running in parallel (`partial_sums`) and it is large enough to be worth it, else None."""
+    sums = partial_sums(lp, s.kernel.space)
+    if sums is None or max(1, _work(lp.body)) * lp.extent < PARTIAL_MIN_WORK:
+        return None
+    return sums
 
 
 def parallel_for(module: ir.Module) -> ir.Function:
@@ -388,13 +400,71 @@ class KernelRenderer:
             body = [] if done else [it for it in body[1:] if not isinstance(it, Init)]
         for it in body:
             work = parallel_work(it, self.s) if self.parallel and isinstance(it, Loop) else None
+            # (chunked by its size alone, on one thread too: the same bits either way)
+            sums = partial_work(it, self.s) if isinstance(it, Loop) and work is None else None
             if work is not None:
                 self.parallel_loop(it, work)
+            elif sums is not None:
+                self.partial_loop(it, sums)
             else:
                 self.walk([it])
         self.b.ret_void()
         self.alloca_builder.branch(self.start)
         return self.fn
+
+    def partial_loop(self, lp: Loop, sums: list[Expr]) -> None:
+        """Loop `lp`, whose iterations run in parallel but for the scratch reductions `sums`
+        across them (`partial_sums`): cut into PARTIALS chunks of consecutive iterations on the
+        pool (or in order, without one), chunk c accumulating into copy c of a block holding every one of the sums (set to
+        their identities first); then the copies are combined into the reductions' scratch in
+        chunk order. The chunks are fixed here, not by the threads that run them. Each copy
+        lies at a constant offset from the chunk's block, so LLVM still sees the sums apart
+        (and vectorizes the loops that accumulate them)."""
+        b = self.b
+        parts = min(PARTIALS, lp.extent)
+        chunk = -(-lp.extent // parts)
+        parts = -(-lp.extent // chunk)
+        at, size = {}, 0
+        for e in sums:
+            at[e] = size
+            size += -(-self.s.scratch[e].nbytes // 64) * 64
+        block = Buffer(f"{self.k.name}.partials", size, "temp", (size,), "int8")
+        self.scratch_buffer(block, slots=parts)
+
+        def copy_of(e: Expr, c: ir.Value) -> ir.Value:
+            return self.b.gep(self.slot_pointer(block, c), [I64(at[e])])
+
+        for c in range(parts):  # every copy starts at the identity
+            for e in sums:
+                main = self.s.scratch[e]
+                first = b.bitcast(copy_of(e, I64(c)), ir.PointerType(MEM[main.dtype]))
+                ident = convert(b, const(e.dtype, e.arg.identity(e.dtype)), e.dtype, main.dtype)
+                with counted_loop(b, math.prod(main.shape), "part.init") as i:
+                    b.store(ident, b.gep(first, [i]))
+
+        def emit(lo, hi):
+            with counted_loop(self.b, hi, "part", start=lo) as c:
+                bb = self.b
+                for e in sums:
+                    self.base[self.s.scratch[e]] = copy_of(e, c)
+                start = bb.mul(c, I64(chunk))
+                end = bb.add(start, I64(chunk))
+                end = bb.select(bb.icmp_signed("<", end, I64(lp.extent)), end, I64(lp.extent))
+                self.loop(lp, start, end)
+
+        if self.parallel:
+            self.parallel_region(parts, 1, emit)
+        else:  # the same chunks, one after the other
+            emit(I64(0), I64(parts))
+        for e in sums:  # the copies into the scratch, in chunk order
+            main = self.s.scratch[e]
+            with counted_loop(b, math.prod(main.shape), "part.sum") as i:
+                dst = self.pointer(main, i)
+                acc = b.load(dst)
+                for c in range(parts):
+                    src = b.bitcast(copy_of(e, I64(c)), dst.type)
+                    acc = self.combine(e, acc, b.load(b.gep(src, [i])))
+                b.store(acc, dst)
 
     def parallel_loop(self, lp: Loop, per_iteration: int) -> None:
         """Loop `lp` (`per_iteration` operations an iteration), its iterations handed to the
