@@ -1035,7 +1035,7 @@ def test_column_reductions_run_in_fixed_chunks_with_the_same_bits(op):
     from needlec.passes import compile_program
 
     rng = np.random.default_rng(RNG_SEED)
-    x = rng.standard_normal((4099, 67)).astype("float32")
+    x = rng.standard_normal((16387, 67)).astype("float32")
     a = arg("float32", x.shape, 0)
     y = a * a + a
     out = y.sum((0,)) if op == "sum" else y.max((0,))

@@ -266,7 +266,7 @@ def unsupported(s: KernelSchedule) -> str | None:
 # ------------------------------------------------------------------ parallel loops
 PARALLEL_MIN_WORK = 1 << 16  # estimated operations below which a loop is not worth splitting
 PARTIALS = 4  # chunks of a loop whose iterations sum into one scratch (`partial_loop`)
-PARTIAL_MIN_WORK = 1 << 18  # ... and the work below which that is not worth its extra passes
+PARTIAL_MIN_WORK = 1 << 21  # ... and the work below which that is not worth its extra passes
 GRAIN_WORK = 1 << 14  # operations a chunk of a parallel loop does at least
 _HEAVY = (Op.EXP, Op.LOG, Op.TANH, Op.POW, Op.POW_SCALAR)
 
@@ -434,11 +434,19 @@ class KernelRenderer:
         def copy_of(e: Expr, c: ir.Value) -> ir.Value:
             return self.b.gep(self.slot_pointer(block, c), [I64(at[e])])
 
-        for c in range(parts):  # every copy starts at the identity
-            for e in sums:
-                main = self.s.scratch[e]
+        # every copy starts at the identity: all bytes zero for sums (one memset), else a loop
+        zero = [e for e in sums if e.arg.op is Op.SUM]
+        if zero:
+            memset = self.module.declare_intrinsic("llvm.memset", [PTR, I64])
+            total = -(-block.nbytes // 64) * 64 * parts
+            b.call(memset, [self.base[block], ir.Constant(I8, 0), I64(total), ir.Constant(I1, 0)])
+        for e in sums:
+            if e in zero:
+                continue
+            main = self.s.scratch[e]
+            ident = convert(b, const(e.dtype, e.arg.identity(e.dtype)), e.dtype, main.dtype)
+            for c in range(parts):
                 first = b.bitcast(copy_of(e, I64(c)), ir.PointerType(MEM[main.dtype]))
-                ident = convert(b, const(e.dtype, e.arg.identity(e.dtype)), e.dtype, main.dtype)
                 with counted_loop(b, math.prod(main.shape), "part.init") as i:
                     b.store(ident, b.gep(first, [i]))
 
