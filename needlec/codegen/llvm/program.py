@@ -650,8 +650,8 @@ def _rebased(s: KernelSchedule, merged: dict) -> tuple[KernelSchedule, dict[Buff
     """The schedule to render for kernel `s`, and for each buffer it reads from a first element
     past 0, that element's index: the kernel reads such a buffer through a pointer moved there,
     its views starting from 0. So the steps of an RNN, which read one time step's slice each of
-    the same buffers, are one function (an LSTM's step had 96 functions, now about half)
-    rather than one per offset. Buffers the kernel writes keep their pointers."""
+    the same buffers, are one function rather than one per offset (the LSTM language model's
+    step module: 223 functions, now 141). Buffers the kernel writes keep their pointers."""
     from dataclasses import replace
 
     from ...ir.kernel import Expr, Kernel, Load
