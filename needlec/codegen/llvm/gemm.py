@@ -121,7 +121,7 @@ def emit_core(r, core: Core, into: Buffer) -> None:
     if (
         mgemm.choose(dtype, m, n, k, bb.view.strides[-1] == 1 or n == 1) != "blas"
     ):  # ours where it is faster (mgemm's table)
-        mgemm.emit_core(r, a, bb, into, dtype, (m, n, k), out_shape, batch)
+        mgemm.emit_core(r, a, bb, into, dtype, (m, n, k), batch)
         return
 
     calls = {}

@@ -66,7 +66,6 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from ...ir.schedule import Buffer
-from ...ir.view import strides_of
 from .loops import counted_loop
 
 I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -458,13 +457,14 @@ def choose(dtype: str, m: int, n: int, k: int, b_unit: bool = True) -> str:
     return "packed"
 
 
-def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch: tuple) -> None:
-    """Emit C = A @ B (compact row-major `into`, logical shape `out_shape`) for renderer `r`
-    with our kernels: A and B are `Load`s of (batched) matrices of any non-negative strides.
+def emit_core(r, a, bb, into, dtype: str, sizes: tuple, batch: tuple) -> None:
+    """Emit C = A @ B (compact row-major `into`: the `batch` of m x n matrices, `sizes` (m, n,
+    k)) for renderer `r` with our kernels: A and B are `Load`s of (batched) matrices of any
+    non-negative strides.
     Where the kernel's epilogue can follow each block of C (`r.epilogue`, see `epilogue.py`)
     it is emitted after each block's call: the blocks split over the pool's threads and, in
     place (no packing to repeat), C cut further into blocks of `EPILOGUE_BLOCK_BYTES`."""
-    from . import gemm, runtime
+    from . import runtime
 
     m, n, k = sizes
     ty = _elem(dtype)
@@ -497,21 +497,31 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
         )
         r.scratch_buffer(scratch)
     fn = driver(r.module, dtype, packed, thin(dtype, n))
-    c_strides = strides_of(out_shape)
 
-    def call(bidx, blk=None):
-        a_off = gemm._batch_offset(a.view, bidx, len(batch))
-        b_off = gemm._batch_offset(bb.view, bidx, len(batch))
-        c_off = sum(i * s for i, s in zip(bidx, c_strides[: len(batch)], strict=True))
-        call_at(I64(a_off), I64(b_off), I64(c_off), blk)
+    def offset(view, flat):
+        """Element offset of operand `view`'s matrix number `flat` (an i64) of the batch, in
+        row-major order (operands broadcast from the right)."""
+        own, b = len(view.shape) - 2, r.b
+        off = I64(view.offset)
+        for j in range(own):
+            d = len(batch) - own + j
+            if view.shape[j] != 1 and view.strides[j] != 0:
+                i = b.urem(b.udiv(flat, I64(math.prod(batch[d + 1 :]))), I64(batch[d]))
+                off = b.add(off, b.mul(i, I64(view.strides[j])))
+        return off
 
-    def call_at(a_off, b_off, c_off, blk=None):
+    def call(flat, blk=None):
         b = r.b
 
         def at(buf, off):
             return b.bitcast(b.gep(r.base[buf], [b.mul(off, I64(itemsize))]), pty)
 
-        pa, pb, pc = at(a.buffer, a_off), at(bb.buffer, b_off), at(into, c_off)
+        c_off = b.mul(flat, I64(m * n))  # C is compact
+        pa, pb, pc = (
+            at(a.buffer, offset(a.view, flat)),
+            at(bb.buffer, offset(bb.view, flat)),
+            at(into, c_off),
+        )
         rows, cols = I64(m), I64(n)
         pk = b.bitcast(r.base[scratch], pty) if scratch is not None else ir.Constant(pty, None)
         lo = count = None
@@ -540,44 +550,32 @@ def emit_core(r, a, bb, into, dtype: str, sizes: tuple, out_shape: tuple, batch:
         if epi is not None and lo is not None:
             epi.emit(lo, b.add(lo, count))
 
-    def blocks_of(lo, hi, bidx):
+    def blocks_of(lo, hi, flat):
         with counted_loop(r.b, hi, "blk", start=lo) as blk:
-            call(bidx, blk)
+            call(flat, blk)
 
-    count = math.prod(batch)
-    if count > 1 and nblocks == 1 and scratch is None:
+    def batch_loop(lo, hi):
+        with counted_loop(r.b, hi, "bat", start=lo) as flat:
+            call(flat)
+
+    products = math.prod(batch)
+    if products > 1 and nblocks == 1 and scratch is None:
         # a batch of small products in place (attention's): a loop over the batch, on the
         # pool's threads when there is enough work; each product is computed whole by one
         # thread, so the bits do not depend on the thread count
-        def offset(view, flat):
-            own, b = len(view.shape) - 2, r.b
-            off = I64(view.offset)
-            for j in range(own):
-                d = len(batch) - own + j
-                if view.shape[j] != 1 and view.strides[j] != 0:
-                    inner = math.prod(batch[d + 1 :])
-                    i = b.urem(b.udiv(flat, I64(inner)), I64(batch[d]))
-                    off = b.add(off, b.mul(i, I64(view.strides[j])))
-            return off
-
-        def batch_loop(lo, hi):
-            with counted_loop(r.b, hi, "bat", start=lo) as flat:
-                c_off = r.b.mul(flat, I64(math.prod(out_shape[-2:])))
-                call_at(offset(a.view, flat), offset(bb.view, flat), c_off)
-
         work = 2 * m * n * k
-        if r.parallel and blocks > 1 and work * count >= SPLIT_FLOPS:
-            r.parallel_region(count, max(1, -(-SPLIT_FLOPS // 4 // work)), batch_loop)
+        if r.parallel and blocks > 1 and work * products >= SPLIT_FLOPS:
+            r.parallel_region(products, max(1, -(-SPLIT_FLOPS // 4 // work)), batch_loop)
         else:
-            batch_loop(I64(0), I64(count))
+            batch_loop(I64(0), I64(products))
         return
-    for bidx in gemm._indices(batch):
+    for flat in map(I64, range(products)):  # packed, or cut into blocks: each product alone
         if split and nblocks > 1:
-            r.parallel_region(nblocks, 1, lambda lo, hi, bidx=bidx: blocks_of(lo, hi, bidx))
+            r.parallel_region(nblocks, 1, lambda lo, hi, flat=flat: blocks_of(lo, hi, flat))
         elif nblocks > 1:  # one thread: the blocks in order, each with its epilogue
-            blocks_of(I64(0), I64(nblocks), bidx)
+            blocks_of(I64(0), I64(nblocks), flat)
         else:
-            call(bidx)
+            call(flat)
 
 
 __all__ = [
